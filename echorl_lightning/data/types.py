@@ -1,0 +1,36 @@
+"""What a prompt datamodule hands to the rollout loop, and the verifier protocol.
+
+A datamodule serves :class:`PromptExample` items (text, already templated for the policy) and owns a
+verifier; the rollout callback tokenizes, generates, scores and builds the training buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """One prompt of a verifiable task.
+
+    Attributes:
+        prompt: the exact text fed to the policy (chat template / instruction already applied).
+        reference: what the verifier compares a completion against (e.g. the final answer).
+        expert: an off-policy expert solution (response text, no EOS) for LUFFY, or None.
+        uid: a stable identifier (dataset row or generator seed), used in logs and error messages.
+    """
+
+    prompt: str
+    reference: str
+    expert: str | None = None
+    uid: str = ""
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Batch verifier: one score per completion, ``None`` where the item could not be judged (counted,
+    scored as 0 by the caller)."""
+
+    def __call__(self, completions: Sequence[str], references: Sequence[str]) -> list[float | None]: ...

@@ -1,0 +1,61 @@
+"""The rollout-engine protocol and its request/response types.
+
+An engine turns token-id prompts into G sampled completions each. Engines never read the training loop's
+state: the caller passes the policy weights (``load_weights``) and every sampling setting explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling settings of one ``generate`` call.
+
+    Attributes:
+        n: completions per prompt (G).
+        max_new_tokens: response length limit (T_max); a completion that reaches it without EOS is truncated.
+        temperature: softmax temperature (1.0 = the policy's distribution).
+        top_p: nucleus sampling mass (1.0 = off).
+        seed: base seed for reproducible sampling, or None.
+    """
+
+    n: int = 1
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled response.
+
+    Attributes:
+        token_ids: response token ids, cut just after the first EOS (EOS kept), at most max_new_tokens.
+        truncated: True when no EOS was produced within max_new_tokens.
+    """
+
+    token_ids: list[int]
+    truncated: bool
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """Generates completions for token-id prompts.
+
+    ``load_weights(model)`` makes the engine sample from ``model``'s current weights (a reference for a
+    colocated HF engine, a weight copy for vLLM). ``generate`` returns, for each prompt in order, exactly
+    ``sampling.n`` completions.
+    """
+
+    def load_weights(self, model: torch.nn.Module) -> None: ...
+
+    def generate(
+        self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig
+    ) -> list[list[Completion]]: ...
