@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -49,10 +49,13 @@ class Completion:
 class RolloutEngine(Protocol):
     """Generates completions for token-id prompts.
 
-    ``load_weights(model)`` makes the engine sample from ``model``'s current weights (a reference for a
+    ``setup(model, tokenizer)`` is called once before the first rollout (an HF engine keeps references, a
+    vLLM engine builds its ``LLM`` from the model's path and dtype). ``load_weights(model)`` makes the engine sample from ``model``'s current weights (a reference for a
     colocated HF engine, a weight copy for vLLM). ``generate`` returns, for each prompt in order, exactly
     ``sampling.n`` completions.
     """
+
+    def setup(self, model: torch.nn.Module, tokenizer: Any) -> None: ...
 
     def load_weights(self, model: torch.nn.Module) -> None: ...
 
