@@ -1,0 +1,148 @@
+"""Named RLVR method presets: one value per independent algorithm axis.
+
+Reference: "EchoRL: Reinforcement Learning via Rollout Echoing", arXiv 2605.31228, the method table of
+the project's specification (``ECHORL.md``). A method (GRPO, DAPO, ...) is not code of its own: it is a
+:class:`MethodConfig` naming an advantage estimator, a policy loss, an aggregation mode, a KL estimator and
+a few switches, and any of them can be overridden (``resolve_method("dapo", clip_high=0.3)``, or in YAML).
+
+Presets (``METHODS``): ``grpo``, ``dr_grpo``, ``dapo``, ``rloo``, ``reinforce_pp``, ``gspo``, ``luffy``.
+Choices the table leaves open: GSPO aggregates with ``seq-mean-token-mean`` (verl's GSPO setting, the
+table's "seq-mean"); REINFORCE++'s optional KL uses k2 with ``kl_coef`` 0 (off, as in the paper's runs);
+DAPO's overlong buffer defaults to 1024 tokens and must not exceed the configured response limit.
+
+Left out: the echo term's settings (``echo.*``, owned by the echo package), rollout settings (G, lengths,
+temperature) and optimiser settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from echorl_lightning.algorithms.advantages import ADVANTAGES, AdvEstimatorName
+from echorl_lightning.algorithms.aggregation import AGGREGATIONS, AggModeName
+from echorl_lightning.algorithms.kl import KL_ESTIMATORS, KLName
+from echorl_lightning.algorithms.policy_loss import POLICY_LOSSES, PolicyLossName
+from echorl_lightning.registry import Registry
+
+MethodName = Literal["dapo", "dr_grpo", "grpo", "gspo", "luffy", "reinforce_pp", "rloo"]
+"""The registered preset names (a test keeps this equal to ``METHODS.names()``)."""
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One RLVR method as a choice per axis. The defaults are GRPO's.
+
+    Attributes:
+        adv_estimator: advantage estimator (``ADVANTAGES``): ``grpo``, ``dr_grpo``, ``rloo``,
+            ``reinforce_pp_baseline``.
+        policy_loss: per-token policy loss (``POLICY_LOSSES``): ``ppo_clip``, ``gspo``, ``luffy``.
+        clip_low: lower clip range; the ratio is floored at ``1 - clip_low``. In [0, 1).
+        clip_high: upper clip range; the ratio is capped at ``1 + clip_high`` (> ``clip_low``: clip-higher).
+        loss_agg_mode: how the ``[N, T]`` loss becomes a scalar (``AGGREGATIONS``): ``token-mean``,
+            ``seq-mean-token-mean``, ``seq-mean-token-sum``, ``seq-mean-token-sum-norm``.
+        kl_estimator: per-token KL estimator to the reference model (``KL_ESTIMATORS``): ``k1``, ``k2``, ``k3``.
+        kl_coef: weight of the KL penalty; 0 means no KL term and no reference model. >= 0.
+        dynamic_sampling: DAPO dynamic sampling: drop groups whose rewards are all equal and resample
+            prompts to refill the batch.
+        overlong_shaping: add DAPO's soft overlong penalty to the reward.
+        overlong_buffer: ``L_cache``, the penalty ramp length in tokens before the response limit
+            (> 0 when ``overlong_shaping``; must not exceed the response limit).
+        max_resample_rounds: with ``dynamic_sampling``, the most extra generation rounds spent refilling
+            the batch; when they run out the step trains on the groups kept so far. >= 0.
+        off_policy: the data carries one expert solution per prompt, added to its group (LUFFY).
+        luffy_gamma: LUFFY's policy-shaping constant gamma in ``p / (p + gamma)`` on expert tokens. > 0.
+    """
+
+    adv_estimator: AdvEstimatorName = "grpo"
+    policy_loss: PolicyLossName = "ppo_clip"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    loss_agg_mode: AggModeName = "seq-mean-token-mean"
+    kl_estimator: KLName = "k3"
+    kl_coef: float = 0.0
+    dynamic_sampling: bool = False
+    overlong_shaping: bool = False
+    overlong_buffer: int = 0
+    max_resample_rounds: int = 0
+    off_policy: bool = False
+    luffy_gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        for key, registry in (
+            ("adv_estimator", ADVANTAGES),
+            ("policy_loss", POLICY_LOSSES),
+            ("loss_agg_mode", AGGREGATIONS),
+            ("kl_estimator", KL_ESTIMATORS),
+        ):
+            value = getattr(self, key)
+            if value not in registry:
+                raise ValueError(
+                    f"{key}: unknown {registry.axis} {value!r}; known: {', '.join(registry.names())}"
+                )
+        if not 0.0 <= self.clip_low < 1.0:
+            raise ValueError(f"clip_low must be in [0, 1), got {self.clip_low}")
+        if self.clip_high < 0.0:
+            raise ValueError(f"clip_high must be >= 0, got {self.clip_high}")
+        if self.kl_coef < 0.0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if self.overlong_buffer < 0:
+            raise ValueError(f"overlong_buffer must be >= 0, got {self.overlong_buffer}")
+        if self.overlong_shaping and self.overlong_buffer == 0:
+            raise ValueError("overlong_shaping=True needs overlong_buffer > 0 (the L_cache ramp length)")
+        if self.max_resample_rounds < 0:
+            raise ValueError(f"max_resample_rounds must be >= 0, got {self.max_resample_rounds}")
+        if self.luffy_gamma <= 0.0:
+            raise ValueError(f"luffy_gamma must be > 0, got {self.luffy_gamma}")
+        if self.policy_loss == "luffy" and not self.off_policy:
+            raise ValueError("policy_loss='luffy' needs off_policy=True (expert solutions in the data)")
+
+    @property
+    def use_kl(self) -> bool:
+        """Whether the KL term is on (and a reference model is needed)."""
+        return self.kl_coef > 0.0
+
+
+METHODS: Registry[MethodConfig] = Registry("method preset")
+
+METHODS.register("grpo")(MethodConfig())
+METHODS.register("dr_grpo")(MethodConfig(adv_estimator="dr_grpo", loss_agg_mode="seq-mean-token-sum-norm"))
+METHODS.register("dapo")(
+    MethodConfig(
+        adv_estimator="grpo",
+        clip_low=0.2,
+        clip_high=0.28,
+        loss_agg_mode="token-mean",
+        dynamic_sampling=True,
+        overlong_shaping=True,
+        overlong_buffer=1024,
+        max_resample_rounds=10,
+    )
+)
+METHODS.register("rloo")(MethodConfig(adv_estimator="rloo", loss_agg_mode="token-mean"))
+METHODS.register("reinforce_pp")(
+    MethodConfig(adv_estimator="reinforce_pp_baseline", loss_agg_mode="token-mean", kl_estimator="k2")
+)
+METHODS.register("gspo")(
+    MethodConfig(policy_loss="gspo", clip_low=3e-4, clip_high=4e-4, loss_agg_mode="seq-mean-token-mean")
+)
+METHODS.register("luffy")(MethodConfig(policy_loss="luffy", loss_agg_mode="token-mean", off_policy=True))
+
+
+def resolve_method(name: str, **overrides: object) -> MethodConfig:
+    """The preset ``name`` with ``overrides`` applied (validated by :class:`MethodConfig`).
+
+    Args:
+        name: a preset name (``METHODS.names()``).
+        **overrides: :class:`MethodConfig` fields to replace.
+
+    Returns:
+        The resolved, validated config.
+    """
+    preset = METHODS.get(name)
+    fields = [field.name for field in dataclasses.fields(MethodConfig)]
+    for key in overrides:
+        if key not in fields:
+            raise ValueError(f"unknown method override {key!r}; valid fields: {', '.join(fields)}")
+    return dataclasses.replace(preset, **overrides)  # type: ignore[arg-type]
