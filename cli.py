@@ -2,16 +2,16 @@
 
 A thin LightningCLI: the model, the datamodule, callbacks and the logger are all ``class_path`` /
 ``init_args`` objects in YAML. See README.md ("Config system").
-"""
 
-from __future__ import annotations
+Everything is imported under the ``__main__`` guard: verifier worker processes (spawn/forkserver) re-import
+this file, and must not pay for importing Lightning.
+"""
 
 import os
 import sys
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from echorl_lightning.cli import main  # noqa: E402
-
 if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from echorl_lightning.cli import main
+
     main(sys.argv[1:])
