@@ -1,0 +1,214 @@
+"""Rollout engine on Hugging Face ``generate``, colocated with the policy (CPU or GPU).
+
+Samples G = ``sampling.n`` completions per prompt from the policy itself (no weight copy): prompts are
+expanded to N rows, sorted by length, LEFT-padded with an explicit attention mask and generated in chunks of
+at most ``batch_size`` rows; results come back in prompt order with each prompt's samples contiguous.
+
+Sampling is exactly the policy's distribution at the requested temperature, restricted by ``top_p`` only:
+every other logits processor that ``generate`` would otherwise take from the checkpoint's
+``generation_config.json`` or from transformers' global defaults (``top_k=50``, repetition penalty, ``min_p``,
+typical-p, ...) is switched off, because the RLVR loss assumes the rollouts were drawn from pi_old.
+Temperature 0 means greedy decoding. A completion is cut just after its first EOS (EOS kept); one without EOS
+within ``max_new_tokens`` is marked truncated. The tokenizer's EOS is the only stop token, as in
+:mod:`echorl_lightning.rollout.vllm_engine`.
+
+Left out: beam search, stop strings, per-prompt sampling settings, speculative decoding, static caches.
+Part of echorl-lightning, the implementation of EchoRL (arXiv 2605.31228), whose rollouts this engine samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+from echorl_lightning.rollout.types import Completion, SamplingConfig
+
+
+def special_token_ids(model: torch.nn.Module, tokenizer: Any) -> tuple[int, int]:
+    """The ``(eos_id, pad_id)`` used for generation.
+
+    EOS comes from the tokenizer, else from ``model.generation_config`` (the first id when it is a list).
+    Pad comes from the tokenizer, else from the generation config, else EOS (used for padding only).
+    """
+    config = getattr(model, "generation_config", None)
+
+    def first(value: int | Sequence[int] | None) -> int | None:
+        if isinstance(value, Sequence):
+            return int(value[0]) if len(value) > 0 else None
+        return None if value is None else int(value)
+
+    eos_id = first(getattr(tokenizer, "eos_token_id", None))
+    if eos_id is None and config is not None:
+        eos_id = first(config.eos_token_id)
+    if eos_id is None:
+        raise ValueError("neither the tokenizer nor model.generation_config defines an EOS token id")
+    pad_id = first(getattr(tokenizer, "pad_token_id", None))
+    if pad_id is None and config is not None:
+        pad_id = first(config.pad_token_id)
+    return eos_id, eos_id if pad_id is None else pad_id
+
+
+def require_unwrapped(model: torch.nn.Module) -> None:
+    """Raise ``ValueError`` for a DDP-wrapped policy: engines take the underlying HF model."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        raise ValueError("rollout engines take the unwrapped policy (ddp_model.module), not the DDP wrapper")
+
+
+def validate_request(prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig) -> None:
+    """Raise ``ValueError`` naming the offending field or prompt index for a malformed ``generate`` call."""
+    if sampling.n < 1:
+        raise ValueError(f"sampling.n must be >= 1, got {sampling.n}")
+    if sampling.max_new_tokens < 1:
+        raise ValueError(f"sampling.max_new_tokens must be >= 1, got {sampling.max_new_tokens}")
+    if sampling.temperature < 0:
+        raise ValueError(f"sampling.temperature must be >= 0 (0 = greedy), got {sampling.temperature}")
+    if not 0 < sampling.top_p <= 1:
+        raise ValueError(f"sampling.top_p must be in (0, 1], got {sampling.top_p}")
+    for index, prompt in enumerate(prompt_token_ids):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {index} is empty: every prompt needs at least one token")
+
+
+def generation_config(
+    sampling: SamplingConfig, eos_id: int, pad_id: int, use_cache: bool
+) -> GenerationConfig:
+    """The complete ``GenerationConfig`` of one engine call.
+
+    ``generate`` fills every field left ``None`` from the model's own generation config and then from
+    transformers' global defaults (``top_k=50``), so each processor that would change the sampling
+    distribution is set to its neutral value here.
+    """
+    common: dict[str, Any] = dict(
+        max_new_tokens=sampling.max_new_tokens,
+        min_new_tokens=0,
+        num_beams=1,
+        num_return_sequences=1,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        use_cache=use_cache,
+    )
+    if sampling.temperature == 0:
+        return GenerationConfig(do_sample=False, **common)
+    return GenerationConfig(
+        do_sample=True,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=0,
+        min_p=0.0,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        **common,
+    )
+
+
+def cut_at_eos(token_ids: Sequence[int], eos_id: int, max_new_tokens: int) -> Completion:
+    """Completion of a raw generated row: cut just after the first EOS (kept), else truncated.
+
+    Anything after the first EOS (padding, or EOS used as pad) is dropped; the row is also capped at
+    ``max_new_tokens``.
+    """
+    row = list(token_ids[:max_new_tokens])
+    if eos_id in row:
+        return Completion(token_ids=row[: row.index(eos_id) + 1], truncated=False)
+    return Completion(token_ids=row, truncated=True)
+
+
+class HFGenerateEngine:
+    """Colocated rollout engine on ``model.generate`` (see the module docstring).
+
+    Args:
+        batch_size: most sequences (rows, one per sample) in one ``generate`` call.
+        use_cache: KV cache during generation; passed explicitly so a model with gradient checkpointing
+            enabled still decodes with the cache.
+    """
+
+    def __init__(self, batch_size: int = 256, use_cache: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.use_cache = use_cache
+        self.model: torch.nn.Module | None = None
+        self.eos_id: int | None = None
+        self.pad_id: int | None = None
+
+    def setup(self, model: torch.nn.Module, tokenizer: Any) -> None:
+        """Keep a reference to the policy and resolve the EOS / pad ids."""
+        require_unwrapped(model)
+        self.eos_id, self.pad_id = special_token_ids(model, tokenizer)
+        self.model = model
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Colocated: sample from ``model`` itself (the unwrapped HF model, never a DDP wrapper)."""
+        require_unwrapped(model)
+        self.model = model
+
+    def generate(
+        self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig
+    ) -> list[list[Completion]]:
+        """``sampling.n`` completions for each prompt, in prompt order.
+
+        With ``sampling.seed`` set the result is reproducible (for a fixed ``batch_size`` and device) and the
+        caller's global RNG state is restored afterwards; with ``None`` sampling draws from, and advances,
+        the global generator.
+        """
+        if self.model is None or self.eos_id is None or self.pad_id is None:
+            raise RuntimeError("HFGenerateEngine.generate called before setup(model, tokenizer)")
+        validate_request(prompt_token_ids, sampling)
+        if len(prompt_token_ids) == 0:
+            return []
+
+        model, n = self.model, sampling.n
+        rows = [(index, sample) for index in range(len(prompt_token_ids)) for sample in range(n)]
+        rows.sort(key=lambda row: len(prompt_token_ids[row[0]]))  # stable: a prompt's samples stay in order
+        config = generation_config(sampling, self.eos_id, self.pad_id, self.use_cache)
+        device = next(model.parameters()).device
+        cuda_devices: list[int] = []
+        if device.type == "cuda":
+            cuda_devices.append(device.index if device.index is not None else torch.cuda.current_device())
+        results: list[list[Completion | None]] = [[None] * n for _ in prompt_token_ids]
+
+        was_training = model.training
+        model.eval()
+        try:
+            with (
+                torch.random.fork_rng(devices=cuda_devices, enabled=sampling.seed is not None),
+                torch.no_grad(),
+            ):
+                if sampling.seed is not None:
+                    torch.default_generator.manual_seed(sampling.seed)
+                    for index in cuda_devices:
+                        with torch.cuda.device(index):
+                            torch.cuda.manual_seed(sampling.seed)
+                for start in range(0, len(rows), self.batch_size):
+                    chunk = rows[start : start + self.batch_size]
+                    prompts = [prompt_token_ids[index] for index, _ in chunk]
+                    input_ids, attention_mask = self._left_pad(prompts, device)  # [rows, P] each
+                    output = model.generate(
+                        input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+                    )  # [rows, P + new]
+                    new_tokens = output[:, input_ids.shape[1] :].tolist()
+                    for (index, sample), row in zip(chunk, new_tokens, strict=True):
+                        results[index][sample] = cut_at_eos(row, self.eos_id, sampling.max_new_tokens)
+        finally:
+            model.train(was_training)
+        assert all(completion is not None for samples in results for completion in samples)
+        return results  # type: ignore[return-value]
+
+    def _left_pad(
+        self, prompts: Sequence[Sequence[int]], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``input_ids`` [rows, P] and ``attention_mask`` [rows, P] (1 on prompt tokens)."""
+        assert self.pad_id is not None
+        width = max(len(prompt) for prompt in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
+            attention_mask[row, width - len(prompt) :] = 1
+        return input_ids.to(device), attention_mask.to(device)
