@@ -46,7 +46,9 @@ class PromptDataModule(L.LightningDataModule):
         return []
 
     def default_verifier(self) -> Verifier:
-        raise NotImplementedError(f"{type(self).__name__} has no default verifier: set data.init_args.verifier")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no default verifier: set data.init_args.verifier"
+        )
 
     # ---- provided -----------------------------------------------------------------------------------
     def connect(self, tokenizer: Any) -> None:
@@ -72,6 +74,11 @@ class PromptDataModule(L.LightningDataModule):
         if self._val is None:
             self._val = list(self.load_val_prompts())
         return self._val
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, list):  # evaluation prompts are text: nothing to move
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader:
         if self.rollout_buffer is None:

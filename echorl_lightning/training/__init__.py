@@ -1,0 +1,1 @@
+"""Lightning glue: the configs the module takes, the loss it combines, and the module itself."""
