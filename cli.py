@@ -8,10 +8,9 @@ this file, and must not pay for importing Lightning.
 """
 
 import os
-import sys
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from echorl_lightning.cli import main
 
-    main(sys.argv[1:])
+    main()
