@@ -39,6 +39,7 @@ def main(args: list[str] | None = None, run: bool = True) -> EchoRLCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
         args=args,
         run=run,
     )

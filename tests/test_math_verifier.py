@@ -35,7 +35,8 @@ EASY_BATCH = (
 
 
 def _nested_fraction(depth: int) -> str:
-    text = "1"
+    # 1/(1/(...(1/2))): an even depth equals 2, an odd one 1/2; never the reference "1" below
+    text = "2"
     for _ in range(depth):
         text = "\\frac{1}{" + text + "}"
     return text
@@ -44,7 +45,7 @@ def _nested_fraction(depth: int) -> str:
 HOSTILE = [
     "\\boxed{9^{9^{9^{9}}}}",  # exact evaluation would not finish
     "\\boxed{10^{10^{10}}}",
-    "\\boxed{" + _nested_fraction(300) + "}",
+    "\\boxed{" + _nested_fraction(301) + "}",  # = 1/2 when it finishes
     "\\boxed{" + "7" * 100_000 + "}",  # 100 kB of digits
     "7" * 100_000,
     "\\boxed{\\frac{1}{2",  # unbalanced braces

@@ -102,4 +102,3 @@ def response_logits(logits: Tensor, prompt_len: int, response_len: int) -> Tenso
         [n, T, V] view: position P - 1 + t predicts response token t.
     """
     return logits[:, prompt_len - 1 : prompt_len - 1 + response_len]
-
