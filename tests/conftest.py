@@ -12,40 +12,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from the 256 byte values to printable characters (the ByteLevel alphabet)."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    chars = list(printable)
-    shift = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + shift)
-            shift += 1
-    return {byte: chr(char) for byte, char in zip(printable, chars, strict=True)}
+from echorl_lightning.tiny.tokenizer import build_tokenizer  # noqa: E402
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE with no merges: token id == byte value for ids 0..255, then ``<|endoftext|>`` (256, EOS)
-    and ``<|pad|>`` (257, pad). 258 tokens; every string round-trips through encode/decode."""
-    byte_chars = _bytes_to_unicode()
-    vocab = {byte_chars[byte]: byte for byte in range(256)}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([EOS_TOKEN, PAD_TOKEN])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+    """The project's byte-level tokenizer (token id == byte value for 0..255, then ``<|endoftext|>`` = 256
+    as EOS and ``<|pad|>`` = 257 as pad): every string round-trips through encode/decode."""
+    return build_tokenizer()
 
 
 def build_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCausalLM:
