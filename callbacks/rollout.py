@@ -99,6 +99,8 @@ class RolloutCallback(L.Callback):
         self.seed = seed
         self._pending_metrics: dict[str, torch.Tensor] = {}
         self._delimiters: list[int] | None = None
+        self._train_t0: float | None = None
+        self._train_tokens = 0.0
 
     # ---- Lightning hooks ----------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -131,10 +133,24 @@ class RolloutCallback(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
     ) -> None:
-        if batch_idx == 0 and self._pending_metrics:
-            metrics = {k: v.to(pl_module.device) for k, v in self._pending_metrics.items()}
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True, batch_size=1)
-            self._pending_metrics = {}
+        if batch_idx == 0:
+            self._train_t0, self._train_tokens = time.perf_counter(), 0.0
+            if self._pending_metrics:
+                metrics = {k: v.to(pl_module.device) for k, v in self._pending_metrics.items()}
+                pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True, batch_size=1)
+                self._pending_metrics = {}
+        self._train_tokens += float(batch["response_mask"].sum())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._train_t0 is None:
+            return
+        train_s = time.perf_counter() - self._train_t0
+        metrics = {
+            "perf/train_s": torch.tensor(train_s),
+            "perf/train_tokens_per_s": torch.tensor(self._train_tokens / max(train_s, 1e-9)),
+        }
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+        self._train_t0 = None
 
     # ---- the rollout ----------------------------------------------------------------------------------
     def _draw(self, pool_size: int, epoch: int, round_idx: int, rank: int, world: int) -> list[int]:

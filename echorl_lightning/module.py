@@ -12,7 +12,6 @@ model sharding (DDP is the supported multi-GPU strategy).
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 import lightning.pytorch as L
@@ -125,7 +124,6 @@ class EchoRLModule(L.LightningModule):
         return logprobs_and_entropy(logits, resp, temperature, chunk_size=self.forward_chunk_size)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        t0 = time.perf_counter()
         logp, entropy = self.response_logprobs(batch, float(batch["temperature"]))
         scale = float(self.trainer.world_size * self.trainer.accumulate_grad_batches)
         loss, metrics = rlvr_echo_loss(
@@ -149,7 +147,6 @@ class EchoRLModule(L.LightningModule):
             raise FloatingPointError(f"non-finite loss at step {self.global_step}: {metrics}")
         n_tokens = batch["response_mask"].sum()
         metrics["actor/entropy"] = (entropy * batch["response_mask"]).sum() / n_tokens.clamp(min=1)
-        metrics["perf/train_tokens_per_s"] = n_tokens / max(time.perf_counter() - t0, 1e-9)
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False, batch_size=len(logp))
         self.log("actor/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
         return loss

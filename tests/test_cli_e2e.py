@@ -76,7 +76,7 @@ def test_fit_two_epochs_learns_logs_and_resumes(tmp_path: Path) -> None:
     logged = scalars(tmp_path)
     for tag in ("echo/loss", "echo/num_clips", "rollout/frac_all_success", "rollout/frac_all_fail",
                 "reward/mean", "actor/pg_loss", "actor/clipfrac", "actor/grad_norm", "entropy/token_mean",
-                "echo/clip_tokens", "echo/peak_step_entropy", "perf/rollout_s", "val/accuracy"):  # fmt: skip
+                "echo/clip_tokens", "echo/peak_step_entropy", "perf/rollout_s", "perf/train_s", "val/accuracy"):  # fmt: skip
         assert tag in logged, f"{tag} not logged; have {sorted(logged)}"
     for tag in ("actor/pg_loss", "echo/loss", "actor/grad_norm"):
         assert all(math.isfinite(v) for _, v in logged[tag]), tag
