@@ -1,0 +1,282 @@
+"""Named benchmark and training sets of EchoRL (arXiv 2605.31228): where each lives and how one raw row
+becomes ``(problem text, reference, expert solution)``.
+
+:data:`BENCHMARKS` is a :class:`~echorl_lightning.registry.Registry` of frozen :class:`DatasetSpec` entries,
+one per named set; :func:`load_benchmark` loads one split (from the hub, or from a local JSONL / Parquet file
+in the same schema) and maps every row with the spec's pure ``to_example`` function.
+
+* In-distribution math evaluation (the paper's and LUFFY's six): ``aime24``, ``aime25``, ``amc23``,
+  ``math500``, ``minerva_math``, ``olympiadbench``; plus ``gsm8k`` (math, so tagged ``id``).
+* Out-of-distribution multiple choice: ``arc_challenge``, ``gpqa_diamond``, ``mmlu_pro``. The problem text
+  is the question followed by lettered options (:func:`format_choices`); the reference is the correct letter.
+  GPQA stores the correct answer first, so its four options are shuffled with a seed derived from the row
+  index (``random.Random(index)``): reproducible, and the correct letter is not always ``A``.
+* Training: ``openr1_math`` (LUFFY's OpenR1-Math-46k, the paper's training set; expert = the R1 solution),
+  ``math_train`` (MATH train, reference = last ``\\boxed{}`` of the solution), ``gsm8k_train`` (expert = the
+  solution text before ``####``), ``deepscaler`` (DeepScaleR-Preview).
+
+Rows whose reference cannot be extracted (or whose problem is empty) are skipped, counted and logged with
+their indices. Left out: prompt templating (the datamodule renders the problem), the verifiers, per-subject
+filtering of MMLU-Pro, multi-config sets (AIME 2025 from ``opencompass/AIME2025`` is two configs; the
+single-split ``math-ai/aime25`` is used instead), and multimodal OlympiadBench configs.
+
+Hub ids, configs, splits and column names were checked against dataset cards and public loading code
+(search of public repositories, Nov 2026); each spec below says where.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+from echorl_lightning.data.answers import extract_boxed, extract_gsm8k
+from echorl_lightning.data.hub import as_text, check_column, describe_source, get_column, load_table
+from echorl_lightning.registry import Registry
+from echorl_lightning.rewards.multiple_choice import DEFAULT_LETTERS, format_choices
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["math", "multiple_choice"]
+Usage = Literal["id", "ood", "train"]
+ToExample = Callable[[dict[str, Any], int], tuple[str, str | None, str | None]]
+
+_SHOWN_ROWS = 5  # row indices quoted in the skipped-rows log line
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One named set.
+
+    Attributes:
+        name: the registry name (``"math500"``).
+        hub_id: the Hugging Face hub dataset id.
+        config: the hub config name, or None for the default one.
+        split: the split to load.
+        kind: ``"math"`` (reference = final answer) or ``"multiple_choice"`` (reference = option letter).
+        id_or_ood: ``"id"`` / ``"ood"`` evaluation set, or ``"train"``.
+        columns: top-level columns ``to_example`` reads (checked before mapping, so a wrong schema fails
+            with the missing column named).
+        to_example: pure ``(row, index) -> (problem, reference | None, expert | None)``; a None reference
+            means the row is skipped.
+    """
+
+    name: str
+    hub_id: str
+    config: str | None
+    split: str
+    kind: Kind
+    id_or_ood: Usage
+    columns: tuple[str, ...]
+    to_example: ToExample
+
+
+class BenchmarkRow(NamedTuple):
+    """One mapped row: the un-templated problem text, the verifier reference, the optional expert
+    solution, and a stable id ``"<name>/<row index>"``."""
+
+    problem: str
+    reference: str
+    expert: str | None
+    uid: str
+
+
+BENCHMARKS: Registry[DatasetSpec] = Registry("benchmark dataset")
+
+
+def _add(spec: DatasetSpec) -> None:
+    BENCHMARKS.register(spec.name)(spec)
+
+
+# ---- cell helpers (pure) --------------------------------------------------------------------------------
+def _text(value: Any) -> str | None:
+    """A cell as stripped text: strings as-is, integral floats without ``.0`` (``12.0`` -> ``"12"``),
+    other numbers via ``str``; None for missing / empty / anything else."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return value.strip() or None
+    return None
+
+
+def _math(problem_col: str, answer_col: str, expert_col: str | None = None) -> ToExample:
+    """``to_example`` for a set with a problem column, a final-answer column and an optional solution."""
+
+    def to_example(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+        expert = _text(row.get(expert_col)) if expert_col is not None else None
+        return _text(row[problem_col]) or "", _text(row[answer_col]), expert
+
+    return to_example
+
+
+def _math_boxed(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+    """MATH: reference = last ``\\boxed{}`` of ``solution``; expert = the whole solution."""
+    solution = _text(row["solution"])
+    reference = extract_boxed(solution) if solution is not None else None
+    return _text(row["problem"]) or "", reference or None, solution
+
+
+def _gsm8k(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+    """GSM8K: reference = the number after ``####`` (commas removed); expert = the text before it."""
+    answer = row["answer"] if isinstance(row["answer"], str) else ""
+    marker = answer.rfind("####")
+    expert = answer[:marker].strip() if marker >= 0 else None
+    return _text(row["question"]) or "", extract_gsm8k(answer), expert or None
+
+
+def _olympiadbench(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+    """OlympiadBench: ``final_answer`` is a list (several answers joined by ", "); ``solution`` a list."""
+    answers = [text for text in (_text(a) for a in row["final_answer"] or []) if text is not None]
+    solutions = [text for text in (_text(s) for s in row.get("solution") or []) if text is not None]
+    expert = "\n\n".join(solutions) or None
+    return _text(row["question"]) or "", ", ".join(answers) or None, expert
+
+
+def _openr1(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+    """verl RL schema: the user message of ``prompt``, ``reward_model.ground_truth``, the assistant
+    message of ``target`` (the DeepSeek-R1 solution)."""
+    problem = as_text(row["prompt"], role="user")
+    reference = _text(as_text(get_column(row, "reward_model.ground_truth"), role="assistant"))
+    expert = _text(as_text(row.get("target"), role="assistant"))
+    return (problem or "").strip(), reference, expert
+
+
+def _arc(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+    """ARC: options in the given label order get letters A, B, ... by position, so numeric labels
+    ("1".."4") map to letters; the reference is the letter at ``answerKey``'s position."""
+    choices = row["choices"]
+    labels = [str(label).strip() for label in choices["label"]]
+    options = [_text(t) or "" for t in choices["text"]]
+    key = str(row["answerKey"]).strip()
+    problem = format_choices(_text(row["question"]) or "", options)
+    reference = DEFAULT_LETTERS[labels.index(key)] if key in labels else None
+    return problem, reference, None
+
+
+def _gpqa(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+    """GPQA: the correct answer and three incorrect ones, shuffled with ``random.Random(index)``."""
+    texts = [_text(row["Correct Answer"])] + [_text(row[f"Incorrect Answer {k}"]) for k in (1, 2, 3)]
+    order = [0, 1, 2, 3]
+    random.Random(index).shuffle(order)
+    options = [texts[i] or "" for i in order]
+    problem = format_choices(_text(row["Question"]) or "", options, letters="ABCD")
+    reference = "ABCD"[order.index(0)] if texts[0] is not None else None
+    return problem, reference, None
+
+
+def _mmlu_pro(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+    """MMLU-Pro: up to ten ``options`` and the correct ``answer`` letter (checked against the options)."""
+    options = [_text(o) or "" for o in row["options"]]
+    answer = _text(row["answer"])
+    problem = format_choices(_text(row["question"]) or "", options)
+    valid = answer is not None and len(answer) == 1 and answer in DEFAULT_LETTERS[: len(options)]
+    return problem, answer if valid else None, None
+
+
+# ---- the registry ---------------------------------------------------------------------------------------
+# Verified: dataset card of HuggingFaceH4/aime_2024 (features id, problem, solution, answer, url, year;
+# one split "train", 30 rows).
+_add(DatasetSpec("aime24", "HuggingFaceH4/aime_2024", None, "train", "math", "id",
+                 ("problem", "answer", "solution"), _math("problem", "answer", "solution")))  # fmt: skip
+# Verified: load_dataset("math-ai/aime25", "default")["test"] with item["problem"], item["answer"] in
+# Jellyfish042/rwkv_mmlu prepare_data/prepare_aime2025.py (opencompass/AIME2025 is split in two configs).
+_add(DatasetSpec("aime25", "math-ai/aime25", None, "test", "math", "id",
+                 ("problem", "answer"), _math("problem", "answer")))  # fmt: skip
+# Verified: load_dataset("math-ai/amc23", split="test") with "question" / "answer" in public eval scripts
+# (answers may be numbers; 12.0 -> "12").
+_add(DatasetSpec("amc23", "math-ai/amc23", None, "test", "math", "id",
+                 ("question", "answer"), _math("question", "answer")))  # fmt: skip
+# Verified: HuggingFaceH4/MATH-500 "test" with problem / solution / answer (verl examples, eval pins).
+_add(DatasetSpec("math500", "HuggingFaceH4/MATH-500", None, "test", "math", "id",
+                 ("problem", "answer", "solution"), _math("problem", "answer", "solution")))  # fmt: skip
+# Verified: yuki-younai/verl-alignment examples/data_preprocess/math/eval_math_minerva-math.py reads
+# math-ai/minervamath["test"] example["question"], example["answer"].
+_add(DatasetSpec("minerva_math", "math-ai/minervamath", None, "test", "math", "id",
+                 ("question", "answer"), _math("question", "answer")))  # fmt: skip
+# Verified: several public loaders use load_dataset("Hothan/OlympiadBench", "OE_TO_maths_en_COMP",
+# split="train") with row["question"] and row["final_answer"] a list (first / all answers), "solution" list.
+_add(DatasetSpec("olympiadbench", "Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train", "math", "id",
+                 ("question", "final_answer"), _olympiadbench))  # fmt: skip
+# Verified: openai/gsm8k config "main", columns question / answer, answer ends "#### <number>".
+_add(DatasetSpec("gsm8k", "openai/gsm8k", "main", "test", "math", "id",
+                 ("question", "answer"), _gsm8k))  # fmt: skip
+# Verified: load_dataset("allenai/ai2_arc", "ARC-Challenge")["test"] (public eval code); columns question,
+# choices {text, label}, answerKey (labels are "A".."E" or "1".."5").
+_add(DatasetSpec("arc_challenge", "allenai/ai2_arc", "ARC-Challenge", "test", "multiple_choice", "ood",
+                 ("question", "choices", "answerKey"), _arc))  # fmt: skip
+# Verified: load_dataset("Idavidrein/gpqa", "gpqa_diamond", split="train") with "Question", "Correct
+# Answer", "Incorrect Answer 1..3" (public loaders; inspect_ai's gpqa notes the target is always A).
+_add(DatasetSpec("gpqa_diamond", "Idavidrein/gpqa", "gpqa_diamond", "train", "multiple_choice", "ood",
+                 ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
+                  "Incorrect Answer 3"), _gpqa))  # fmt: skip
+# Verified: TIGER-Lab/MMLU-Pro splits validation / test (eval-framework docs: SAMPLE_SPLIT = test); columns
+# question, options (list, up to 10), answer (letter), answer_index.
+_add(DatasetSpec("mmlu_pro", "TIGER-Lab/MMLU-Pro", None, "test", "multiple_choice", "ood",
+                 ("question", "options", "answer"), _mmlu_pro))  # fmt: skip
+# Verified: the verl RL schema documented in echorl_lightning/data/hub.py (LUFFY's release).
+_add(DatasetSpec("openr1_math", "Elliott/Openr1-Math-46k-8192", None, "train", "math", "train",
+                 ("prompt", "reward_model"), _openr1))  # fmt: skip
+# Verified: DigitalLearningGmbH/MATH-lighteval "default" train / test, columns problem, level, type,
+# solution (verl reward routing and public loaders extract the boxed answer from "solution").
+_add(DatasetSpec("math_train", "DigitalLearningGmbH/MATH-lighteval", None, "train", "math", "train",
+                 ("problem", "solution"), _math_boxed))  # fmt: skip
+_add(DatasetSpec("gsm8k_train", "openai/gsm8k", "main", "train", "math", "train",
+                 ("question", "answer"), _gsm8k))  # fmt: skip
+# Verified: agentica-org/DeepScaleR-Preview-Dataset has one split "train" (public loaders); columns problem,
+# answer, solution (solution is often empty: the expert is then None).
+_add(DatasetSpec("deepscaler", "agentica-org/DeepScaleR-Preview-Dataset", None, "train", "math", "train",
+                 ("problem", "answer", "solution"), _math("problem", "answer", "solution")))  # fmt: skip
+
+
+# ---- loading --------------------------------------------------------------------------------------------
+def map_rows(spec: DatasetSpec, rows: Iterable[dict[str, Any]]) -> tuple[list[BenchmarkRow], list[int]]:
+    """Apply ``spec.to_example`` to every row; return the kept rows and the indices of skipped ones (empty
+    problem or no reference). ``rows`` is any iterable of row dicts (a ``datasets.Dataset`` works)."""
+    kept: list[BenchmarkRow] = []
+    skipped: list[int] = []
+    for index, row in enumerate(rows):
+        problem, reference, expert = spec.to_example(row, index)
+        if not problem.strip() or reference is None or not reference.strip():
+            skipped.append(index)
+            continue
+        kept.append(BenchmarkRow(problem, reference.strip(), expert, f"{spec.name}/{index}"))
+    return kept, skipped
+
+
+def load_benchmark(
+    name: str, path: str | None = None, cache_dir: str | None = None, revision: str | None = None
+) -> list[BenchmarkRow]:
+    """Load the named set's split and map every row.
+
+    Args:
+        name: a name in :data:`BENCHMARKS` (unknown names raise ``ValueError`` listing the known ones).
+        path: a local ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file (or folder) in the set's schema;
+            None loads ``spec.hub_id`` / ``spec.config`` / ``spec.split`` from the hub.
+        cache_dir: the ``datasets`` cache folder.
+        revision: the hub revision (ignored for a local ``path``).
+    """
+    spec = BENCHMARKS.get(name)
+    source_path = spec.hub_id if path is None else path
+    config = spec.config if path is None else None
+    table = load_table(source_path, config, spec.split, revision if path is None else None, cache_dir)
+    source = describe_source(source_path, config, spec.split)
+    for column in spec.columns:
+        check_column(table.features, column, f"{name}.columns", source)
+    kept, skipped = map_rows(spec, table)
+    if skipped:
+        logger.warning(
+            "benchmark %r from %s: skipped %d of %d rows with an empty problem or no extractable reference "
+            "(rows %s)",
+            name,
+            source,
+            len(skipped),
+            len(skipped) + len(kept),
+            skipped[:_SHOWN_ROWS],
+        )
+    return kept
