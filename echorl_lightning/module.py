@@ -5,8 +5,11 @@ one policy forward over ``prompt + response``, chunked log-probs at the rollout 
 policy loss and aggregation, optional KL to a frozen reference model, and the echo NLL on the EchoClip
 tokens, all from that one forward (EchoRL, arXiv 2605.31228; ECHORL.md "Echo loss": zero extra forwards).
 
-It also evaluates: ``validation_step`` / ``test_step`` sample ``eval.n`` completions per prompt through the
-rollout engine and score them with the datamodule's verifier. Left out here: LoRA/PEFT and FSDP-specific
+It also evaluates: ``validation_step`` / ``test_step`` sample ``eval.n`` = k completions per prompt through
+the rollout engine for every evaluation set of the datamodule (one dataloader per set), score them with that
+set's verifier, and log per set ``<stage>/<set>/avg@k``, ``pass@1``, ``pass@k``, ``maj@k`` and
+``response_length``, the group means ``<stage>/id_avg`` / ``<stage>/ood_avg`` of avg@k, and
+``<stage>/accuracy``, the avg@k over every sample of every set. Left out here: LoRA/PEFT and FSDP-specific
 model sharding (DDP is the supported multi-GPU strategy).
 """
 
@@ -17,11 +20,14 @@ from typing import Any, Literal
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.utilities import grad_norm
+from torch import nn
 from torchmetrics import MeanMetric
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from echorl_lightning.algorithms.presets import MethodConfig, MethodName
+from echorl_lightning.data.base import EvalSet
 from echorl_lightning.data.types import PromptExample
+from echorl_lightning.eval.metrics import sampled_eval_metrics
 from echorl_lightning.ops import logprobs_and_entropy
 from echorl_lightning.rollout.hf_engine import HFGenerateEngine
 from echorl_lightning.rollout.types import RolloutEngine, SamplingConfig
@@ -29,6 +35,7 @@ from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, Eva
 from echorl_lightning.training.loss import response_logits, rlvr_echo_loss
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
+EvalStage = Literal["val", "test"]
 
 
 def load_policy(path: str, dtype: DTypeName, **kwargs: Any) -> PreTrainedModel:
@@ -96,6 +103,9 @@ class EchoRLModule(L.LightningModule):
         self.val_length = MeanMetric()
         self.test_accuracy = MeanMetric()
         self.test_length = MeanMetric()
+        # per evaluation set, keyed "<stage>_<set>"; filled in ``setup`` (before the move to the device)
+        self.eval_metrics = nn.ModuleDict()
+        self.eval_lengths = nn.ModuleDict()
 
     # ---- the policy forward (the only one per micro-batch) ------------------------------------------
     def response_logprobs(
@@ -172,7 +182,22 @@ class EchoRLModule(L.LightningModule):
                 raise ValueError(f"prompt {i} tokenizes to nothing: {prompts[i]!r}")
         return ids
 
-    def _evaluate(self, batch: list[PromptExample], acc: MeanMetric, length: MeanMetric) -> None:
+    def setup(self, stage: str) -> None:
+        """Create the metrics of every evaluation set of the datamodule for this stage (once per key)."""
+        prefix: EvalStage = "test" if stage == "test" else "val"
+        if stage == "predict" or not hasattr(self.trainer.datamodule, "eval_sets"):
+            return
+        k = self.eval_cfg.n
+        for eval_set in self.trainer.datamodule.eval_sets():
+            key = f"{prefix}_{eval_set.name}"
+            if key not in self.eval_metrics:
+                self.eval_metrics[key] = sampled_eval_metrics(k, pass_ks=sorted({1, k})).to(self.device)
+                self.eval_lengths[key] = MeanMetric().to(self.device)
+
+    def _evaluate(self, batch: list[PromptExample], stage: EvalStage, dataloader_idx: int) -> None:
+        """Sample k completions per prompt of one batch of evaluation set ``dataloader_idx``, score them
+        with the set's verifier and update its metrics and the stage's overall accuracy and length."""
+        eval_set: EvalSet = self.trainer.datamodule.eval_sets()[dataloader_idx]
         cfg = self.eval_cfg
         sampling = SamplingConfig(
             n=cfg.n,
@@ -186,26 +211,81 @@ class EchoRLModule(L.LightningModule):
         flat = [c for group in completions for c in group]
         texts = self.tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
         refs = [ex.reference for ex in batch for _ in range(cfg.n)]
-        scores = self.trainer.datamodule.verifier(texts, refs)
-        acc.update(torch.tensor([float(s or 0.0) for s in scores], device=self.device))
-        length.update(torch.tensor([float(len(c.token_ids)) for c in flat], device=self.device))
+        scores = torch.tensor(
+            [float(s or 0.0) for s in eval_set.verifier(texts, refs)], device=self.device
+        )  # [P * k]
+        lengths = torch.tensor([float(len(c.token_ids)) for c in flat], device=self.device)  # [P * k]
+        answers = [eval_set.answer_fn(text) for text in texts]
+        key = f"{stage}_{eval_set.name}"
+        per_prompt = [answers[i * cfg.n : (i + 1) * cfg.n] for i in range(len(batch))]
+        self.eval_metrics[key].update(scores.view(len(batch), cfg.n), per_prompt)  # [P, k]
+        self.eval_lengths[key].update(lengths)
+        accuracy, length = (
+            (self.val_accuracy, self.val_length) if stage == "val" else (self.test_accuracy, self.test_length)
+        )
+        accuracy.update(scores)
+        length.update(lengths)
 
-    def validation_step(self, batch: list[PromptExample], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_accuracy, self.val_length)
-        self.log("val/accuracy", self.val_accuracy, on_epoch=True, prog_bar=True, batch_size=len(batch))
-        self.log("val/response_length", self.val_length, on_epoch=True, batch_size=len(batch))
+    def _eval_results(self, stage: EvalStage) -> dict[str, torch.Tensor]:
+        """Compute (reduced over ranks) and reset every evaluation metric of ``stage``."""
+        results: dict[str, torch.Tensor] = {}
+        group_avgs: dict[str, list[torch.Tensor]] = {"id": [], "ood": []}
+        for eval_set in self.trainer.datamodule.eval_sets():
+            key = f"{stage}_{eval_set.name}"
+            if key not in self.eval_lengths or not self.eval_lengths[key].update_called:
+                continue
+            for name, value in self.eval_metrics[key].compute().items():
+                results[f"{stage}/{eval_set.name}/{name}"] = value.float()
+            results[f"{stage}/{eval_set.name}/response_length"] = self.eval_lengths[key].compute()
+            if eval_set.group is not None:
+                group_avgs[eval_set.group].append(results[f"{stage}/{eval_set.name}/avg@{self.eval_cfg.n}"])
+            self.eval_metrics[key].reset()
+            self.eval_lengths[key].reset()
+        for group, values in group_avgs.items():
+            if values:
+                results[f"{stage}/{group}_avg"] = torch.stack(values).mean()
+        accuracy, length = (
+            (self.val_accuracy, self.val_length) if stage == "val" else (self.test_accuracy, self.test_length)
+        )
+        if accuracy.update_called:
+            results[f"{stage}/accuracy"] = accuracy.compute().float()
+            results[f"{stage}/response_length"] = length.compute().float()
+        accuracy.reset()
+        length.reset()
+        return results
+
+    def _log_eval(self, stage: EvalStage) -> None:
+        results = self._eval_results(stage)
+        if f"{stage}/accuracy" not in results:
+            return
+        accuracy = results.pop(f"{stage}/accuracy")
+        self.log(f"{stage}/accuracy", accuracy, prog_bar=stage == "val")
+        self.log_dict(results)
+        self.print(f"[{stage}] step {self.global_step}: accuracy {float(accuracy):.4f}")
+        k = self.eval_cfg.n
+        per_set = [
+            f"{name.split('/')[1]} {float(value):.4f}"
+            for name, value in results.items()
+            if name.endswith(f"/avg@{k}")
+        ]
+        if len(per_set) > 1:
+            self.print(f"[{stage}] step {self.global_step}: avg@{k} " + ", ".join(per_set))
+        if stage == "val" and self.trainer.sanity_checking and self.logger is not None:
+            # the sanity pass is not logged by Lightning: record it as the accuracy before training
+            results["val/accuracy"] = accuracy
+            self.logger.log_metrics({name: float(v) for name, v in results.items()}, step=self.global_step)
+
+    def validation_step(self, batch: list[PromptExample], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "val", dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
-        acc = self.val_accuracy.compute()
-        self.print(f"[val] step {self.global_step}: accuracy {float(acc):.4f}")
-        if self.trainer.sanity_checking and self.logger is not None:
-            # the sanity pass is not logged by Lightning: record it as the accuracy before training
-            self.logger.log_metrics({"val/accuracy": float(acc)}, step=self.global_step)
+        self._log_eval("val")
 
-    def test_step(self, batch: list[PromptExample], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_accuracy, self.test_length)
-        self.log("test/accuracy", self.test_accuracy, on_epoch=True, batch_size=len(batch))
-        self.log("test/response_length", self.test_length, on_epoch=True, batch_size=len(batch))
+    def test_step(self, batch: list[PromptExample], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "test", dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
 
     # ---- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -133,6 +133,7 @@ def test_qwen_config_runs_one_epoch_with_local_overrides(tmp_path: Path) -> None
         f"--data.init_args.path={data}",
         "--data.init_args.val_path=null",
         "--data.init_args.val_split=null",
+        "--data.init_args.eval_sets=null",
         "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
         "--trainer.precision=32-true", "--trainer.max_epochs=1", "--trainer.accumulate_grad_batches=2",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",

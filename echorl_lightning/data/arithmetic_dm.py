@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from echorl_lightning.data.arithmetic import DEFAULT_DIFFICULTY, Difficulty, Split, make_problem
 from echorl_lightning.data.base import PromptDataModule
 from echorl_lightning.data.types import PromptExample, Verifier
-from echorl_lightning.rewards.exact_match import ExactMatchVerifier
+from echorl_lightning.rewards.exact_match import ExactMatchVerifier, extract_answer
 
 EvalSplit = Literal["val", "test", "ood"]
 
@@ -91,6 +91,10 @@ class ArithmeticDataModule(PromptDataModule):
 
     def default_verifier(self) -> Verifier:
         return ExactMatchVerifier()
+
+    def default_answer_fn(self, completion: str) -> str | None:
+        """maj@k votes on the canonical integer of the ``Answer:`` line (the verifier's own extraction)."""
+        return extract_answer(completion)
 
 
 def sft_collate(

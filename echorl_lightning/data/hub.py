@@ -21,6 +21,12 @@ Any other set with one problem column and one answer column works the same way, 
 local ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file (or a folder of them): e.g. GSM8K with
 ``prompt_column="question"``, ``answer_column="answer"``, ``answer_format="gsm8k"``.
 
+Evaluation: besides the optional ``val_*`` split, ``eval_sets`` names benchmarks of
+:data:`~echorl_lightning.data.benchmarks.BENCHMARKS` (EchoRL's id math sets and ood multiple-choice sets);
+each becomes one :class:`~echorl_lightning.data.base.EvalSet`, rendered with the same instruction and chat
+template (multiple-choice sets ask for the option letter in ``\\boxed{}``), scored by one shared
+:class:`MathVerifier` or by :class:`MultipleChoiceVerifier`.
+
 Rows with an empty prompt or with an answer that yields no reference are skipped, counted in
 :attr:`HubPromptDataModule.skipped` and logged once per split with their row indices. Left out: streaming
 (the split is loaded whole), per-rank sharding of the prompt pool (the rollout callback draws from it),
@@ -39,15 +45,19 @@ from typing import Any, Literal
 import datasets
 
 from echorl_lightning.data.answers import extract_boxed, extract_gsm8k
-from echorl_lightning.data.base import PromptDataModule
+from echorl_lightning.data.base import EvalSet, PromptDataModule
 from echorl_lightning.data.types import PromptExample, Verifier
 from echorl_lightning.rewards.math_verify import MathVerifier
+from echorl_lightning.rewards.multiple_choice import MultipleChoiceVerifier, extract_choice
 
 logger = logging.getLogger(__name__)
 
 AnswerFormat = Literal["raw", "boxed", "gsm8k"]
 
 DEFAULT_INSTRUCTION = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
+MC_INSTRUCTION = (
+    "{prompt}\nPlease reason step by step, and put the letter of the correct option within \\boxed{}."
+)
 
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _SHOWN_ROWS = 5  # row indices quoted in the skipped-rows log line
@@ -184,13 +194,16 @@ class HubPromptDataModule(PromptDataModule):
         use_chat_template: wrap the user message in the tokenizer's chat template (with the generation
             prompt) when the connected tokenizer has one; otherwise the instruction text is the prompt.
         max_train_samples: keep the first k usable training rows (after the shuffle, if any).
-        max_val_samples: the same for validation.
+        max_val_samples: the same for validation and for each of ``eval_sets``.
         shuffle_seed: shuffle rows with this seed before taking the first k; None keeps the file order.
         val_path: validation source; None uses ``path``.
         val_name: hub configuration of the validation source; None uses ``name`` when ``val_path`` is None.
         val_split: validation split; None means no validation set.
         val_prompt_column, val_answer_column, val_answer_format: the validation set's mapping when it
             differs (e.g. MATH-500's ``problem`` / ``answer``); None uses the training one.
+        eval_sets: benchmark names (``benchmarks.BENCHMARKS``) evaluated in validation and test, after the
+            ``val`` set when ``val_split`` is set; metrics ``val/<name>/...``.
+        eval_paths: set name -> local file in that set's schema (offline runs); other sets load from the hub.
         val_batch_size: prompts per validation batch.
         cache_dir: ``datasets`` cache folder; None uses the library default.
         verifier: batch verifier; None uses :class:`MathVerifier`.
@@ -218,6 +231,8 @@ class HubPromptDataModule(PromptDataModule):
         val_prompt_column: str | None = None,
         val_answer_column: str | None = None,
         val_answer_format: AnswerFormat | None = None,
+        eval_sets: list[str] | None = None,
+        eval_paths: dict[str, str] | None = None,
         val_batch_size: int = 64,
         cache_dir: str | None = None,
         verifier: Verifier | None = None,
@@ -231,6 +246,16 @@ class HubPromptDataModule(PromptDataModule):
         for key, k in (("max_train_samples", max_train_samples), ("max_val_samples", max_val_samples)):
             if k is not None and k < 1:
                 raise ValueError(f"{key} must be >= 1 or None, got {k}")
+        unknown = sorted(set(eval_paths or {}) - set(eval_sets or []))
+        if unknown:
+            raise ValueError(f"eval_paths: {unknown} are not in eval_sets={eval_sets}")
+        if eval_sets:
+            from echorl_lightning.data.benchmarks import BENCHMARKS  # imports this module: imported late
+
+            for set_name in eval_sets:
+                BENCHMARKS.get(set_name)  # an unknown name raises, listing the known ones
+        self.eval_set_names = list(eval_sets or [])
+        self.eval_paths = dict(eval_paths or {})
         self.path = path
         self.name = name
         self.split = split
@@ -268,11 +293,40 @@ class HubPromptDataModule(PromptDataModule):
     def default_verifier(self) -> Verifier:
         return MathVerifier()
 
+    def load_eval_sets(self) -> Sequence[EvalSet]:
+        """The ``val`` set (when ``val_split`` is set), then one set per name of ``eval_sets``."""
+        from echorl_lightning.data.benchmarks import BENCHMARKS, load_benchmark  # imports this module
+
+        sets = list(super().load_eval_sets())
+        math_verifier: Verifier | None = None
+        for set_name in self.eval_set_names:
+            spec = BENCHMARKS.get(set_name)
+            path = self.eval_paths.get(set_name)
+            rows = load_benchmark(set_name, path=path, cache_dir=self.cache_dir)[: self.max_val_samples]
+            if not rows:
+                raise ValueError(f"eval_sets: {set_name!r} ({path or spec.hub_id}) has no usable rows")
+            if spec.kind == "multiple_choice":
+                instruction, verifier, answer_fn = MC_INSTRUCTION, MultipleChoiceVerifier(), extract_choice
+            else:
+                if math_verifier is None:  # one MathVerifier (one worker pool) for every math set
+                    math_verifier = (
+                        self.verifier if isinstance(self.verifier, MathVerifier) else MathVerifier()
+                    )
+                instruction, verifier, answer_fn = self.instruction, math_verifier, extract_boxed
+            prompts = [
+                PromptExample(self.render_prompt(row.problem, instruction), row.reference, uid=row.uid)
+                for row in rows
+            ]
+            group = None if spec.id_or_ood == "train" else spec.id_or_ood
+            sets.append(EvalSet(set_name, prompts, verifier, group, answer_fn))
+        return sets
+
     def connect(self, tokenizer: Any) -> None:
         """Bind the tokenizer; prompts built before (without its chat template) are rebuilt on next use."""
         super().connect(tokenizer)
         self._train = None
         self._val = None
+        self._eval_sets = None
         self._warned_template = False
 
     # ---- rows -------------------------------------------------------------------------------------------
@@ -367,9 +421,10 @@ class HubPromptDataModule(PromptDataModule):
         )
 
     # ---- prompt text ------------------------------------------------------------------------------------
-    def render_prompt(self, problem: str) -> str:
-        """The exact policy input for a problem: the instruction, in the chat template when there is one."""
-        text = self.instruction.replace("{prompt}", problem)
+    def render_prompt(self, problem: str, instruction: str | None = None) -> str:
+        """The exact policy input for a problem: the instruction (default :attr:`instruction`), in the chat
+        template when there is one."""
+        text = (self.instruction if instruction is None else instruction).replace("{prompt}", problem)
         template = getattr(self.tokenizer, "chat_template", None) if self.tokenizer is not None else None
         if not self.use_chat_template or not template:
             if (self.use_chat_template or self.system_prompt) and not self._warned_template:
