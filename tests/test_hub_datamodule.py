@@ -331,3 +331,30 @@ def test_default_verifier_is_math_verifier() -> None:
     dm = HubPromptDataModule()
     assert isinstance(dm.verifier, MathVerifier)
     assert dm.verifier._workers == []  # nothing started until the first call
+
+
+def test_named_training_set_from_a_local_file_in_its_schema(tmp_path):
+    # GSM8K schema (question / answer with "#### N"), made-up rows
+    path = tmp_path / "gsm8k_train.jsonl"
+    rows = [
+        {"question": "Ann has 3 pens and buys 4 more. How many pens?", "answer": "3 + 4 = 7\n#### 7"},
+        {"question": "A box holds 1,200 nails; 200 are used. How many are left?", "answer": "1200 - 200\n#### 1,000"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    dm = HubPromptDataModule(train_set="gsm8k_train", train_set_path=str(path), use_chat_template=False)
+    examples = dm.train_prompts
+    assert [e.reference for e in examples] == ["7", "1000"]
+    assert examples[0].prompt == (
+        "Ann has 3 pens and buys 4 more. How many pens?\n"
+        "Please reason step by step, and put your final answer within \\boxed{}."
+    )
+    assert examples[0].expert == "3 + 4 = 7"
+
+
+def test_named_training_set_must_be_a_training_set():
+    with pytest.raises(ValueError, match="train_set: 'math500' is an evaluation set"):
+        HubPromptDataModule(train_set="math500")
+    with pytest.raises(ValueError, match="unknown benchmark dataset 'nope'"):
+        HubPromptDataModule(train_set="nope")
+    with pytest.raises(ValueError, match="train_set_path is set but train_set is not"):
+        HubPromptDataModule(train_set_path="x.jsonl")

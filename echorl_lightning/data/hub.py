@@ -204,6 +204,10 @@ class HubPromptDataModule(PromptDataModule):
         eval_sets: benchmark names (``benchmarks.BENCHMARKS``) evaluated in validation and test, after the
             ``val`` set when ``val_split`` is set; metrics ``val/<name>/...``.
         eval_paths: set name -> local file in that set's schema (offline runs); other sets load from the hub.
+        train_set: a named training set (``benchmarks.BENCHMARKS``: ``openr1_math``, ``math_train``,
+            ``gsm8k_train``, ``deepscaler``) whose spec gives hub id, split and row mapping; it replaces
+            ``path`` / ``name`` / ``split`` and the column keys for training. None uses them.
+        train_set_path: a local file in ``train_set``'s schema instead of its hub id.
         val_batch_size: prompts per validation batch.
         cache_dir: ``datasets`` cache folder; None uses the library default.
         verifier: batch verifier; None uses :class:`MathVerifier`.
@@ -233,6 +237,8 @@ class HubPromptDataModule(PromptDataModule):
         val_answer_format: AnswerFormat | None = None,
         eval_sets: list[str] | None = None,
         eval_paths: dict[str, str] | None = None,
+        train_set: str | None = None,
+        train_set_path: str | None = None,
         val_batch_size: int = 64,
         cache_dir: str | None = None,
         verifier: Verifier | None = None,
@@ -254,6 +260,15 @@ class HubPromptDataModule(PromptDataModule):
 
             for set_name in eval_sets:
                 BENCHMARKS.get(set_name)  # an unknown name raises, listing the known ones
+        if train_set is not None:
+            from echorl_lightning.data.benchmarks import BENCHMARKS  # imports this module: imported late
+
+            if BENCHMARKS.get(train_set).id_or_ood != "train":
+                raise ValueError(f"train_set: {train_set!r} is an evaluation set, not a training set")
+        elif train_set_path is not None:
+            raise ValueError("train_set_path is set but train_set is not")
+        self.train_set = train_set
+        self.train_set_path = train_set_path
         self.eval_set_names = list(eval_sets or [])
         self.eval_paths = dict(eval_paths or {})
         self.path = path
@@ -283,6 +298,14 @@ class HubPromptDataModule(PromptDataModule):
 
     # ---- PromptDataModule hooks -------------------------------------------------------------------------
     def load_train_prompts(self) -> Sequence[PromptExample]:
+        if self.train_set is not None:
+            from echorl_lightning.data.benchmarks import load_benchmark  # imports this module
+
+            rows = load_benchmark(self.train_set, path=self.train_set_path, cache_dir=self.cache_dir)
+            return [
+                PromptExample(self.render_prompt(r.problem), r.reference, expert=r.expert, uid=r.uid)
+                for r in rows[: self.max_train_samples]
+            ]
         return [self._example(row) for row in self._load_rows("train")]
 
     def load_val_prompts(self) -> Sequence[PromptExample]:
