@@ -338,7 +338,10 @@ def test_named_training_set_from_a_local_file_in_its_schema(tmp_path):
     path = tmp_path / "gsm8k_train.jsonl"
     rows = [
         {"question": "Ann has 3 pens and buys 4 more. How many pens?", "answer": "3 + 4 = 7\n#### 7"},
-        {"question": "A box holds 1,200 nails; 200 are used. How many are left?", "answer": "1200 - 200\n#### 1,000"},
+        {
+            "question": "A box holds 1,200 nails; 200 are used. How many are left?",
+            "answer": "1200 - 200\n#### 1,000",
+        },
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     dm = HubPromptDataModule(train_set="gsm8k_train", train_set_path=str(path), use_chat_template=False)
