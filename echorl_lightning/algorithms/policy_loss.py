@@ -98,6 +98,20 @@ def _masked_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, values, torch.zeros_like(values)).max()
 
 
+def _clip_metrics(
+    clip_active: torch.Tensor, ratio: torch.Tensor, log_ratio: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The clip statistics every policy loss reports, over the tokens of ``mask`` (all ``[N, T]``):
+    ``clipfrac``, ``ratio_mean``, ``ratio_max`` and ``approx_kl`` (the mean of ``-log_ratio``). No grad."""
+    with torch.no_grad():
+        return {
+            "clipfrac": masked_mean(clip_active.to(ratio.dtype), mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_max": _masked_max(ratio, mask),
+            "approx_kl": masked_mean(-log_ratio, mask),
+        }
+
+
 def _clipped_surrogate(
     ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,14 +177,7 @@ def ppo_clip_loss(
     ratio = log_ratio.exp()  # [N, T]
     loss, clip_active = _clipped_surrogate(ratio, advantages.unsqueeze(1), clip_low, clip_high)
     loss_mat = torch.where(mask, loss, torch.zeros_like(loss))
-    with torch.no_grad():
-        metrics = {
-            "clipfrac": masked_mean(clip_active.to(logp.dtype), mask),
-            "ratio_mean": masked_mean(ratio, mask),
-            "ratio_max": _masked_max(ratio, mask),
-            "approx_kl": masked_mean(-log_ratio, mask),
-        }
-    return loss_mat, metrics
+    return loss_mat, _clip_metrics(clip_active, ratio, log_ratio, mask)
 
 
 @register_policy_loss("gspo")
@@ -207,14 +214,7 @@ def gspo_loss(
     ratio = log_ratio.clamp(max=GSPO_LOG_RATIO_MAX).exp()  # [N, T]
     loss, clip_active = _clipped_surrogate(ratio, advantages.unsqueeze(1), clip_low, clip_high)
     loss_mat = torch.where(mask, loss, torch.zeros_like(loss))
-    with torch.no_grad():
-        metrics = {
-            "clipfrac": masked_mean(clip_active.to(logp.dtype), mask),
-            "ratio_mean": masked_mean(ratio, mask),
-            "ratio_max": _masked_max(ratio, mask),
-            "approx_kl": masked_mean(-token_log_ratio, mask),
-        }
-    return loss_mat, metrics
+    return loss_mat, _clip_metrics(clip_active, ratio, token_log_ratio, mask)
 
 
 @register_policy_loss("luffy")
@@ -268,14 +268,8 @@ def luffy_loss(
 
     loss = torch.where(expert, off_loss, on_loss)
     loss_mat = torch.where(mask, loss, torch.zeros_like(loss))
-    with torch.no_grad():
-        metrics = {
-            "clipfrac": masked_mean(clip_active.to(logp.dtype), on_policy),
-            "ratio_mean": masked_mean(ratio, on_policy),
-            "ratio_max": _masked_max(ratio, on_policy),
-            "approx_kl": masked_mean(-log_ratio, on_policy),
-            "off_policy_frac": masked_mean(expert.to(logp.dtype), mask),
-        }
+    metrics = _clip_metrics(clip_active, ratio, log_ratio, on_policy)
+    metrics["off_policy_frac"] = masked_mean(expert.to(logp.dtype), mask).detach()
     return loss_mat, metrics
 
 
