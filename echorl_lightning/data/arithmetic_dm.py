@@ -17,6 +17,7 @@ demo (EchoRL, arXiv 2605.31228). Leaves out chat templates (the tiny model reads
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning.pytorch as L
@@ -24,11 +25,31 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from echorl_lightning.data.arithmetic import DEFAULT_DIFFICULTY, Difficulty, Split, make_problem
-from echorl_lightning.data.base import PromptDataModule
+from echorl_lightning.data.base import EvalSet, PromptDataModule
 from echorl_lightning.data.types import PromptExample, Verifier
 from echorl_lightning.rewards.exact_match import ExactMatchVerifier, extract_answer
 
 EvalSplit = Literal["val", "test", "ood"]
+
+
+@dataclass
+class ArithmeticEvalSpec:
+    """One named evaluation set of the arithmetic task (``data.init_args.eval_sets`` in YAML).
+
+    Attributes:
+        name: the set's name in metric keys (``val/<name>/avg@k``).
+        split: the held-out hash bucket it draws from (``ood`` also adds two operands, see
+            :func:`~echorl_lightning.data.arithmetic.ood_difficulty`).
+        difficulty: the generator knobs of this set; None = the datamodule's training difficulty.
+        group: ``id`` / ``ood`` (averaged into ``val/id_avg`` / ``val/ood_avg``) or None.
+        num: number of prompts; None = the datamodule's ``num_val``.
+    """
+
+    name: str
+    split: EvalSplit = "val"
+    difficulty: Difficulty | None = None
+    group: Literal["id", "ood"] | None = "id"
+    num: int | None = None
 
 
 def arithmetic_prompts(
@@ -60,6 +81,8 @@ class ArithmeticDataModule(PromptDataModule):
         difficulty: the expression generator's knobs.
         verifier: None uses :class:`ExactMatchVerifier`.
         val_batch_size: prompts per validation batch.
+        eval_sets: named evaluation sets (e.g. an in-distribution ``val`` set and a harder out-of-distribution
+            one); None = the single set ``val`` of ``num_val`` prompts from ``split``.
     """
 
     def __init__(
@@ -71,6 +94,7 @@ class ArithmeticDataModule(PromptDataModule):
         difficulty: Difficulty = DEFAULT_DIFFICULTY,
         verifier: Verifier | None = None,
         val_batch_size: int = 64,
+        eval_sets: list[ArithmeticEvalSpec] | None = None,
     ) -> None:
         super().__init__(verifier=verifier, val_batch_size=val_batch_size)
         if num_train < 1 or num_val < 0:
@@ -82,12 +106,36 @@ class ArithmeticDataModule(PromptDataModule):
         self.split: EvalSplit = split
         self.seed = seed
         self.difficulty = difficulty
+        for spec in eval_sets or []:
+            if spec.num is not None and spec.num < 1:
+                raise ValueError(f"ArithmeticDataModule: eval_sets[{spec.name!r}].num must be >= 1, got {spec.num}")
+        self.eval_specs = list(eval_sets) if eval_sets is not None else None
 
     def load_train_prompts(self) -> Sequence[PromptExample]:
         return arithmetic_prompts("train", self.num_train, self.seed, self.difficulty)
 
     def load_val_prompts(self) -> Sequence[PromptExample]:
         return arithmetic_prompts(self.split, self.num_val, self.seed, self.difficulty)
+
+    def load_eval_sets(self) -> Sequence[EvalSet]:
+        """The configured ``eval_sets`` (each scored by the datamodule's verifier), else the single ``val``."""
+        if self.eval_specs is None:
+            return super().load_eval_sets()
+        return [
+            EvalSet(
+                spec.name,
+                arithmetic_prompts(
+                    spec.split,
+                    self.num_val if spec.num is None else spec.num,
+                    self.seed,
+                    self.difficulty if spec.difficulty is None else spec.difficulty,
+                ),
+                self.verifier,
+                spec.group,
+                self.default_answer_fn,
+            )
+            for spec in self.eval_specs
+        ]
 
     def default_verifier(self) -> Verifier:
         return ExactMatchVerifier()
@@ -149,6 +197,8 @@ class ArithmeticSFTDataModule(L.LightningDataModule):
         seed: the generator seed (a problem is fixed by split, seed and index).
         difficulty: the expression generator's knobs.
         val_batch_size: prompts per validation batch.
+        eval_sets: named evaluation sets (e.g. an in-distribution ``val`` set and a harder out-of-distribution
+            one); None = the single set ``val`` of ``num_val`` prompts from ``split``.
     """
 
     def __init__(

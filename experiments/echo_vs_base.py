@@ -1,0 +1,222 @@
+"""EchoRL vs its base methods on the embedded task: the paper's main claim in miniature, plus the clip-selector
+ablation and the echo-coefficient sweep (EchoRL, arXiv 2605.31228; ``shared/ECHORL.md``).
+
+Every run is one ``python cli.py fit`` of ``experiments/configs/echo_vs_base.yaml`` with the arm's method and
+``echo.*`` settings, so all arms share the task, the model, the evaluation sets and the rollout budget
+(``max_epochs x prompts_per_epoch x group_size`` rollouts). Runs go to ``runs/echo_vs_base/<arm>/seed<k>``;
+a finished run leaves ``scalars.json`` (every TensorBoard scalar) and is skipped when the harness is run
+again with the same settings, so an interrupted sweep resumes. :mod:`experiments.report` turns the runs into
+``experiments/results/echo_vs_base.md`` and its plot.
+
+    python experiments/echo_vs_base.py            # the full sweep: 11 arms x 3 seeds (~60-90 min, 2 cores)
+    python experiments/echo_vs_base.py --quick    # one seed of GRPO vs GRPO + EchoRL (a few minutes)
+    python experiments/echo_vs_base.py --report-only   # rebuild the table and plot from finished runs
+
+Runs execute ``--jobs`` at a time, each with ``--threads`` torch threads (2 x 1 fills a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from experiments.report import commit_id, write_report  # noqa: E402
+from experiments.scalars import read_scalars  # noqa: E402
+
+BASE_CONFIG = REPO / "experiments/configs/echo_vs_base.yaml"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of the comparison.
+
+    Attributes:
+        name: the arm's label in tables and plots (``grpo+echo``, ``grpo+echo[lowest]``, ...).
+        study: ``main`` (method +- EchoRL), ``selector`` (clip-selector ablation) or ``coef`` (lambda sweep).
+        method: the RLVR preset (``model.init_args.method``).
+        echo: EchoRL on or off.
+        selector: ``echo.selector``.
+        coef: ``echo.coef`` (lambda).
+    """
+
+    name: str
+    study: str
+    method: str
+    echo: bool
+    selector: str = "peak"
+    coef: float = 0.001
+
+    @property
+    def slug(self) -> str:
+        """A directory name for the arm."""
+        return self.name.replace("+", "_").replace("[", "_").replace("]", "").replace("=", "")
+
+
+MAIN_ARMS = [
+    Arm(f"{method}{'+echo' if echo else ''}", "main", method, echo)
+    for method in ("grpo", "dapo", "dr_grpo")
+    for echo in (False, True)
+]
+# the peak selector and lambda = 0.001 are the paper's settings: the main arm grpo+echo is their reference
+SELECTOR_ARMS = [
+    Arm(f"grpo+echo[{s}]", "selector", "grpo", True, selector=s) for s in ("lowest", "random", "full")
+]
+COEF_ARMS = [Arm(f"grpo+echo[coef={c:g}]", "coef", "grpo", True, coef=c) for c in (0.01, 0.1)]
+ARMS = {arm.name: arm for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS}
+QUICK_ARMS = ["grpo", "grpo+echo"]
+
+
+def run_config(arm: Arm, seed: int, run_dir: Path, args: argparse.Namespace) -> dict:
+    """The base config with the arm's settings, the seed, the budget overrides and the run's paths."""
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    trainer, model = config["trainer"], config["model"]["init_args"]
+    rollout = trainer["callbacks"][0]["init_args"]
+    config["seed_everything"] = seed
+    trainer["default_root_dir"] = str(run_dir)
+    trainer["logger"]["init_args"].update(save_dir=str(run_dir), name="tb", version=0)
+    rollout["seed"] = seed
+    model["method"] = arm.method
+    model["echo"].update(enabled=arm.echo, selector=arm.selector, coef=arm.coef)
+    if args.epochs is not None:
+        trainer["max_epochs"] = args.epochs
+    if args.val_every is not None:
+        trainer["check_val_every_n_epoch"] = args.val_every
+    if args.prompts_per_epoch is not None:
+        rollout["prompts_per_epoch"] = args.prompts_per_epoch
+    if args.num_val is not None:
+        config["data"]["init_args"]["num_val"] = args.num_val
+    return config
+
+
+def run_one(arm: Arm, seed: int, args: argparse.Namespace) -> Path:
+    """Train one (arm, seed) unless a finished run with the same config exists; returns its directory."""
+    run_dir = Path(args.runs_dir).resolve() / arm.slug / f"seed{seed}"
+    config = run_config(arm, seed, run_dir, args)
+    text = yaml.safe_dump(config, sort_keys=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    done = run_dir / "scalars.json"
+    if done.exists() and json.loads(done.read_text()).get("config_sha") == digest:
+        print(f"[skip] {arm.name} seed {seed}: finished run in {run_dir}", flush=True)
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (done, run_dir / "tb"):
+        if stale.is_file():
+            stale.unlink()
+        elif stale.is_dir():
+            subprocess.run(["rm", "-rf", str(stale)], check=True)
+    (run_dir / "config.yaml").write_text(text)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS=str(args.threads),
+        MKL_NUM_THREADS=str(args.threads),
+        TOKENIZERS_PARALLELISM="false",
+    )
+    print(f"[run ] {arm.name} seed {seed} -> {run_dir}", flush=True)
+    start = time.perf_counter()
+    with open(run_dir / "log.txt", "w") as log:
+        proc = subprocess.run(
+            [sys.executable, "cli.py", "fit", "--config", str(run_dir / "config.yaml")],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
+        )  # fmt: skip
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{arm.name} seed {seed} failed (exit {proc.returncode}); see {run_dir / 'log.txt'}"
+        )
+    scalars = read_scalars(run_dir / "tb")
+    if "rollout/frac_all_success" not in scalars:
+        raise RuntimeError(f"{arm.name} seed {seed}: no rollout/frac_all_success logged in {run_dir / 'tb'}")
+    record = {"arm": arm.name, "seed": seed, "config_sha": digest, "commit": commit_id(), "wall_s": wall}
+    record["scalars"] = scalars
+    done.write_text(json.dumps(record))
+    print(f"[done] {arm.name} seed {seed} in {wall / 60:.1f} min", flush=True)
+    return run_dir
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="one seed of GRPO vs GRPO + EchoRL")
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="a subset of the arms")
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; --quick: 0)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--runs-dir", default=str(REPO / "runs/echo_vs_base"))
+    parser.add_argument("--out", default=str(REPO / "experiments/results"), help="results folder")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs")
+    budget = parser.add_argument_group("budget overrides (default: the base config's)")
+    budget.add_argument("--epochs", type=int, help="optimizer steps (rollout batches) per run")
+    budget.add_argument("--val-every", type=int, help="evaluate every this many steps")
+    budget.add_argument("--prompts-per-epoch", type=int, help="prompts per rollout batch")
+    budget.add_argument("--num-val", type=int, help="prompts per evaluation set")
+    args = parser.parse_args(argv)
+    if args.arms is None:
+        args.arms = QUICK_ARMS if args.quick else list(ARMS)
+    if args.seeds is None:
+        args.seeds = [0] if args.quick else [0, 1, 2]
+    if args.jobs < 1 or args.threads < 1:
+        parser.error("--jobs and --threads must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    arms = [ARMS[name] for name in args.arms]
+    # seed-major order: a partial sweep already holds one seed of every arm
+    jobs = [(arm, seed) for seed in args.seeds for arm in arms]
+    start = time.perf_counter()
+    if not args.report_only:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(run_one, arm, seed, args) for arm, seed in jobs]
+            errors = []
+            for future in futures:
+                try:
+                    future.result()
+                except RuntimeError as error:
+                    errors.append(str(error))
+        if errors:
+            raise SystemExit("some runs failed:\n  " + "\n  ".join(errors))
+    records = []
+    for arm, seed in jobs:
+        path = Path(args.runs_dir).resolve() / arm.slug / f"seed{seed}" / "scalars.json"
+        if not path.exists():
+            raise SystemExit(
+                f"no finished run for {arm.name} seed {seed} ({path}); run without --report-only"
+            )
+        records.append(json.loads(path.read_text()))
+    sweep_file = Path(args.runs_dir).resolve() / ("sweep_quick.json" if args.quick else "sweep.json")
+    if not args.report_only:
+        sweep_file.write_text(json.dumps({"wall_s": time.perf_counter() - start, "runs": len(jobs)}))
+    sweep_wall = json.loads(sweep_file.read_text())["wall_s"] if sweep_file.exists() else None
+    name = "echo_vs_base_quick" if args.quick else "echo_vs_base"
+    command = " ".join(["python experiments/echo_vs_base.py", *(sys.argv[1:] if argv is None else argv)])
+    md, png = write_report(
+        records,
+        [ARMS[r["arm"]] for r in records],
+        Path(args.out),
+        name,
+        base_config=run_config(arms[0], args.seeds[0], Path("."), args),
+        command=command,
+        sweep_wall_s=sweep_wall,
+        hand_written=not args.quick,
+    )
+    print(f"wrote {md} and {png}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""The results file and plot of :mod:`experiments.echo_vs_base`: per-arm mean +- std over seeds of held-out
+accuracy (ID and OOD sets), all-success / all-fail fractions and EchoClip statistics, paired differences of
+each EchoRL arm against its base method, and curves of accuracy and all-success fraction against step.
+
+Every figure is computed from the runs' ``scalars.json`` records; nothing here is typed in by hand apart from
+the two optional hand-written sections read from ``<out>/<name>_regime.md`` (how the task and budget were
+chosen, written before the EchoRL arms ran) and ``<out>/<name>_discussion.md`` (the reading of the results).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+TAIL = 5  # rollout fractions are averaged over the last (first) TAIL steps: one step holds only 64 groups
+STUDIES = {
+    "main": "EchoRL vs its base methods",
+    "selector": "Clip-selector ablation (GRPO + EchoRL; `peak` is the paper's)",
+    "coef": "Echo-coefficient sweep (GRPO + EchoRL; 0.001 is the paper's)",
+}
+
+
+def _series(record: dict, tag: str) -> list[list[float]]:
+    return record["scalars"].get(tag, [])
+
+
+def eval_tags(record: dict) -> tuple[list[str], list[str]]:
+    """``(per-set avg@k tags, group-average tags)`` present in a run, in a stable order."""
+    per_set = sorted(t for t in record["scalars"] if t.startswith("val/") and "/avg@" in t)
+    per_set.sort(key=lambda t: (not t.startswith("val/id"), t))
+    groups = [t for t in ("val/id_avg", "val/ood_avg") if t in record["scalars"]]
+    return per_set, groups
+
+
+def run_summary(record: dict) -> dict[str, float]:
+    """The per-run numbers of the tables (NaN-free: a missing statistic is left out)."""
+    out: dict[str, float] = {}
+    per_set, groups = eval_tags(record)
+    for tag in per_set + groups:
+        values = _series(record, tag)
+        out[f"{tag}:start"] = values[0][1]
+        out[f"{tag}:final"] = values[-1][1]
+    for tag in ("rollout/frac_all_success", "rollout/frac_all_fail", "reward/mean"):
+        values = [v for _, v in _series(record, tag)]
+        if values:
+            out[f"{tag}:start"] = statistics.fmean(values[:TAIL])
+            out[f"{tag}:final"] = statistics.fmean(values[-TAIL:])
+    clips = [v for _, v in _series(record, "echo/num_clips")]
+    if clips:
+        out["echo/num_clips"] = statistics.fmean(clips)
+        with_clips = [i for i, v in enumerate(clips) if v > 0]
+        for tag in ("echo/clip_tokens", "echo/clip_frac", "echo/peak_step_pos", "echo/peak_step_entropy"):
+            values = [v for _, v in _series(record, tag)]
+            if with_clips and len(values) == len(clips):
+                out[tag] = statistics.fmean(values[i] for i in with_clips)
+    out["wall_min"] = record["wall_s"] / 60
+    return out
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(values: Sequence[float], digits: int = 3) -> str:
+    if not values:
+        return "–"
+    mean, std = _mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _difficulty(d: dict) -> str:
+    """``{min_operands: 3, max_operands: 4, ...}`` -> ``3-4 operands, +/- operands of 1-1 digits, ops +-*``."""
+    ops = "-".join(str(d[k]) for k in ("min_operands", "max_operands"))
+    digits = "-".join(str(d[k]) for k in ("min_digits", "max_digits"))
+    return (
+        f"{ops} operands, +/- operands of {digits} digits, * operands of <= {d['mul_digits']} digit(s), "
+        f"ops `{d['ops']}`{', chained *' if d.get('chain_mul') else ''}"
+    )
+
+
+def _short(tag: str) -> str:
+    """``val/ood_steps/avg@4`` -> ``ood_steps``, ``val/ood_avg`` -> ``ood_avg``."""
+    return tag.split("/")[1]
+
+
+def _label(key: str) -> str:
+    """Column label of a summary key: ``val/id/avg@4:final`` -> ``id``, rollout tags keep their last part."""
+    tag = key.split(":")[0]
+    return _short(tag) if tag.startswith("val/") else tag.split("/")[-1]
+
+
+def arm_table(arm_names: list[str], summaries: dict[str, list[dict[str, float]]], per_set, groups) -> str:
+    """One markdown table: a row per arm, mean ± std over its seeds."""
+    header = ["arm", "seeds"]
+    header += [f"{_short(t)} final" for t in per_set] + [f"{_short(t)} final" for t in groups if "ood" in t]
+    header += ["all-success start → end", "all-fail end", "clips/step", "clip tokens", "clip/response",
+               "clip end pos", "min/run"]  # fmt: skip
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in arm_names:
+        runs = summaries[name]
+
+        def col(key: str, runs: list[dict[str, float]] = runs, digits: int = 3) -> str:
+            return _fmt([r[key] for r in runs if key in r], digits)
+
+        cells = [f"`{name}`", str(len(runs))]
+        cells += [col(f"{t}:final") for t in per_set] + [col(f"{t}:final") for t in groups if "ood" in t]
+        cells.append(
+            f"{col('rollout/frac_all_success:start', digits=2)} → {col('rollout/frac_all_success:final', digits=2)}"
+        )
+        cells.append(col("rollout/frac_all_fail:final", digits=2))
+        for key, digits in (("echo/num_clips", 1), ("echo/clip_tokens", 1), ("echo/clip_frac", 2),
+                            ("echo/peak_step_pos", 2)):  # fmt: skip
+            cells.append(col(key, digits=digits))
+        cells.append(col("wall_min", digits=1))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def paired_deltas(
+    pairs: list[tuple[str, str]], by_seed: dict[str, dict[int, dict[str, float]]], keys: list[str]
+) -> str:
+    """Markdown table of (arm - reference) per seed, mean ± std of the paired differences and the wins."""
+    header = ["arm − reference", "seeds"] + [f"Δ {_label(k)}" for k in keys]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm, ref in pairs:
+        seeds = sorted(set(by_seed.get(arm, {})) & set(by_seed.get(ref, {})))
+        if not seeds:
+            continue
+        cells = [f"`{arm}` − `{ref}`", str(len(seeds))]
+        for key in keys:
+            diffs = [by_seed[arm][s][key] - by_seed[ref][s][key] for s in seeds
+                     if key in by_seed[arm][s] and key in by_seed[ref][s]]  # fmt: skip
+            wins = sum(d > 0 for d in diffs)
+            cells.append(f"{_fmt(diffs, 3)} ({wins}/{len(diffs)} > 0)" if diffs else "–")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def commit_id() -> str:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return sha + (" (with uncommitted changes)" if dirty else "")
+
+
+def plot(records: list[dict], arms: list[Any], path: Path, per_set: list[str], groups: list[str]) -> None:
+    """One row per study, columns: ID accuracy, OOD average accuracy, all-success fraction (rolling mean
+    over TAIL steps) against optimizer step; a line per arm = mean over seeds, band = ± std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    studies = [s for s in STUDIES if any(a.study == s for a in arms)]
+    id_tag = "val/id_avg" if "val/id_avg" in groups else per_set[0]
+    panels = [(id_tag, "held-out ID accuracy (avg@k)"), ("rollout/frac_all_success", "all-success fraction")]
+    if "val/ood_avg" in groups:
+        panels.insert(1, ("val/ood_avg", "held-out OOD accuracy (avg@k)"))
+    fig, axes = plt.subplots(len(studies), len(panels), figsize=(5 * len(panels), 3.6 * len(studies)),
+                             squeeze=False)  # fmt: skip
+    by_arm: dict[str, list[dict]] = {}
+    for record in records:
+        by_arm.setdefault(record["arm"], []).append(record)
+    for row, study in enumerate(studies):
+        names = [a.name for a in dict.fromkeys(arms) if a.study == study]
+        if study != "main":  # the ablations are read against the paper's arm and the base method
+            names = ["grpo", "grpo+echo", *names]
+        for col, (tag, title) in enumerate(panels):
+            ax = axes[row][col]
+            for i, name in enumerate(n for n in names if n in by_arm):
+                curves = [np.array(_series(r, tag)) for r in by_arm[name] if _series(r, tag)]
+                if not curves:
+                    continue
+                length = min(len(c) for c in curves)
+                steps = curves[0][:length, 0]
+                values = np.stack([c[:length, 1] for c in curves])  # [seeds, points]
+                if tag.startswith("rollout/"):
+                    kernel = np.ones(min(TAIL, length)) / min(TAIL, length)
+                    values = np.stack([np.convolve(v, kernel, mode="valid") for v in values])
+                    steps = steps[len(steps) - values.shape[1] :]
+                mean, std = values.mean(0), values.std(0)
+                style = "-" if "echo" in name else "--"
+                color = f"C{i // 2}" if study == "main" else f"C{i}"
+                ax.plot(steps, mean, style, color=color, label=name)
+                ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)
+            ax.set_title(f"{study}: {title}", fontsize=9)
+            ax.set_xlabel("optimizer step (= rollout batch)")
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(
+    records: list[dict],
+    arms: list[Any],
+    out_dir: Path,
+    name: str,
+    base_config: dict,
+    command: str,
+    sweep_wall_s: float | None,
+    hand_written: bool = False,
+) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<name>.md`` and ``<out_dir>/<name>.png``; returns both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path, png_path = out_dir / f"{name}.md", out_dir / f"{name}.png"
+    per_set, groups = eval_tags(records[0])
+    summaries: dict[str, list[dict[str, float]]] = {}
+    by_seed: dict[str, dict[int, dict[str, float]]] = {}
+    for record in records:
+        summary = run_summary(record)
+        summaries.setdefault(record["arm"], []).append(summary)
+        by_seed.setdefault(record["arm"], {})[record["seed"]] = summary
+    arm_names = list(dict.fromkeys(r["arm"] for r in records))
+    arm_of = {a.name: a for a in arms}
+
+    trainer, model = base_config["trainer"], base_config["model"]["init_args"]
+    rollout, data = trainer["callbacks"][0]["init_args"], base_config["data"]["init_args"]
+    steps, prompts, group = trainer["max_epochs"], rollout["prompts_per_epoch"], rollout["group_size"]
+    seeds = sorted({r["seed"] for r in records})
+    lines = [
+        f"# {STUDIES['main']} on the embedded task",
+        "",
+        "Generated by `experiments/echo_vs_base.py` (do not edit by hand; rerun with `--report-only`).",
+        "",
+        f"- command: `{command}`",
+        "- code: the runs were trained at commit "
+        + ", ".join(f"`{c}`" for c in sorted({r.get("commit", "unknown") for r in records}))
+        + f"; this report was written at `{commit_id()}` on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}; "
+        + (
+            f"sweep wall time {sweep_wall_s / 60:.1f} min"
+            if sweep_wall_s is not None
+            else "sweep time unknown"
+        ),
+        f"- seeds: {', '.join(map(str, seeds))} (each sets `seed_everything` and the rollout seed; task, model "
+        "and evaluation prompts are the same for every run)",
+        f"- budget per run (equal for every arm): {steps} optimizer steps x {prompts} prompts x {group} rollouts"
+        f" = {steps * prompts * group:,} rollouts; lr {model['lr']:g}, rollout temperature "
+        f"{rollout['temperature']:g}, response limit {rollout['max_new_tokens']} tokens",
+        f"- model: `{model['model']}`; training task: {_difficulty(data['difficulty'])}",
+        f"- evaluation: {data['num_val']} prompts per set, avg@{model['eval']['n']} at temperature "
+        f"{model['eval']['temperature']:g}, every {trainer['check_val_every_n_epoch']} steps and before "
+        "training; 'final' = after the last step. Sets: "
+        + "; ".join(
+            f"`{s['name']}` ({s.get('group')}: {s['split']} bucket, "
+            f"{'training difficulty' if s.get('difficulty') is None else _difficulty(s['difficulty'])})"
+            for s in data.get("eval_sets") or []
+        )
+        + ". All are disjoint from the training prompts (hash buckets).",
+        f"- rollout fractions (all-success, all-fail) are means over the first / last {TAIL} steps of {prompts} "
+        "groups each;"
+        " echo statistics are means over the steps that had clips ('clip end pos' 0 = first step, 1 = last).",
+        "",
+    ]
+    regime = out_dir / f"{name}_regime.md"
+    if hand_written and regime.exists():
+        lines += [regime.read_text().strip(), ""]
+    base_final = [s["rollout/frac_all_success:final"] for s in summaries.get("grpo", [])]
+    if base_final:
+        mean = statistics.fmean(base_final)
+        lines += [
+            f"Base GRPO ends at an all-success fraction of **{mean:.2f}** (target >= 0.40: "
+            f"{'met' if mean >= 0.40 else 'not met'}).",
+            "",
+        ]
+    for study, title in STUDIES.items():
+        names = [n for n in arm_names if arm_of[n].study == study]
+        if not names:
+            continue
+        if study != "main":
+            names = [n for n in ("grpo", "grpo+echo") if n in summaries] + names
+        lines += [f"## {title}", "", arm_table(names, summaries, per_set, groups), ""]
+        if study == "main":
+            pairs = [(n, arm_of[n].method) for n in names if arm_of[n].echo and arm_of[n].method in summaries]
+        else:
+            pairs = [(n, "grpo+echo") for n in names if arm_of.get(n) and arm_of[n].study == study]
+            pairs += [(n, "grpo") for n in names if arm_of.get(n) and arm_of[n].study == study]
+        keys = [f"{t}:final" for t in per_set + groups if t != "val/id_avg" or "val/id/" not in str(per_set)]
+        keys.append("rollout/frac_all_success:final")
+        if pairs:
+            lines += ["Paired by seed (same seed, same prompts drawn at step 0):", "",
+                      paired_deltas(pairs, by_seed, keys), ""]  # fmt: skip
+    plot(records, arms, png_path, per_set, groups)
+    lines += [f"![accuracy and all-success fraction against step]({png_path.name})", ""]
+    discussion = out_dir / f"{name}_discussion.md"
+    if hand_written and discussion.exists():
+        lines += ["## Discussion", "", discussion.read_text().strip(), ""]
+    md_path.write_text("\n".join(lines))
+    return md_path, png_path

@@ -1,0 +1,105 @@
+"""experiments/echo_vs_base.py: the summary arithmetic on hand-made records, and the real harness end to end
+in ``--quick`` mode on a tiny budget (real CLI runs of the tiny model, real TensorBoard logs). The figures of
+a run are never asserted: only that the table and plot are well formed and that finished runs are reused."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.echo_vs_base import ARMS, QUICK_ARMS, parse_args
+from experiments.report import paired_deltas, run_summary
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _record(arm: str, seed: int, success: list[float], ids: list[float]) -> dict:
+    steps = list(range(len(success)))
+    return {
+        "arm": arm,
+        "seed": seed,
+        "wall_s": 90.0,
+        "scalars": {
+            "rollout/frac_all_success": [[s, v] for s, v in zip(steps, success, strict=True)],
+            "val/id/avg@4": [[s * 5, v] for s, v in enumerate(ids)],
+            "echo/num_clips": [[s, c] for s, c in zip(steps, [0, 2, 4, 0, 2, 0, 0], strict=False)],
+            "echo/clip_tokens": [[s, c] for s, c in zip(steps, [0, 10, 20, 0, 30, 0, 0], strict=False)],
+        },
+    }
+
+
+def test_run_summary_by_hand():
+    success = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    s = run_summary(_record("grpo+echo", 0, success, [0.5, 0.6, 0.55]))
+    # first 5 steps: (0.1+0.2+0.3+0.4+0.5)/5 = 0.3; last 5: (0.3+0.4+0.5+0.6+0.7)/5 = 0.5
+    assert s["rollout/frac_all_success:start"] == pytest.approx(0.3)
+    assert s["rollout/frac_all_success:final"] == pytest.approx(0.5)
+    assert s["val/id/avg@4:start"] == 0.5 and s["val/id/avg@4:final"] == 0.55
+    # clips per step over 7 steps: (0+2+4+0+2+0+0)/7 = 8/7; clip tokens over steps with clips: (10+20+30)/3
+    assert s["echo/num_clips"] == pytest.approx(8 / 7)
+    assert s["echo/clip_tokens"] == pytest.approx(20.0)
+    assert s["wall_min"] == pytest.approx(1.5)
+
+
+def test_paired_deltas_by_hand():
+    by_seed = {
+        "grpo": {0: {"k": 0.50}, 1: {"k": 0.60}},
+        "grpo+echo": {0: {"k": 0.55}, 1: {"k": 0.58}},
+    }
+    table = paired_deltas([("grpo+echo", "grpo")], by_seed, ["k"])
+    # diffs +0.05 and -0.02: mean 0.015, sample std sqrt(((0.035)^2 + (0.035)^2) / 1) = 0.0495 -> 0.049
+    assert "0.015 ± 0.049 (1/2 > 0)" in table
+
+
+def test_arms_cover_the_issue():
+    names = set(ARMS)
+    for method in ("grpo", "dapo", "dr_grpo"):
+        assert {method, f"{method}+echo"} <= names
+    assert {"grpo+echo[lowest]", "grpo+echo[random]", "grpo+echo[full]"} <= names
+    assert {"grpo+echo[coef=0.01]", "grpo+echo[coef=0.1]"} <= names
+    quick = parse_args(["--quick"])
+    assert quick.arms == QUICK_ARMS and quick.seeds == [0]
+    full = parse_args([])
+    assert len(full.arms) == 11 and full.seeds == [0, 1, 2]
+
+
+def _harness(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "experiments/echo_vs_base.py", "--quick", "--epochs", "2", "--val-every", "1",
+           "--prompts-per-epoch", "4", "--num-val", "4", "--runs-dir", str(tmp_path / "runs"),
+           "--out", str(tmp_path / "out"), *extra]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_quick_harness_end_to_end(tmp_path):
+    proc = _harness(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    md = tmp_path / "out/echo_vs_base_quick.md"
+    png = tmp_path / "out/echo_vs_base_quick.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = md.read_text()
+    assert "(echo_vs_base_quick.png)" in text
+    tables = [block for block in text.split("\n\n") if block.startswith("| arm")]
+    assert tables, text
+    rows = [line for line in tables[0].splitlines() if line.startswith("| `")]
+    header = tables[0].splitlines()[0].strip("|").split("|")
+    assert [r.split("|")[1].strip() for r in rows] == ["`grpo`", "`grpo+echo`"]
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == len(header)
+        assert cells[1] == "1"  # one seed
+        for cell in cells[2:]:  # every figure is "mean ± std" (or a → between two of them, or – for none)
+            assert re.fullmatch(r"(–|-?\d+\.\d+ ± \d+\.\d+)( → -?\d+\.\d+ ± \d+\.\d+)?", cell), cell
+    grpo = json.loads((tmp_path / "runs/grpo/seed0/scalars.json").read_text())
+    assert {"rollout/frac_all_success", "val/id/avg@4", "val/ood_avg"} <= set(grpo["scalars"])
+    assert all(v == 0 for _, v in grpo["scalars"]["echo/num_clips"])  # the base arm mines no clip
+
+    again = _harness(tmp_path)  # finished runs with the same settings are reused, not retrained
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("[skip]") == 2 and "[run ]" not in again.stdout
