@@ -15,7 +15,12 @@ from echorl_lightning.data.arithmetic import (
     ood_difficulty,
     solve,
 )
-from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule, ArithmeticSFTDataModule, sft_collate
+from echorl_lightning.data.arithmetic_dm import (
+    ArithmeticDataModule,
+    ArithmeticEvalSpec,
+    ArithmeticSFTDataModule,
+    sft_collate,
+)
 from echorl_lightning.rewards.exact_match import ExactMatchVerifier
 from echorl_lightning.tiny.tokenizer import build_tokenizer
 
@@ -111,6 +116,32 @@ def test_rlvr_datamodule() -> None:
     assert example.uid == "test-2-3"
     assert isinstance(dm.verifier, ExactMatchVerifier)
     assert dm.verifier([example.expert], [example.reference]) == [1.0]
+
+
+def test_named_eval_sets() -> None:
+    harder = Difficulty(min_operands=4, max_operands=4)
+    dm = ArithmeticDataModule(
+        num_train=8,
+        num_val=5,
+        difficulty=Difficulty(min_operands=3, max_operands=3),
+        eval_sets=[
+            ArithmeticEvalSpec("id", split="val", group="id"),
+            ArithmeticEvalSpec("ood_steps", split="test", difficulty=harder, group="ood", num=3),
+        ],
+    )
+    id_set, ood_set = dm.eval_sets()
+    assert (id_set.name, id_set.group, len(id_set.prompts)) == ("id", "id", 5)
+    assert (ood_set.name, ood_set.group, len(ood_set.prompts)) == ("ood_steps", "ood", 3)
+    # operands are positive integers, so a prompt holds one number per operand ("Q: 7-8*6-2" holds 4)
+    assert all(len(re.findall(r"\d+", ex.prompt)) == 3 for ex in id_set.prompts)
+    assert all(len(re.findall(r"\d+", ex.prompt)) == 4 for ex in ood_set.prompts)
+    assert ood_set.prompts[1].prompt == make_problem("test", 1, 0, harder).prompt
+    assert id_set.verifier is dm.verifier
+    # without eval_sets: the single set "val" of the configured split
+    (only,) = ArithmeticDataModule(num_train=8, num_val=2).eval_sets()
+    assert (only.name, len(only.prompts)) == ("val", 2)
+    with pytest.raises(ValueError, match="eval_sets\\['bad'\\].num must be >= 1, got 0"):
+        ArithmeticDataModule(eval_sets=[ArithmeticEvalSpec("bad", num=0)])
 
 
 def test_sft_collate_masks_from_lengths() -> None:
