@@ -271,6 +271,13 @@ def write_report(
     regime = out_dir / f"{name}_regime.md"
     if hand_written and regime.exists():
         lines += [regime.read_text().strip(), ""]
+    first = summaries[arm_names[0]][0]
+    lines += [
+        "Before training (every arm starts from the same model and samples its evaluations with the same seed): "
+        + ", ".join(f"`{_short(t)}` {first[f'{t}:start']:.3f}" for t in per_set + groups if t != "val/id_avg")
+        + ".",
+        "",
+    ]
     base_final = [s["rollout/frac_all_success:final"] for s in summaries.get("grpo", [])]
     if base_final:
         mean = statistics.fmean(base_final)
