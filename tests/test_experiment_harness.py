@@ -104,3 +104,20 @@ def test_quick_harness_end_to_end(tmp_path):
     again = _harness(tmp_path)  # finished runs with the same settings are reused, not retrained
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("[skip]") == 2 and "[run ]" not in again.stdout
+
+
+@pytest.mark.slow
+def test_echo_gradient_share_runs():
+    cmd = [sys.executable, "experiments/echo_gradient_share.py", "--seeds", "0", "--prompts-per-epoch", "16"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = [line for line in proc.stdout.splitlines() if line.startswith("| 0 |")]
+    assert len(row) == 1, proc.stdout
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    clips, pg_norm, echo_norm = int(cells[1]), float(cells[3]), float(cells[4])
+    ratio = echo_norm / pg_norm
+    # the three lambda columns are lambda x |grad L_echo| / |grad L_RLVR| for 0.001, 0.01 and 0.1
+    assert float(cells[6]) == pytest.approx(0.001 * ratio, rel=0.02, abs=1e-5)
+    assert float(cells[8]) == pytest.approx(0.1 * ratio, rel=0.02, abs=1e-3)
+    assert (echo_norm > 0) == (clips > 0)  # no clip, no echo gradient
