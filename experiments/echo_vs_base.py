@@ -101,8 +101,9 @@ def run_config(arm: Arm, seed: int, run_dir: Path, args: argparse.Namespace) -> 
     return config
 
 
-def run_one(arm: Arm, seed: int, args: argparse.Namespace) -> Path:
-    """Train one (arm, seed) unless a finished run with the same config exists; returns its directory."""
+def run_one(arm: Arm, seed: int, args: argparse.Namespace) -> tuple[Path, bool]:
+    """Train one (arm, seed) unless a finished run with the same config exists; returns its directory and
+    whether it was trained now."""
     run_dir = Path(args.runs_dir).resolve() / arm.slug / f"seed{seed}"
     config = run_config(arm, seed, run_dir, args)
     text = yaml.safe_dump(config, sort_keys=False)
@@ -110,7 +111,7 @@ def run_one(arm: Arm, seed: int, args: argparse.Namespace) -> Path:
     done = run_dir / "scalars.json"
     if done.exists() and json.loads(done.read_text()).get("config_sha") == digest:
         print(f"[skip] {arm.name} seed {seed}: finished run in {run_dir}", flush=True)
-        return run_dir
+        return run_dir, False
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in (done, run_dir / "tb"):
         if stale.is_file():
@@ -144,7 +145,7 @@ def run_one(arm: Arm, seed: int, args: argparse.Namespace) -> Path:
     record["scalars"] = scalars
     done.write_text(json.dumps(record))
     print(f"[done] {arm.name} seed {seed} in {wall / 60:.1f} min", flush=True)
-    return run_dir
+    return run_dir, True
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -179,14 +180,17 @@ def main(argv: list[str] | None = None) -> None:
     arms = [ARMS[name] for name in args.arms]
     # seed-major order: a partial sweep already holds one seed of every arm
     jobs = [(arm, seed) for seed in args.seeds for arm in arms]
+    command = " ".join(["python experiments/echo_vs_base.py", *(sys.argv[1:] if argv is None else argv)])
     start = time.perf_counter()
+    trained: list[bool] = []
     if not args.report_only:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             futures = [pool.submit(run_one, arm, seed, args) for arm, seed in jobs]
             errors = []
             for future in futures:
                 try:
-                    future.result()
+                    if future.result()[1]:
+                        trained.append(True)
                 except RuntimeError as error:
                     errors.append(str(error))
         if errors:
@@ -201,10 +205,12 @@ def main(argv: list[str] | None = None) -> None:
         records.append(json.loads(path.read_text()))
     sweep_file = Path(args.runs_dir).resolve() / ("sweep_quick.json" if args.quick else "sweep.json")
     if not args.report_only:
-        sweep_file.write_text(json.dumps({"wall_s": time.perf_counter() - start, "runs": len(jobs)}))
-    sweep_wall = json.loads(sweep_file.read_text())["wall_s"] if sweep_file.exists() else None
+        sweep_file.write_text(json.dumps({
+            "command": command, "wall_s": time.perf_counter() - start, "trained": len(trained),
+            "reused": len(jobs) - len(trained),
+        }))  # fmt: skip
+    sweep = json.loads(sweep_file.read_text()) if sweep_file.exists() else None
     name = "echo_vs_base_quick" if args.quick else "echo_vs_base"
-    command = " ".join(["python experiments/echo_vs_base.py", *(sys.argv[1:] if argv is None else argv)])
     md, png = write_report(
         records,
         [ARMS[r["arm"]] for r in records],
@@ -212,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         name,
         base_config=run_config(arms[0], args.seeds[0], Path("."), args),
         command=command,
-        sweep_wall_s=sweep_wall,
+        sweep=sweep,
         hand_written=not args.quick,
     )
     print(f"wrote {md} and {png}", flush=True)

@@ -108,7 +108,9 @@ class ArithmeticDataModule(PromptDataModule):
         self.difficulty = difficulty
         for spec in eval_sets or []:
             if spec.num is not None and spec.num < 1:
-                raise ValueError(f"ArithmeticDataModule: eval_sets[{spec.name!r}].num must be >= 1, got {spec.num}")
+                raise ValueError(
+                    f"ArithmeticDataModule: eval_sets[{spec.name!r}].num must be >= 1, got {spec.num}"
+                )
         self.eval_specs = list(eval_sets) if eval_sets is not None else None
 
     def load_train_prompts(self) -> Sequence[PromptExample]:
