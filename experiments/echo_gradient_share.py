@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="rollout seeds (batches)")
     parser.add_argument("--prompts-per-epoch", type=int, help="prompts in the batch (default: the config's)")
     args = parser.parse_args()
-    print("| rollout seed | all-success groups (clips) | L_echo | |grad L_RLVR| | |grad L_echo| | cosine | "
+    print("| rollout seed | all-success groups (clips) | L_echo | norm of grad L_RLVR | norm of grad L_echo | cosine | "
           "0.001 x ratio | 0.01 x ratio | 0.1 x ratio |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for seed in args.seeds:
