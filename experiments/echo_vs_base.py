@@ -8,8 +8,8 @@ a finished run leaves ``scalars.json`` (every TensorBoard scalar) and is skipped
 again with the same settings, so an interrupted sweep resumes. :mod:`experiments.report` turns the runs into
 ``experiments/results/echo_vs_base.md`` and its plot.
 
-    python experiments/echo_vs_base.py            # the full sweep: 11 arms x 3 seeds (~60-90 min, 2 cores)
-    python experiments/echo_vs_base.py --quick    # one seed of GRPO vs GRPO + EchoRL (a few minutes)
+    python experiments/echo_vs_base.py            # the full sweep: 11 arms x 3 seeds (measured 78 min, 2 cores)
+    python experiments/echo_vs_base.py --quick    # one seed of GRPO vs GRPO + EchoRL (measured 6 min)
     python experiments/echo_vs_base.py --report-only   # rebuild the table and plot from finished runs
 
 Runs execute ``--jobs`` at a time, each with ``--threads`` torch threads (2 x 1 fills a 2-core machine).
