@@ -50,6 +50,7 @@ class Arm:
         echo: EchoRL on or off.
         selector: ``echo.selector``.
         coef: ``echo.coef`` (lambda).
+        apply_to: ``echo.apply_to`` (which groups give clips).
     """
 
     name: str
@@ -58,6 +59,7 @@ class Arm:
     echo: bool
     selector: str = "peak"
     coef: float = 0.001
+    apply_to: str = "degenerate"
 
     @property
     def slug(self) -> str:
@@ -75,7 +77,10 @@ SELECTOR_ARMS = [
     Arm(f"grpo+echo[{s}]", "selector", "grpo", True, selector=s) for s in ("lowest", "random", "full")
 ]
 COEF_ARMS = [Arm(f"grpo+echo[coef={c:g}]", "coef", "grpo", True, coef=c) for c in (0.01, 0.1)]
-ARMS = {arm.name: arm for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS}
+# outside the default sweep (its 90-minute budget): run with --arms grpo grpo+echo grpo+echo[success]
+EXTRA_ARMS = [Arm("grpo+echo[success]", "eligibility", "grpo", True, apply_to="success")]
+ARMS = {arm.name: arm for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS + EXTRA_ARMS}
+DEFAULT_ARMS = [arm.name for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS]
 QUICK_ARMS = ["grpo", "grpo+echo"]
 
 
@@ -89,7 +94,7 @@ def run_config(arm: Arm, seed: int, run_dir: Path, args: argparse.Namespace) -> 
     trainer["logger"]["init_args"].update(save_dir=str(run_dir), name="tb", version=0)
     rollout["seed"] = seed
     model["method"] = arm.method
-    model["echo"].update(enabled=arm.echo, selector=arm.selector, coef=arm.coef)
+    model["echo"].update(enabled=arm.echo, selector=arm.selector, coef=arm.coef, apply_to=arm.apply_to)
     if args.epochs is not None:
         trainer["max_epochs"] = args.epochs
     if args.val_every is not None:
@@ -167,7 +172,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--num-val", type=int, help="prompts per evaluation set")
     args = parser.parse_args(argv)
     if args.arms is None:
-        args.arms = QUICK_ARMS if args.quick else list(ARMS)
+        args.arms = QUICK_ARMS if args.quick else DEFAULT_ARMS
     if args.seeds is None:
         args.seeds = [0] if args.quick else [0, 1, 2]
     if args.jobs < 1 or args.threads < 1:
@@ -203,7 +208,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"no finished run for {arm.name} seed {seed} ({path}); run without --report-only"
             )
         records.append(json.loads(path.read_text()))
-    sweep_file = Path(args.runs_dir).resolve() / ("sweep_quick.json" if args.quick else "sweep.json")
+    selection = hashlib.sha256(json.dumps([args.arms, args.seeds]).encode()).hexdigest()[:8]
+    sweep_file = (
+        Path(args.runs_dir).resolve() / f"sweep_{selection}.json"
+    )  # one record per arm/seed selection
     if not args.report_only:
         sweep_file.write_text(json.dumps({
             "command": command, "wall_s": time.perf_counter() - start, "trained": len(trained),

@@ -23,6 +23,7 @@ STUDIES = {
     "main": "EchoRL vs its base methods",
     "selector": "Clip-selector ablation (GRPO + EchoRL; `peak` is the paper's)",
     "coef": "Echo-coefficient sweep (GRPO + EchoRL; 0.001 is the paper's)",
+    "eligibility": "Clip eligibility (GRPO + EchoRL; `degenerate`, all-success groups only, is the paper's)",
 }
 
 
