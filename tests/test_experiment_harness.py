@@ -67,6 +67,8 @@ def test_arms_cover_the_issue():
     assert quick.arms == QUICK_ARMS and quick.seeds == [0]
     full = parse_args([])
     assert len(full.arms) == 11 and full.seeds == [0, 1, 2]
+    # the eligibility arm runs on request only, outside the default sweep's time budget
+    assert ARMS["grpo+echo[success]"].apply_to == "success" and "grpo+echo[success]" not in full.arms
 
 
 def _harness(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
