@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from callbacks.rollout import RolloutCallback  # noqa: E402
 from echorl_lightning.cli import main as build_cli  # noqa: E402
 from echorl_lightning.echo import echo_loss  # noqa: E402
 from echorl_lightning.training.loss import rlvr_echo_loss  # noqa: E402
@@ -33,7 +33,7 @@ def gradient_norms(module, micro_batches: list[dict]) -> dict[str, float]:
     """Norms (and cosine) of the gradients of L_RLVR and of L_echo, summed over the step's micro-batches."""
     params = [p for p in module.policy.parameters() if p.requires_grad]
     grads = {"pg": [torch.zeros_like(p) for p in params], "echo": [torch.zeros_like(p) for p in params]}
-    stats = {"clips": 0.0, "echo_loss": 0.0, "pg_loss": 0.0}
+    stats = {"clips": 0.0, "echo_loss": 0.0}
     module.policy.train()
     for mb in micro_batches:
         logp, _ = module.response_logprobs(mb, float(mb["temperature"]))  # [n, T]
@@ -50,7 +50,6 @@ def gradient_norms(module, micro_batches: list[dict]) -> dict[str, float]:
                     acc += g
         stats["clips"] = float(mb["num_clips"])
         stats["echo_loss"] += float(echo.detach())
-        stats["pg_loss"] += float(pg.detach())
     flat = {k: torch.cat([g.flatten() for g in v]) for k, v in grads.items()}
     stats["pg_norm"] = float(flat["pg"].norm())
     stats["echo_norm"] = float(flat["echo"].norm())
@@ -70,22 +69,20 @@ def main() -> None:
           "0.001 x ratio | 0.01 x ratio | 0.1 x ratio |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for seed in args.seeds:
-        scratch = tempfile.mkdtemp(prefix="echo_gradient_share_")  # the trainer's root dir, nothing kept
-        cli = build_cli(
-            ["--config", args.config, "--trainer.max_steps", "0", "--trainer.num_sanity_val_steps", "0",
-             "--trainer.logger", "false", "--trainer.default_root_dir", scratch, f"--seed_everything={seed}"],
-            run=False,
-        )  # fmt: skip
-        for callback in cli.trainer.callbacks:
-            if hasattr(callback, "prompts_per_epoch"):
-                callback.seed = seed
-                if args.prompts_per_epoch is not None:
-                    callback.prompts_per_epoch = args.prompts_per_epoch
-        cli.datamodule.connect(cli.model.tokenizer)
-        cli.trainer.fit(cli.model, cli.datamodule)  # max_steps 0: on_fit_start fills one rollout batch
-        micro = list(cli.datamodule.rollout_buffer)
-        s = gradient_norms(cli.model, micro)
-        shutil.rmtree(scratch, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="echo_gradient_share_") as scratch:  # the trainer's root dir
+            cli = build_cli(
+                ["--config", args.config, "--trainer.max_steps", "0", "--trainer.num_sanity_val_steps", "0",
+                 "--trainer.logger", "false", "--trainer.default_root_dir", scratch, f"--seed_everything={seed}"],
+                run=False,
+            )  # fmt: skip
+            for callback in cli.trainer.callbacks:
+                if isinstance(callback, RolloutCallback):
+                    callback.seed = seed
+                    if args.prompts_per_epoch is not None:
+                        callback.prompts_per_epoch = args.prompts_per_epoch
+            cli.datamodule.connect(cli.model.tokenizer)  # run=False skips the CLI's before_fit hook
+            cli.trainer.fit(cli.model, cli.datamodule)  # max_steps 0: on_fit_start fills one rollout batch
+            s = gradient_norms(cli.model, list(cli.datamodule.rollout_buffer))
         ratio = s["echo_norm"] / max(s["pg_norm"], 1e-12)
         print(f"| {seed} | {s['clips']:.0f} | {s['echo_loss']:.4f} | {s['pg_norm']:.4f} | {s['echo_norm']:.4f} | "
               f"{s['cosine']:+.3f} | {0.001 * ratio:.5f} | {0.01 * ratio:.4f} | {0.1 * ratio:.3f} |", flush=True)  # fmt: skip

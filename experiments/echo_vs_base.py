@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -118,11 +119,8 @@ def run_one(arm: Arm, seed: int, args: argparse.Namespace) -> tuple[Path, bool]:
         print(f"[skip] {arm.name} seed {seed}: finished run in {run_dir}", flush=True)
         return run_dir, False
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (done, run_dir / "tb"):
-        if stale.is_file():
-            stale.unlink()
-        elif stale.is_dir():
-            subprocess.run(["rm", "-rf", str(stale)], check=True)
+    done.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)
     (run_dir / "config.yaml").write_text(text)
     env = dict(
         os.environ,
@@ -187,15 +185,14 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(arm, seed) for seed in args.seeds for arm in arms]
     command = " ".join(["python experiments/echo_vs_base.py", *(sys.argv[1:] if argv is None else argv)])
     start = time.perf_counter()
-    trained: list[bool] = []
+    trained = 0
     if not args.report_only:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             futures = [pool.submit(run_one, arm, seed, args) for arm, seed in jobs]
             errors = []
             for future in futures:
                 try:
-                    if future.result()[1]:
-                        trained.append(True)
+                    trained += future.result()[1]
                 except RuntimeError as error:
                     errors.append(str(error))
         if errors:
@@ -209,13 +206,12 @@ def main(argv: list[str] | None = None) -> None:
             )
         records.append(json.loads(path.read_text()))
     selection = hashlib.sha256(json.dumps([args.arms, args.seeds]).encode()).hexdigest()[:8]
-    sweep_file = (
-        Path(args.runs_dir).resolve() / f"sweep_{selection}.json"
-    )  # one record per arm/seed selection
+    # one record per arm/seed selection, so a supplementary run never overwrites the main sweep's
+    sweep_file = Path(args.runs_dir).resolve() / f"sweep_{selection}.json"
     if not args.report_only:
         sweep_file.write_text(json.dumps({
-            "command": command, "wall_s": time.perf_counter() - start, "trained": len(trained),
-            "reused": len(jobs) - len(trained),
+            "command": command, "wall_s": time.perf_counter() - start, "trained": trained,
+            "reused": len(jobs) - trained,
         }))  # fmt: skip
     sweep = json.loads(sweep_file.read_text()) if sweep_file.exists() else None
     name = "echo_vs_base_quick" if args.quick else "echo_vs_base"

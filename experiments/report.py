@@ -33,8 +33,10 @@ def _series(record: dict, tag: str) -> list[list[float]]:
 
 def eval_tags(record: dict) -> tuple[list[str], list[str]]:
     """``(per-set avg@k tags, group-average tags)`` present in a run, in a stable order."""
-    per_set = sorted(t for t in record["scalars"] if t.startswith("val/") and "/avg@" in t)
-    per_set.sort(key=lambda t: (not t.startswith("val/id"), t))
+    per_set = sorted(
+        (t for t in record["scalars"] if t.startswith("val/") and "/avg@" in t),
+        key=lambda t: (not t.startswith("val/id"), t),
+    )
     groups = [t for t in ("val/id_avg", "val/ood_avg") if t in record["scalars"]]
     return per_set, groups
 
@@ -208,9 +210,9 @@ def plot(records: list[dict], arms: list[Any], path: Path, per_set: list[str], g
 
 
 def _sweep_line(sweep: dict | None) -> str:
-    """How the last sweep invocation went (``runs_dir/sweep.json``), in words."""
+    """How the last sweep invocation of this arm/seed selection went (``runs_dir/sweep_<hash>.json``)."""
     if not sweep:
-        return "no sweep record (runs_dir/sweep.json) found"
+        return "no sweep record (runs_dir/sweep_<hash>.json) found"
     line = f"`{sweep.get('command', 'python experiments/echo_vs_base.py')}` took {sweep['wall_s'] / 60:.1f} min wall"
     if "trained" in sweep:
         line += f" for {sweep['trained']} runs trained, two at a time"

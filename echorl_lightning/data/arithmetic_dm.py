@@ -199,8 +199,6 @@ class ArithmeticSFTDataModule(L.LightningDataModule):
         seed: the generator seed (a problem is fixed by split, seed and index).
         difficulty: the expression generator's knobs.
         val_batch_size: prompts per validation batch.
-        eval_sets: named evaluation sets (e.g. an in-distribution ``val`` set and a harder out-of-distribution
-            one); None = the single set ``val`` of ``num_val`` prompts from ``split``.
     """
 
     def __init__(
