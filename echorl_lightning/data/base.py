@@ -25,7 +25,7 @@ import lightning.pytorch as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from echorl_lightning.data.answers import extract_boxed
-from echorl_lightning.data.types import PromptExample, Verifier
+from echorl_lightning.data.types import PromptExample, StepChecker, Verifier
 
 EvalGroup = Literal["id", "ood"]
 
@@ -40,6 +40,8 @@ class EvalSet:
         verifier: scores completions of this set against the references.
         group: ``"id"`` / ``"ood"`` (averaged into ``val/id_avg`` / ``val/ood_avg``), or None for neither.
         answer_fn: the normalised answer of one completion for maj@k (None where none can be extracted).
+        step_checker: judges every reasoning step of a completion (``<stage>/<name>/step_valid_frac``), or
+            None where the task's steps cannot be checked.
     """
 
     name: str
@@ -47,6 +49,7 @@ class EvalSet:
     verifier: Verifier
     group: EvalGroup | None
     answer_fn: Callable[[str], str | None]
+    step_checker: StepChecker | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not all(ch.isalnum() or ch in "_-" for ch in self.name):
@@ -85,6 +88,10 @@ class PromptDataModule(L.LightningDataModule):
             f"{type(self).__name__} has no default verifier: set data.init_args.verifier"
         )
 
+    def default_step_checker(self) -> StepChecker | None:
+        """The task's step checker (None: the steps of this task cannot be checked)."""
+        return None
+
     def default_answer_fn(self, completion: str) -> str | None:
         """The answer maj@k votes on for the default ``"val"`` set: the last ``\\boxed{}`` content."""
         return extract_boxed(completion)
@@ -94,7 +101,11 @@ class PromptDataModule(L.LightningDataModule):
         :attr:`verifier` (no id/ood group); none when there are no validation prompts."""
         if not self.val_prompts:
             return []
-        return [EvalSet("val", self.val_prompts, self.verifier, None, self.default_answer_fn)]
+        return [
+            EvalSet(
+                "val", self.val_prompts, self.verifier, None, self.default_answer_fn, self.default_step_checker()
+            )
+        ]
 
     # ---- provided -----------------------------------------------------------------------------------
     def connect(self, tokenizer: Any) -> None:

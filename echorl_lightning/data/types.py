@@ -34,3 +34,12 @@ class Verifier(Protocol):
     scored as 0 by the caller)."""
 
     def __call__(self, completions: Sequence[str], references: Sequence[str]) -> list[float | None]: ...
+
+
+@runtime_checkable
+class StepChecker(Protocol):
+    """Checks the reasoning steps of completions: per completion ``True`` when every step is valid, ``False``
+    when at least one is not, ``None`` where the steps cannot be judged (e.g. no parseable step). Used for
+    ``rollout/step_valid_frac`` (the share of correct-answer rollouts whose every step is valid)."""
+
+    def __call__(self, completions: Sequence[str], examples: Sequence[PromptExample]) -> list[bool | None]: ...
