@@ -20,7 +20,12 @@ chunk by chunk into one preallocated gradient of the logits' dtype. Entropy is c
 as the logsumexp (one read of each chunk) and returned detached. bf16/fp16 chunks are upcast to float32.
 
 ``logprobs_and_entropy_from_hidden`` goes one step further and never materialises the logits: each chunk
-of logits is ``hidden_chunk @ weight.T`` (the LM head), recomputed in the backward.
+of logits is ``hidden_chunk @ weight.T`` (the LM head), recomputed in the backward. It also applies what
+some models put after the LM head, inside the chunk: a logit scale s (Cohere's ``logit_scale``, Granite's
+``1 / logits_scaling``) and a final soft-cap c (Gemma 2/3's ``final_logit_softcapping``)::
+
+    y = c * tanh(s * (hidden @ weight.T + bias) / c)     (y = s * (...) without a soft-cap)
+    d y / d (hidden @ weight.T + bias) = s * (1 - tanh^2)
 
 Left out: double backward (``once_differentiable``), a gradient through the entropy (a constant in EchoRL),
 and non-finite logits (a row holding -inf, e.g. after top-k masking, gives NaN entropy, as the naive
@@ -29,6 +34,7 @@ formula does). No fused GPU kernel: chunks are plain torch ops, so the same code
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -210,9 +216,51 @@ def _linear_into(h: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) ->
     return torch.addmm(bias, h, weight.t(), out=out)
 
 
+def _transform_into(block: Tensor, head: tuple[float, float | None], out: Tensor) -> Tensor:
+    """Write the transformed logits y of raw logits block [r, V] into out [r, V] and return out.
+
+    ``head`` is (logit_scale s, softcap c or None): y = c * tanh(s * block / c), or s * block without c.
+    out is in the compute dtype and may alias block.
+    """
+    logit_scale, softcap = head
+    if softcap is None:
+        return out.copy_(block).mul_(logit_scale)
+    return out.copy_(block).mul_(logit_scale / softcap).tanh_().mul_(softcap)
+
+
+def _transformed_grad_block(
+    block: Tensor,
+    tokens: Tensor,
+    lse: Tensor,
+    grad_logp: Tensor,
+    inv_t: float,
+    head: tuple[float, float | None],
+    out: Tensor,
+    tanh: Tensor,
+) -> None:
+    """:func:`_grad_block` through the head transform: write d(sum grad_logp * logp) / d block into out.
+
+    Args:
+        block: raw logits [r, V] before the transform (any float dtype; may alias out).
+        tokens, lse, grad_logp, inv_t: as in :func:`_grad_block`; lse is that of y / tau.
+        head: (logit_scale s, softcap c or None).
+        out: [r, V] in the compute dtype; overwritten.
+        tanh: [r, V] scratch in the compute dtype, overwritten (unused without a soft-cap).
+    """
+    logit_scale, softcap = head
+    if softcap is None:
+        _grad_block(_transform_into(block, head, out), tokens, lse, grad_logp, inv_t, out)  # d / dy
+        out.mul_(logit_scale)  # dy/dx = s
+        return
+    tanh.copy_(block).mul_(logit_scale / softcap).tanh_()  # tanh(s x / c)
+    torch.mul(tanh, softcap, out=out)  # y
+    _grad_block(out, tokens, lse, grad_logp, inv_t, out)  # d / dy, in place
+    out.mul_(tanh.square_().neg_().add_(1.0).mul_(logit_scale))  # dy/dx = s (1 - tanh^2)
+
+
 class _ChunkedLinearLogProbEntropy(torch.autograd.Function):
     """(hidden [N, T, D], weight [V, D], bias [V] | None) -> (logp [N, T], entropy [N, T]), never holding
-    more than a chunk of logits."""
+    more than a chunk of logits. ``head`` = (logit_scale, softcap) or None (plain logits)."""
 
     @staticmethod
     def forward(
@@ -223,6 +271,7 @@ class _ChunkedLinearLogProbEntropy(torch.autograd.Function):
         tokens: Tensor,
         temperature: float,
         chunk_size: int,
+        head: tuple[float, float | None] | None,
     ) -> tuple[Tensor, Tensor]:
         n, t, _ = hidden.shape
         v = weight.shape[0]
@@ -241,11 +290,13 @@ class _ChunkedLinearLogProbEntropy(torch.autograd.Function):
             r = h.shape[0]
             sl = slice(start, start + r)
             block = _linear_into(h, weight, bias, logits_buf[:r])  # [r, V]
+            if head is not None:
+                block = _transform_into(block, head, shifted[:r])  # [r, V], y in the compute dtype
             logp[sl], lse[sl], entropy[sl] = _forward_block(
                 block, flat_tokens[sl], inv_t, shifted[:r], exps[:r]
             )
         ctx.save_for_backward(hidden, weight, bias, flat_tokens, lse)
-        ctx.temperature, ctx.rows = temperature, rows
+        ctx.temperature, ctx.rows, ctx.head = temperature, rows, head
         entropy = entropy.view(n, t)  # [N, T]
         ctx.mark_non_differentiable(entropy)
         return logp.view(n, t), entropy
@@ -254,9 +305,10 @@ class _ChunkedLinearLogProbEntropy(torch.autograd.Function):
     @once_differentiable
     def backward(
         ctx: FunctionCtx, grad_logp: Tensor, grad_entropy: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None, None]:
         hidden, weight, bias, flat_tokens, lse = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        head = ctx.head
         n, t, d = hidden.shape
         v = weight.shape[0]
         inv_t = 1.0 / ctx.temperature
@@ -266,12 +318,18 @@ class _ChunkedLinearLogProbEntropy(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias) if need_bias else None  # [V]
         scratch = hidden.new_empty((ctx.rows, v), dtype=lse.dtype)
         logits_buf = scratch if weight.dtype == lse.dtype else hidden.new_empty((ctx.rows, v))
+        tanh = hidden.new_empty((ctx.rows, v), dtype=lse.dtype) if head and head[1] is not None else scratch
         flat_grad = grad_logp.reshape(n * t)  # [N*T]
         for start, h in _row_blocks(hidden, ctx.rows):
             r = h.shape[0]
             sl = slice(start, start + r)
             block = _linear_into(h, weight, bias, logits_buf[:r])  # [r, V]
-            _grad_block(block, flat_tokens[sl], lse[sl], flat_grad[sl], inv_t, scratch[:r])
+            if head is None:
+                _grad_block(block, flat_tokens[sl], lse[sl], flat_grad[sl], inv_t, scratch[:r])
+            else:
+                _transformed_grad_block(
+                    block, flat_tokens[sl], lse[sl], flat_grad[sl], inv_t, head, scratch[:r], tanh[:r]
+                )
             grad_block = logits_buf[:r].copy_(scratch[:r])  # [r, V], d loss / d logits in weight's dtype
             if grad_hidden is not None:
                 torch.mm(grad_block, weight, out=grad_hidden[sl])  # [r, D]
@@ -281,7 +339,7 @@ class _ChunkedLinearLogProbEntropy(torch.autograd.Function):
                 grad_bias.add_(grad_block.sum(0))  # [V]
         if grad_hidden is not None:
             grad_hidden = grad_hidden.view(n, t, d)
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
 def logprobs_and_entropy_from_hidden(
@@ -292,6 +350,8 @@ def logprobs_and_entropy_from_hidden(
     bias: Tensor | None = None,
     *,
     chunk_size: int | None = None,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`logprobs_and_entropy` of ``hidden @ weight.T + bias`` without materialising those logits.
 
@@ -303,10 +363,14 @@ def logprobs_and_entropy_from_hidden(
         temperature: tau > 0.
         bias: LM head bias [V] or None.
         chunk_size: rows of [N*T] per chunk; None picks :func:`auto_chunk_size`.
+        logit_scale: s, a factor on the logits applied after the LM head (Cohere, Granite); 1.0: none.
+        softcap: c > 0, a final soft-cap ``c * tanh(logits / c)`` after the scale (Gemma 2/3); None: none.
+            With either, one more float32 [chunk_size, V] scratch is alive in the backward.
 
     Returns:
-        (logp [N, T], entropy [N, T]), float32; logp has gradients w.r.t. hidden, weight and bias
-        (the weight gradient is accumulated over chunks in weight's dtype); entropy has none.
+        (logp [N, T], entropy [N, T]), float32, of the transformed logits divided by tau; logp has
+        gradients w.r.t. hidden, weight and bias (the weight gradient is accumulated over chunks in
+        weight's dtype); entropy has none.
     """
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [N, T, D], got shape {tuple(hidden.shape)}")
@@ -316,6 +380,11 @@ def logprobs_and_entropy_from_hidden(
         raise ValueError(f"bias must be [V={weight.shape[0]}], got shape {tuple(bias.shape)}")
     if not hidden.is_floating_point() or weight.dtype != hidden.dtype:
         raise ValueError(f"hidden and weight must share a float dtype, got {hidden.dtype} and {weight.dtype}")
+    if not (math.isfinite(logit_scale) and logit_scale != 0.0):
+        raise ValueError(f"logit_scale must be a finite non-zero float, got {logit_scale}")
+    if softcap is not None and not (math.isfinite(softcap) and softcap > 0.0):
+        raise ValueError(f"softcap must be a finite float > 0 or None, got {softcap}")
     _check_common(tokens, hidden.shape[:2], temperature, chunk_size)
     rows = chunk_size if chunk_size is not None else auto_chunk_size(weight.shape[0])
-    return _ChunkedLinearLogProbEntropy.apply(hidden, weight, bias, tokens, float(temperature), rows)
+    head = None if logit_scale == 1.0 and softcap is None else (float(logit_scale), softcap)
+    return _ChunkedLinearLogProbEntropy.apply(hidden, weight, bias, tokens, float(temperature), rows, head)
