@@ -16,7 +16,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from echorl_lightning.data.benchmarks import BENCHMARKS, BenchmarkRow, load_benchmark  # noqa: E402
+from echorl_lightning.data.benchmarks import BENCHMARKS, load_benchmark  # noqa: E402
+from echorl_lightning.data.tables import Row  # noqa: E402
 from echorl_lightning.rewards.multiple_choice import MultipleChoiceVerifier  # noqa: E402
 
 
@@ -26,7 +27,11 @@ def _write(tmp_path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def _triples(rows: list[BenchmarkRow]) -> list[tuple[str, str, str | None]]:
+def _rows(name: str, path: str) -> list[Row]:
+    return load_benchmark(name, path=path).rows
+
+
+def _triples(rows: list[Row]) -> list[tuple[str, str, str | None]]:
     return [(row.problem, row.reference, row.expert) for row in rows]
 
 
@@ -60,7 +65,7 @@ def test_unknown_name_lists_known_names() -> None:
 def test_missing_column_is_named(tmp_path: Path) -> None:
     path = _write(tmp_path, [{"question": "What is 1 + 1?", "final": "2"}])
     with pytest.raises(ValueError, match="no column 'answer'"):
-        load_benchmark("minerva_math", path=path)
+        _rows("minerva_math", path)
 
 
 @pytest.mark.parametrize("name", ["aime24", "math500"])
@@ -70,7 +75,7 @@ def test_problem_answer_solution_sets(tmp_path: Path, name: str) -> None:
         {"id": 2, "problem": "  What is $2^5$?  ", "answer": " 32 ", "solution": "$2^5 = 32$."},
         {"id": 3, "problem": "A row with no answer.", "answer": "", "solution": "none"},
     ]
-    got = load_benchmark(name, path=_write(tmp_path, rows))
+    got = _rows(name, _write(tmp_path, rows))
     assert _triples(got) == [
         ("Find $x$ if $3x = 12$.", "4", "Divide: $x = 4$."),
         ("What is $2^5$?", "32", "$2^5 = 32$."),
@@ -80,14 +85,12 @@ def test_problem_answer_solution_sets(tmp_path: Path, name: str) -> None:
 
 def test_aime25_and_deepscaler(tmp_path: Path) -> None:
     rows = [{"problem": "Compute $7 \\cdot 8$.", "answer": "56", "id": "0"}]
-    assert _triples(load_benchmark("aime25", path=_write(tmp_path, rows))) == [
-        ("Compute $7 \\cdot 8$.", "56", None)
-    ]
+    assert _triples(_rows("aime25", _write(tmp_path, rows))) == [("Compute $7 \\cdot 8$.", "56", None)]
     rows = [
         {"problem": "Sum of 1..4?", "answer": "10", "solution": "1+2+3+4 = \\boxed{10}"},
         {"problem": "Half of 9?", "answer": "\\frac{9}{2}", "solution": ""},  # empty solution: no expert
     ]
-    assert _triples(load_benchmark("deepscaler", path=_write(tmp_path, rows))) == [
+    assert _triples(_rows("deepscaler", _write(tmp_path, rows))) == [
         ("Sum of 1..4?", "10", "1+2+3+4 = \\boxed{10}"),
         ("Half of 9?", "\\frac{9}{2}", None),
     ]
@@ -101,7 +104,7 @@ def test_question_answer_sets(tmp_path: Path, name: str) -> None:
         {"question": "What is 1/2 as a decimal?", "answer": 0.5},
         {"question": "Name the unit of force.", "answer": "N"},
     ]
-    assert _triples(load_benchmark(name, path=_write(tmp_path, rows))) == [
+    assert _triples(_rows(name, _write(tmp_path, rows))) == [
         ("How many edges has a cube?", "12", None),
         ("What is 1/2 as a decimal?", "0.5", None),
         ("Name the unit of force.", "N", None),
@@ -116,7 +119,7 @@ def test_olympiadbench_lists(tmp_path: Path) -> None:
          "is_multiple_answer": False},
         {"id": 12, "question": "No answer here.", "final_answer": [], "solution": [], "is_multiple_answer": False},
     ]  # fmt: skip
-    assert _triples(load_benchmark("olympiadbench", path=_write(tmp_path, rows))) == [
+    assert _triples(_rows("olympiadbench", _write(tmp_path, rows))) == [
         ("Find all $n$ with $n^2 = 4$.", "$2$, $-2$", "Square roots.\n\nBoth signs."),
         ("Find $1+1$.", "$2$", "Add."),
     ]
@@ -129,8 +132,8 @@ def test_gsm8k(tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> N
          "answer": "She has 1200 + 34 = <<1200+34=1234>>1234 coins.\n#### 1,234"},
         {"question": "A question whose answer lost its marker.", "answer": "It is 5."},
     ]  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="echorl_lightning.data.benchmarks"):
-        got = load_benchmark(name, path=_write(tmp_path, rows))
+    with caplog.at_level(logging.WARNING, logger="echorl_lightning.data.tables"):
+        got = _rows(name, _write(tmp_path, rows))
     assert _triples(got) == [
         (
             "Ann has 1,200 coins and finds 34. How many now?",
@@ -138,7 +141,7 @@ def test_gsm8k(tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> N
             "She has 1200 + 34 = <<1200+34=1234>>1234 coins.",
         )
     ]
-    assert "skipped 1 of 2 rows" in caplog.text and "(rows [1])" in caplog.text
+    assert f"skipped 1 of 2 rows: 1 with no reference (rows ['{name}/1'])" in caplog.text
 
 
 def test_math_train_boxed(tmp_path: Path) -> None:
@@ -147,7 +150,7 @@ def test_math_train_boxed(tmp_path: Path) -> None:
          "solution": "Divide by 2: $\\boxed{\\frac{1}{2}}$."},
         {"problem": "Unboxed.", "level": "Level 1", "type": "Algebra", "solution": "The answer is 3."},
     ]  # fmt: skip
-    assert _triples(load_benchmark("math_train", path=_write(tmp_path, rows))) == [
+    assert _triples(_rows("math_train", _write(tmp_path, rows))) == [
         ("Simplify $\\frac{2}{4}$.", "\\frac{1}{2}", "Divide by 2: $\\boxed{\\frac{1}{2}}$.")
     ]
 
@@ -164,7 +167,7 @@ def test_openr1_math_verl_schema(tmp_path: Path) -> None:
         }
 
     rows = [row("What is 6 / 3?", "2", "6 / 3 = \\boxed{2}"), row("What is 2 + 5?", "7", None)]
-    assert _triples(load_benchmark("openr1_math", path=_write(tmp_path, rows))) == [
+    assert _triples(_rows("openr1_math", _write(tmp_path, rows))) == [
         ("What is 6 / 3?", "2", "6 / 3 = \\boxed{2}"),
         ("What is 2 + 5?", "7", None),
     ]
@@ -179,7 +182,7 @@ def test_arc_letter_and_numeric_labels(tmp_path: Path) -> None:
         {"id": "q3", "question": "Key not among labels.",
          "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "E"},
     ]  # fmt: skip
-    assert _triples(load_benchmark("arc_challenge", path=_write(tmp_path, rows))) == [
+    assert _triples(_rows("arc_challenge", _write(tmp_path, rows))) == [
         ("Which is a liquid at room temperature?\n\n(A) iron\n(B) water\n(C) salt\n(D) sand", "B", None),
         ("Which is largest?\n\n(A) ant\n(B) cat\n(C) whale\n(D) dog", "C", None),  # label "3" -> C
     ]
@@ -192,7 +195,7 @@ def test_gpqa_shuffle_is_fixed_and_points_at_correct_answer(tmp_path: Path) -> N
         for k in range(8)
     ]  # fmt: skip
     path = _write(tmp_path, rows)
-    got = load_benchmark("gpqa_diamond", path=path)
+    got = _rows("gpqa_diamond", path)
     # random.Random(0).shuffle([0, 1, 2, 3]) -> [2, 0, 1, 3]: options (wrong b, right, wrong a, wrong c), letter B;
     # random.Random(2) -> [1, 2, 3, 0]: (wrong a, wrong b, wrong c, right), letter D.
     assert got[0].problem == "Question 0?\n\n(A) wrong0b\n(B) right0\n(C) wrong0a\n(D) wrong0c"
@@ -207,7 +210,7 @@ def test_gpqa_shuffle_is_fixed_and_points_at_correct_answer(tmp_path: Path) -> N
         assert f"({row.reference}) right{k}" in lines  # the recorded letter names the correct text
         assert row.expert is None
     assert len({row.reference for row in got}) > 1  # not always the same position
-    assert load_benchmark("gpqa_diamond", path=path) == got  # reproducible
+    assert _rows("gpqa_diamond", path) == got  # reproducible
     # the verifier accepts the recorded letter
     assert MultipleChoiceVerifier("ABCD")([f"\\boxed{{{got[0].reference}}}"], [got[0].reference]) == [1.0]
 
@@ -222,7 +225,7 @@ def test_mmlu_pro_ten_options(tmp_path: Path) -> None:
         {"question_id": 3, "question": "Letter beyond the options.", "options": ["p", "q"], "answer": "D",
          "answer_index": 3, "category": "other"},
     ]  # fmt: skip
-    got = load_benchmark("mmlu_pro", path=_write(tmp_path, rows))
+    got = _rows("mmlu_pro", _write(tmp_path, rows))
     tenth = "Pick the tenth.\n\n" + "\n".join(f"({letter}) opt{k}" for k, letter in enumerate("ABCDEFGHIJ"))
     assert _triples(got) == [
         (tenth, "J", None),

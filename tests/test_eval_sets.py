@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
 from echorl_lightning.data.base import EvalSet, PromptDataModule
-from echorl_lightning.data.hub import MC_INSTRUCTION, HubPromptDataModule
+from echorl_lightning.data.hub import MC_INSTRUCTION, HubEvalOptions, HubPromptDataModule
 from echorl_lightning.data.types import PromptExample
 from echorl_lightning.module import EchoRLModule
 from echorl_lightning.rewards.math_verify import MathVerifier
@@ -66,8 +66,10 @@ def test_hub_eval_sets_load_render_and_share_one_math_verifier(tmp_path: Path) -
     arc_path = write_jsonl(tmp_path / "arc.jsonl", ARC_ROWS)
     gsm_path = write_jsonl(tmp_path / "gsm.jsonl", [{"question": "1+1?", "answer": "one and one\n#### 2"}])
     dm = HubPromptDataModule(
-        eval_sets=["math500", "arc_challenge", "gsm8k"],
-        eval_paths={"math500": math_path, "arc_challenge": arc_path, "gsm8k": gsm_path},
+        eval=HubEvalOptions(
+            sets=["math500", "arc_challenge", "gsm8k"],
+            paths={"math500": math_path, "arc_challenge": arc_path, "gsm8k": gsm_path},
+        ),
         use_chat_template=False,
         val_batch_size=2,
     )
@@ -88,9 +90,9 @@ def test_hub_eval_sets_load_render_and_share_one_math_verifier(tmp_path: Path) -
 
 def test_hub_eval_sets_bad_names_fail_at_construction() -> None:
     with pytest.raises(ValueError, match="mat500"):
-        HubPromptDataModule(eval_sets=["mat500"])
-    with pytest.raises(ValueError, match=r"eval_paths: \['gsm8k'\]"):
-        HubPromptDataModule(eval_sets=["math500"], eval_paths={"gsm8k": "x.jsonl"})
+        HubPromptDataModule(eval=HubEvalOptions(sets=["mat500"]))
+    with pytest.raises(ValueError, match=r"eval.paths: \['gsm8k'\]"):
+        HubPromptDataModule(eval=HubEvalOptions(sets=["math500"], paths={"gsm8k": "x.jsonl"}))
 
 
 def test_eval_set_rejects_bad_name_and_group() -> None:
@@ -175,8 +177,8 @@ def test_cli_test_eval_math_on_two_local_sets(tmp_path: Path) -> None:
         "--model.init_args.eval.n=2",
         "--trainer.accelerator=cpu", "--trainer.precision=32-true",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-        "--data.init_args.eval_sets=[math500, arc_challenge]",
-        f"--data.init_args.eval_paths={{math500: {math_path}, arc_challenge: {arc_path}}}",
+        "--data.init_args.eval.sets=[math500, arc_challenge]",
+        f"--data.init_args.eval.paths={{math500: {math_path}, arc_challenge: {arc_path}}}",
     )  # fmt: skip
     keys = ("test/math500/avg@2", "test/math500/maj@2", "test/math500/pass@1", "test/arc_challenge/pass@2",
             "test/arc_challenge/avg@2", "test/id_avg", "test/ood_avg", "test/accuracy")  # fmt: skip

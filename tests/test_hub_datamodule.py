@@ -22,7 +22,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from echorl_lightning.data.answers import extract_boxed, extract_gsm8k  # noqa: E402
-from echorl_lightning.data.hub import HubPromptDataModule  # noqa: E402
+from echorl_lightning.data.hub import HubEvalOptions, HubPromptDataModule, HubSplit  # noqa: E402
+from echorl_lightning.data.tables import DataSourceError  # noqa: E402
 from echorl_lightning.rewards.math_verify import MathVerifier  # noqa: E402
 
 SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -139,28 +140,34 @@ def test_openr1_schema(openr1_files: dict[str, Path], tmp_path: Path, kind: str)
         None,
     ]
     assert [p.uid for p in prompts] == ["train/0", "train/2", "train/4"]
-    assert dm.skipped["train"] == {"empty_prompt": 1, "no_reference": 1, "no_expert": 1}
-    assert dm.val_prompts == []  # val_split=None
+    assert dm.skipped["train"] == {"no_prompt": 1, "no_reference": 1}
+    assert dm.no_expert["train"] == 1  # kept, counted
+    assert dm.val_prompts == []  # eval.val is None
 
 
 def test_defaults_load_the_openr1_mapping(openr1_files: dict[str, Path], tmp_path: Path) -> None:
     dm = HubPromptDataModule(path=str(openr1_files["jsonl"]), cache_dir=str(tmp_path / "cache"))
     assert [p.reference for p in dm.train_prompts] == ["7", "\\frac{1}{2}", "36"]
     assert all(p.expert is None for p in dm.train_prompts)  # expert_column defaults to None
-    assert dm.skipped["train"] == {"empty_prompt": 1, "no_reference": 1, "no_expert": 0}
+    assert dm.skipped["train"] == {"no_prompt": 1, "no_reference": 1}
+    assert dm.no_expert["train"] == 0  # no expert column: nothing expected
 
 
 def test_skipped_rows_are_logged_once(
     openr1_files: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     dm = HubPromptDataModule(path=str(openr1_files["jsonl"]), cache_dir=str(tmp_path / "cache"))
-    with caplog.at_level(logging.WARNING, logger="echorl_lightning.data.hub"):
+    with caplog.at_level(logging.WARNING, logger="echorl_lightning.data.tables"):
         _ = dm.train_prompts
         dm.connect(None)  # rebuilding the prompts does not reload or re-log the rows
         _ = dm.train_prompts
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == 1
-    assert "empty prompt (rows [1])" in skipped[0] and "(rows [3])" in skipped[0]
+    assert (
+        "skipped 2 of 5 rows: 1 with no prompt text (rows ['train/1']); 1 with no reference (rows ['train/3'])"
+        in skipped[0]
+    )
+    assert str(openr1_files["jsonl"]) in skipped[0]
 
 
 def test_chat_template_with_real_tokenizer(openr1_files: dict[str, Path], tmp_path: Path) -> None:
@@ -229,11 +236,15 @@ def test_boxed_csv_and_validation_with_its_own_mapping(openr1_files: dict[str, P
     ).to_csv(str(val), index=False)
     dm = HubPromptDataModule(
         path=str(openr1_files["jsonl"]),
-        val_path=str(val),
-        val_split="test",
-        val_prompt_column="problem",
-        val_answer_column="solution",
-        val_answer_format="boxed",
+        eval=HubEvalOptions(
+            val=HubSplit(
+                split="test",
+                path=str(val),
+                prompt_column="problem",
+                answer_column="solution",
+                answer_format="boxed",
+            )
+        ),
         val_batch_size=2,
         cache_dir=str(tmp_path / "cache"),
     )
@@ -241,7 +252,7 @@ def test_boxed_csv_and_validation_with_its_own_mapping(openr1_files: dict[str, P
         ("What is one third of 3/2?" + SUFFIX, "\\frac{1}{2}", None, "val/0"),
         ("What is 2^3?" + SUFFIX, "8", None, "val/1"),
     ]
-    assert dm.skipped["val"]["no_reference"] == 1
+    assert dm.skipped["val"] == {"no_prompt": 0, "no_reference": 1}
     batches = list(dm.val_dataloader())
     assert [len(b) for b in batches] == [2] and batches[0][1].reference == "8"
     assert len(dm.train_prompts) == 3  # the training mapping is unchanged
@@ -303,7 +314,7 @@ def test_missing_column_error_names_column_file_and_columns(
 
 def test_missing_file_and_bad_arguments(tmp_path: Path) -> None:
     missing = tmp_path / "nope.jsonl"
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(DataSourceError, match="nope.jsonl"):
         _ = HubPromptDataModule(path=str(missing)).train_prompts
     other = tmp_path / "data.txt"
     other.write_text("x")
@@ -322,9 +333,10 @@ def test_all_rows_unusable_is_an_error(tmp_path: Path) -> None:
     dm = HubPromptDataModule(
         path=str(path), prompt_column="q", answer_column="a", cache_dir=str(tmp_path / "c")
     )
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(
+        DataSourceError, match=r"train: no usable row in file .*bad.jsonl.*1 no_prompt, 1 no_reference"
+    ):
         _ = dm.train_prompts
-    assert dm.skipped["train"] == {"empty_prompt": 1, "no_reference": 1, "no_expert": 0}
 
 
 def test_default_verifier_is_math_verifier() -> None:

@@ -7,6 +7,8 @@ Two formats besides a raw answer, as used by the math sets of EchoRL (arXiv 2605
 * ``gsm8k``: a GSM8K solution ending in ``#### 1,234``; the reference is the text after the last ``####``
   with thousands separators removed.
 
+:func:`to_reference` applies one of the formats (or ``raw``: the stripped text) to an answer cell's text.
+
 Left out: the unbraced ``\\boxed 5`` form, and any normalisation of the answer itself (units, ``\\text``,
 dollar signs): math-verify does that when comparing.
 """
@@ -14,6 +16,10 @@ dollar signs): math-verify does that when comparing.
 from __future__ import annotations
 
 import re
+from typing import Literal
+
+AnswerFormat = Literal["raw", "boxed", "gsm8k"]
+ANSWER_FORMATS: tuple[AnswerFormat, ...] = ("raw", "boxed", "gsm8k")
 
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
@@ -63,3 +69,19 @@ def extract_gsm8k(text: str) -> str | None:
         return None
     answer = text[marker + 4 :].strip().split("\n", 1)[0].replace(",", "").strip()
     return answer or None
+
+
+def to_reference(answer: str | None, answer_format: AnswerFormat) -> str | None:
+    """The verifier reference of an answer cell's text (None in, None out), or None when none can be
+    extracted: ``raw`` strips the text, ``boxed`` takes the last ``\\boxed{}``, ``gsm8k`` the text after ``####``."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {list(ANSWER_FORMATS)}, got {answer_format!r}")
+    if answer is None:
+        return None
+    if answer_format == "raw":
+        reference: str | None = answer.strip()
+    elif answer_format == "boxed":
+        reference = extract_boxed(answer)
+    else:
+        reference = extract_gsm8k(answer)
+    return reference or None

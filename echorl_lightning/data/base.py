@@ -12,20 +12,28 @@ prompts and the verifier; a subclass with several benchmarks overrides :meth:`lo
 dataloader is served per set, so ``dataloader_idx`` of ``validation_step`` indexes :meth:`eval_sets`.
 
 Prompt text that needs the tokenizer (chat templates) is built after :meth:`connect` has bound it;
-``cli.py`` calls ``connect`` before every subcommand.
+``cli.py`` calls ``connect`` before every subcommand. :meth:`check_data`, meant to run right after
+``connect`` and before the policy's weights load, loads the training prompts and every evaluation set, drops
+prompts longer than ``max_prompt_tokens`` tokens (counted per set in :attr:`PromptDataModule.skipped`, logged
+with their uids), and returns the counts as ``data/...`` metrics. Left out: truncating long prompts (they are
+dropped), and a default limit from the model (the caller passes it: context length minus response length).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, cast
 
 import lightning.pytorch as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from echorl_lightning.data.answers import extract_boxed
-from echorl_lightning.data.types import PromptExample, StepChecker, Verifier
+from echorl_lightning.data.tables import log_skips
+from echorl_lightning.data.types import PromptExample, StepChecker, Verifier, VerifierFn
+
+logger = logging.getLogger(__name__)
 
 EvalGroup = Literal["id", "ood"]
 
@@ -62,14 +70,34 @@ class PromptDataModule(L.LightningDataModule):
     """Prompts, verifier and rollout buffer for RLVR.
 
     Args:
-        verifier: the batch verifier; None uses :meth:`default_verifier`.
+        verifier: the batch verifier, any callable ``(completions, references) -> list[float | None]``;
+            None uses :meth:`default_verifier`.
         val_batch_size: prompts per validation batch.
+        max_prompt_tokens: drop prompts longer than this many tokens of the connected tokenizer; when set it
+            overrides the limit :meth:`check_data` is given. None: no limit unless ``check_data`` sets one.
+
+    Attributes:
+        skipped: set (``"train"`` or an evaluation set's name) -> skip reason -> rows left out of it.
+        no_expert: set -> rows kept without an expert solution where one was expected.
+        skipped_counts: the ``data/...`` counts of the last :meth:`check_data`.
     """
 
-    def __init__(self, verifier: Verifier | None = None, val_batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        verifier: VerifierFn | None = None,
+        val_batch_size: int = 64,
+        max_prompt_tokens: int | None = None,
+    ) -> None:
         super().__init__()
-        self._verifier = verifier
+        if max_prompt_tokens is not None and max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1 or None, got {max_prompt_tokens}")
+        self._verifier = cast(Verifier | None, verifier)
         self.val_batch_size = val_batch_size
+        self.max_prompt_tokens = max_prompt_tokens
+        self._prompt_limit = max_prompt_tokens
+        self.skipped: dict[str, dict[str, int]] = {}
+        self.no_expert: dict[str, int] = {}
+        self.skipped_counts: dict[str, int] = {}
         self.tokenizer: Any = None
         self.rollout_buffer: IterableDataset | None = None
         self._train: list[PromptExample] | None = None
@@ -103,7 +131,12 @@ class PromptDataModule(L.LightningDataModule):
             return []
         return [
             EvalSet(
-                "val", self.val_prompts, self.verifier, None, self.default_answer_fn, self.default_step_checker()
+                "val",
+                self.val_prompts,
+                self.verifier,
+                None,
+                self.default_answer_fn,
+                self.default_step_checker(),
             )
         ]
 
@@ -118,12 +151,18 @@ class PromptDataModule(L.LightningDataModule):
             self._verifier = self.default_verifier()
         return self._verifier
 
+    def describe_source(self, source: str) -> str:
+        """How messages name a set (``"train"`` or an evaluation set); subclasses name its file or hub id."""
+        return f"{type(self).__name__} {source!r} prompts"
+
     @property
     def train_prompts(self) -> list[PromptExample]:
+        """The training prompt pool (within the prompt token limit, when one is set)."""
         if self._train is None:
-            self._train = list(self.load_train_prompts())
-            if not self._train:
+            prompts = list(self.load_train_prompts())
+            if not prompts:
                 raise ValueError(f"{type(self).__name__}: the training prompt set is empty")
+            self._train = self._within_limit("train", prompts)
         return self._train
 
     @property
@@ -135,13 +174,69 @@ class PromptDataModule(L.LightningDataModule):
     def eval_sets(self) -> list[EvalSet]:
         """The evaluation sets, loaded once (names checked unique); validation and test iterate them."""
         if self._eval_sets is None:
-            sets = list(self.load_eval_sets())
+            sets = [replace(s, prompts=self._within_limit(s.name, s.prompts)) for s in self.load_eval_sets()]
             names = [s.name for s in sets]
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
                 raise ValueError(f"{type(self).__name__}: evaluation set names repeat: {duplicates}")
             self._eval_sets = sets
         return self._eval_sets
+
+    def check_data(self, max_prompt_tokens: int | None = None) -> dict[str, int]:
+        """Load the training prompts and every evaluation set now (before a model is loaded), so that bad
+        data fails here with a message naming the file, and prompts over the token limit are dropped.
+
+        Args:
+            max_prompt_tokens: the longest prompt kept, in tokens of the connected tokenizer
+                (``add_special_tokens=False``); the ``max_prompt_tokens`` init argument overrides it when set.
+                None with no init argument: no limit.
+
+        Returns:
+            ``data/skipped_rows`` (every row left out: no prompt text, no reference, over the limit),
+            ``data/skipped_rows/<set>`` per set, ``data/skipped_too_long``, ``data/train_prompts`` and
+            ``data/eval_prompts`` (kept); also stored as :attr:`skipped_counts`.
+
+        Raises:
+            ValueError: a set is empty, unreadable, or has no prompt within the limit (its source named).
+            RuntimeError: a limit is set but no tokenizer is connected.
+        """
+        limit = self.max_prompt_tokens if self.max_prompt_tokens is not None else max_prompt_tokens
+        if limit is not None and limit < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1 or None, got {limit}")
+        self._prompt_limit = limit
+        self._train = None  # rebuilt under the limit
+        self._eval_sets = None
+        train, sets = self.train_prompts, self.eval_sets()
+        self.skipped_counts = skip_counts(self.skipped, len(train), sum(len(s.prompts) for s in sets))
+        logger.info("%s: data checked: %s", type(self).__name__, self.skipped_counts)
+        return self.skipped_counts
+
+    def _within_limit(self, source: str, prompts: list[PromptExample]) -> list[PromptExample]:
+        """``prompts`` without those longer than the token limit (counted as ``too_long`` and logged)."""
+        limit = self._prompt_limit
+        if limit is None:
+            return prompts
+        if self.tokenizer is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: max_prompt_tokens={limit} needs the tokenizer: call connect(tokenizer) first"
+            )
+        lengths = prompt_token_counts(self.tokenizer, [p.prompt for p in prompts])
+        kept = [p for p, n in zip(prompts, lengths, strict=True) if n <= limit]
+        long = [p.uid for p, n in zip(prompts, lengths, strict=True) if n > limit]
+        self.skipped.setdefault(source, {})["too_long"] = len(long)
+        log_skips(
+            source,
+            self.describe_source(source),
+            len(prompts),
+            {"too_long": long},
+            f"max_prompt_tokens={limit}",
+        )
+        if not kept:
+            raise ValueError(
+                f"{self.describe_source(source)}: all {len(prompts)} prompts are longer than max_prompt_tokens="
+                f"{limit} tokens (shortest {min(lengths)}); raise the limit or shorten the prompts"
+            )
+        return kept
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, list):  # evaluation prompts are text: nothing to move
@@ -166,3 +261,31 @@ class PromptDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         return self.val_dataloader()
+
+
+def prompt_token_counts(tokenizer: Any, texts: Sequence[str], batch_size: int = 1024) -> list[int]:
+    """Tokens per text with ``tokenizer`` (no special tokens added: a chat template already holds them)."""
+    counts: list[int] = []
+    for start in range(0, len(texts), batch_size):
+        ids = tokenizer(list(texts[start : start + batch_size]), add_special_tokens=False, verbose=False)
+        counts.extend(len(row) for row in ids["input_ids"])
+    return counts
+
+
+def skip_counts(skipped: Mapping[str, Mapping[str, int]], train: int, evaluation: int) -> dict[str, int]:
+    """The ``data/...`` metrics of :meth:`PromptDataModule.check_data` from per-set skip counts.
+
+    Example: ``{"train": {"no_prompt": 1, "too_long": 2}, "math500": {"no_reference": 1}}`` with 5 training
+    and 3 evaluation prompts -> ``data/skipped_rows`` 4, ``data/skipped_rows/train`` 3,
+    ``data/skipped_rows/math500`` 1, ``data/skipped_too_long`` 2, ``data/train_prompts`` 5,
+    ``data/eval_prompts`` 3.
+    """
+    counts = {
+        "data/skipped_rows": sum(sum(reasons.values()) for reasons in skipped.values()),
+        "data/skipped_too_long": sum(reasons.get("too_long", 0) for reasons in skipped.values()),
+        "data/train_prompts": train,
+        "data/eval_prompts": evaluation,
+    }
+    for source, reasons in sorted(skipped.items()):
+        counts[f"data/skipped_rows/{source}"] = sum(reasons.values())
+    return counts

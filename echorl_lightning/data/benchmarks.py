@@ -16,9 +16,10 @@ in the same schema) and maps every row with the spec's pure ``to_example`` funct
   solution text before ``####``), ``deepscaler`` (DeepScaleR-Preview).
 
 Rows whose reference cannot be extracted (or whose problem is empty) are skipped, counted and logged with
-their indices. Left out: prompt templating (the datamodule renders the problem), the verifiers, per-subject
-filtering of MMLU-Pro, multi-config sets (AIME 2025 from ``opencompass/AIME2025`` is two configs; the
-single-split ``math-ai/aime25`` is used instead), and multimodal OlympiadBench configs.
+their row ids by the one mapping path of :func:`echorl_lightning.data.tables.load_rows`, which also reads
+the user's own files. Left out: prompt templating (the datamodule renders the problem), the verifiers,
+per-subject filtering of MMLU-Pro, multi-config sets (AIME 2025 from ``opencompass/AIME2025`` is two
+configs; the single-split ``math-ai/aime25`` is used instead), and multimodal OlympiadBench configs.
 
 Hub ids, configs, splits and column names were checked against dataset cards and public loading code
 (search of public repositories, Nov 2026); each spec below says where.
@@ -26,24 +27,19 @@ Hub ids, configs, splits and column names were checked against dataset cards and
 
 from __future__ import annotations
 
-import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from echorl_lightning.data.answers import extract_boxed, extract_gsm8k
-from echorl_lightning.data.hub import as_text, check_column, describe_source, get_column, load_table
+from echorl_lightning.data.tables import MappedRows, TableSource, ToExample, cell_text, get_column, load_rows
 from echorl_lightning.registry import Registry
 from echorl_lightning.rewards.multiple_choice import DEFAULT_LETTERS, format_choices
 
-logger = logging.getLogger(__name__)
-
 Kind = Literal["math", "multiple_choice"]
 Usage = Literal["id", "ood", "train"]
-ToExample = Callable[[dict[str, Any], int], tuple[str, str | None, str | None]]
-
-_SHOWN_ROWS = 5  # row indices quoted in the skipped-rows log line
+Example = tuple[str | None, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -57,10 +53,11 @@ class DatasetSpec:
         split: the split to load.
         kind: ``"math"`` (reference = final answer) or ``"multiple_choice"`` (reference = option letter).
         id_or_ood: ``"id"`` / ``"ood"`` evaluation set, or ``"train"``.
-        columns: top-level columns ``to_example`` reads (checked before mapping, so a wrong schema fails
+        columns: top-level columns ``to_example`` needs (checked before mapping, so a wrong schema fails
             with the missing column named).
-        to_example: pure ``(row, index) -> (problem, reference | None, expert | None)``; a None reference
-            means the row is skipped.
+        to_example: pure ``(row, index) -> (problem, reference, expert)``, each None where absent; a row
+            without a problem or a reference is skipped.
+        optional_columns: columns ``to_example`` reads when present (an expert solution).
     """
 
     name: str
@@ -71,16 +68,7 @@ class DatasetSpec:
     id_or_ood: Usage
     columns: tuple[str, ...]
     to_example: ToExample
-
-
-class BenchmarkRow(NamedTuple):
-    """One mapped row: the un-templated problem text, the verifier reference, the optional expert
-    solution, and a stable id ``"<name>/<row index>"``."""
-
-    problem: str
-    reference: str
-    expert: str | None
-    uid: str
+    optional_columns: tuple[str, ...] = ()
 
 
 BENCHMARKS: Registry[DatasetSpec] = Registry("benchmark dataset")
@@ -90,93 +78,95 @@ def _add(spec: DatasetSpec) -> None:
     BENCHMARKS.register(spec.name)(spec)
 
 
-# ---- cell helpers (pure) --------------------------------------------------------------------------------
+# ---- row mappings (pure) ----------------------------------------------------------------------------------
 def _text(value: Any) -> str | None:
-    """A cell as stripped text: strings as-is, integral floats without ``.0`` (``12.0`` -> ``"12"``),
-    other numbers via ``str``; None for missing / empty / anything else."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, str):
-        return value.strip() or None
-    return None
+    """A plain cell as stripped text (:func:`~echorl_lightning.data.tables.cell_text`), None when blank."""
+    text = cell_text(value)
+    return text.strip() or None if text is not None else None
 
 
 def _math(problem_col: str, answer_col: str, expert_col: str | None = None) -> ToExample:
     """``to_example`` for a set with a problem column, a final-answer column and an optional solution."""
 
-    def to_example(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+    def to_example(row: Mapping[str, Any], index: int) -> Example:
         expert = _text(row.get(expert_col)) if expert_col is not None else None
-        return _text(row[problem_col]) or "", _text(row[answer_col]), expert
+        return _text(row.get(problem_col)), _text(row.get(answer_col)), expert
 
     return to_example
 
 
-def _math_boxed(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+def _math_boxed(row: Mapping[str, Any], index: int) -> Example:
     """MATH: reference = last ``\\boxed{}`` of ``solution``; expert = the whole solution."""
-    solution = _text(row["solution"])
+    solution = _text(row.get("solution"))
     reference = extract_boxed(solution) if solution is not None else None
-    return _text(row["problem"]) or "", reference or None, solution
+    return _text(row.get("problem")), reference, solution
 
 
-def _gsm8k(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+def _gsm8k(row: Mapping[str, Any], index: int) -> Example:
     """GSM8K: reference = the number after ``####`` (commas removed); expert = the text before it."""
-    answer = row["answer"] if isinstance(row["answer"], str) else ""
+    answer = row.get("answer") if isinstance(row.get("answer"), str) else ""
     marker = answer.rfind("####")
     expert = answer[:marker].strip() if marker >= 0 else None
-    return _text(row["question"]) or "", extract_gsm8k(answer), expert or None
+    return _text(row.get("question")), extract_gsm8k(answer), expert or None
 
 
-def _olympiadbench(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+def _texts(value: Any) -> list[str]:
+    """The non-blank texts of a list cell (anything else: none)."""
+    items = value if isinstance(value, list) else []
+    return [text for text in (_text(item) for item in items) if text is not None]
+
+
+def _olympiadbench(row: Mapping[str, Any], index: int) -> Example:
     """OlympiadBench: ``final_answer`` is a list (several answers joined by ", "); ``solution`` a list."""
-    answers = [text for text in (_text(a) for a in row["final_answer"] or []) if text is not None]
-    solutions = [text for text in (_text(s) for s in row.get("solution") or []) if text is not None]
-    expert = "\n\n".join(solutions) or None
-    return _text(row["question"]) or "", ", ".join(answers) or None, expert
+    expert = "\n\n".join(_texts(row.get("solution"))) or None
+    return _text(row.get("question")), ", ".join(_texts(row.get("final_answer"))) or None, expert
 
 
-def _openr1(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+def _openr1(row: Mapping[str, Any], index: int) -> Example:
     """verl RL schema: the user message of ``prompt``, ``reward_model.ground_truth``, the assistant
     message of ``target`` (the DeepSeek-R1 solution)."""
-    problem = as_text(row["prompt"], role="user")
-    reference = _text(as_text(get_column(row, "reward_model.ground_truth"), role="assistant"))
-    expert = _text(as_text(row.get("target"), role="assistant"))
-    return (problem or "").strip(), reference, expert
+    problem = _text(cell_text(row.get("prompt"), role="user"))
+    reference = _text(cell_text(get_column(row, "reward_model.ground_truth"), role="assistant"))
+    expert = _text(cell_text(row.get("target"), role="assistant"))
+    return problem, reference, expert
 
 
-def _arc(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+def _arc(row: Mapping[str, Any], index: int) -> Example:
     """ARC: options in the given label order get letters A, B, ... by position, so numeric labels
     ("1".."4") map to letters; the reference is the letter at ``answerKey``'s position."""
-    choices = row["choices"]
-    labels = [str(label).strip() for label in choices["label"]]
-    options = [_text(t) or "" for t in choices["text"]]
-    key = str(row["answerKey"]).strip()
-    problem = format_choices(_text(row["question"]) or "", options)
-    reference = DEFAULT_LETTERS[labels.index(key)] if key in labels else None
-    return problem, reference, None
+    question = _text(row.get("question"))
+    choices = row.get("choices")
+    if question is None or not isinstance(choices, Mapping):
+        return question, None, None
+    labels = [str(label).strip() for label in choices.get("label") or []]
+    options = [_text(t) or "" for t in choices.get("text") or []]
+    key = str(row.get("answerKey")).strip()
+    reference = DEFAULT_LETTERS[labels.index(key)] if key in labels and len(labels) == len(options) else None
+    return format_choices(question, options), reference, None
 
 
-def _gpqa(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+def _gpqa(row: Mapping[str, Any], index: int) -> Example:
     """GPQA: the correct answer and three incorrect ones, shuffled with ``random.Random(index)``."""
-    texts = [_text(row["Correct Answer"])] + [_text(row[f"Incorrect Answer {k}"]) for k in (1, 2, 3)]
+    texts = [_text(row.get("Correct Answer"))] + [_text(row.get(f"Incorrect Answer {k}")) for k in (1, 2, 3)]
     order = [0, 1, 2, 3]
     random.Random(index).shuffle(order)
-    options = [texts[i] or "" for i in order]
-    problem = format_choices(_text(row["Question"]) or "", options, letters="ABCD")
-    reference = "ABCD"[order.index(0)] if texts[0] is not None else None
-    return problem, reference, None
+    question = _text(row.get("Question"))
+    if question is None:
+        return None, None, None
+    problem = format_choices(question, [texts[i] or "" for i in order], letters="ABCD")
+    return problem, "ABCD"[order.index(0)] if texts[0] is not None else None, None
 
 
-def _mmlu_pro(row: dict[str, Any], index: int) -> tuple[str, str | None, str | None]:
+def _mmlu_pro(row: Mapping[str, Any], index: int) -> Example:
     """MMLU-Pro: up to ten ``options`` and the correct ``answer`` letter (checked against the options)."""
-    options = [_text(o) or "" for o in row["options"]]
-    answer = _text(row["answer"])
-    problem = format_choices(_text(row["question"]) or "", options)
+    question, answer = _text(row.get("question")), _text(row.get("answer"))
+    options = (
+        [_text(o) or "" for o in row.get("options") or []] if isinstance(row.get("options"), list) else []
+    )
+    if question is None:
+        return None, None, None
     valid = answer is not None and len(answer) == 1 and answer in DEFAULT_LETTERS[: len(options)]
-    return problem, answer if valid else None, None
+    return format_choices(question, options), answer if valid else None, None
 
 
 # ---- the registry ---------------------------------------------------------------------------------------
@@ -221,7 +211,7 @@ _add(DatasetSpec("mmlu_pro", "TIGER-Lab/MMLU-Pro", None, "test", "multiple_choic
                  ("question", "options", "answer"), _mmlu_pro))  # fmt: skip
 # Verified: the verl RL schema documented in echorl_lightning/data/hub.py (LUFFY's release).
 _add(DatasetSpec("openr1_math", "Elliott/Openr1-Math-46k-8192", None, "train", "math", "train",
-                 ("prompt", "reward_model"), _openr1))  # fmt: skip
+                 ("prompt", "reward_model"), _openr1, optional_columns=("target",)))  # fmt: skip
 # Verified: DigitalLearningGmbH/MATH-lighteval "default" train / test, columns problem, level, type,
 # solution (verl reward routing and public loaders extract the boxed answer from "solution").
 _add(DatasetSpec("math_train", "DigitalLearningGmbH/MATH-lighteval", None, "train", "math", "train",
@@ -235,24 +225,16 @@ _add(DatasetSpec("deepscaler", "agentica-org/DeepScaleR-Preview-Dataset", None, 
 
 
 # ---- loading --------------------------------------------------------------------------------------------
-def map_rows(spec: DatasetSpec, rows: Iterable[dict[str, Any]]) -> tuple[list[BenchmarkRow], list[int]]:
-    """Apply ``spec.to_example`` to every row; return the kept rows and the indices of skipped ones (empty
-    problem or no reference). ``rows`` is any iterable of row dicts (a ``datasets.Dataset`` works)."""
-    kept: list[BenchmarkRow] = []
-    skipped: list[int] = []
-    for index, row in enumerate(rows):
-        problem, reference, expert = spec.to_example(row, index)
-        if not problem.strip() or reference is None or not reference.strip():
-            skipped.append(index)
-            continue
-        kept.append(BenchmarkRow(problem, reference.strip(), expert, f"{spec.name}/{index}"))
-    return kept, skipped
-
-
 def load_benchmark(
-    name: str, path: str | None = None, cache_dir: str | None = None, revision: str | None = None
-) -> list[BenchmarkRow]:
-    """Load the named set's split and map every row.
+    name: str,
+    path: str | None = None,
+    cache_dir: str | None = None,
+    revision: str | None = None,
+    limit: int | None = None,
+    shuffle_seed: int | None = None,
+    hint: str = "",
+) -> MappedRows:
+    """Load the named set's split and map its rows (uids ``"<name>/<row index>"``).
 
     Args:
         name: a name in :data:`BENCHMARKS` (unknown names raise ``ValueError`` listing the known ones).
@@ -260,23 +242,27 @@ def load_benchmark(
             None loads ``spec.hub_id`` / ``spec.config`` / ``spec.split`` from the hub.
         cache_dir: the ``datasets`` cache folder.
         revision: the hub revision (ignored for a local ``path``).
+        limit: keep the first ``limit`` usable rows.
+        shuffle_seed: shuffle the rows with this seed first (uids keep the file's row index); None: file order.
+        hint: appended to the error when the hub set cannot be loaded (what to set instead).
+
+    Raises:
+        DataSourceError: unreadable or unreachable source, a missing column, or no usable row.
     """
     spec = BENCHMARKS.get(name)
-    source_path = spec.hub_id if path is None else path
-    config = spec.config if path is None else None
-    table = load_table(source_path, config, spec.split, revision if path is None else None, cache_dir)
-    source = describe_source(source_path, config, spec.split)
-    for column in spec.columns:
-        check_column(table.features, column, f"{name}.columns", source)
-    kept, skipped = map_rows(spec, table)
-    if skipped:
-        logger.warning(
-            "benchmark %r from %s: skipped %d of %d rows with an empty problem or no extractable reference "
-            "(rows %s)",
-            name,
-            source,
-            len(skipped),
-            len(skipped) + len(kept),
-            skipped[:_SHOWN_ROWS],
-        )
-    return kept
+    if path is None:
+        source = TableSource(spec.hub_id, spec.config, spec.split, revision)
+    else:
+        source = TableSource(path, None, spec.split)
+    return load_rows(
+        source,
+        spec.to_example,
+        {f"{name}.columns": column for column in spec.columns},
+        label=f"benchmark {name!r}",
+        uid_prefix=name,
+        optional_columns=spec.optional_columns,
+        limit=limit,
+        shuffle_seed=shuffle_seed,
+        cache_dir=cache_dir,
+        hint=hint,
+    )

@@ -1,4 +1,5 @@
-"""Prompts from a Hugging Face hub dataset or a local data file, with a column mapping.
+"""Prompts from a Hugging Face hub dataset or a local data file, with a column mapping, plus named
+benchmark sets for evaluation.
 
 The training data of EchoRL (arXiv 2605.31228) is OpenR1-Math, "about 46k problems with expert solutions",
 distributed for LUFFY as the hub dataset ``Elliott/Openr1-Math-46k-8192`` (one ``train`` split). Its rows
@@ -15,166 +16,110 @@ so it loads with ``prompt_column="prompt"`` (the user message is taken; the set'
 dropped), ``answer_column="reward_model.ground_truth"`` (a dotted path reads a struct field),
 ``answer_format="raw"``, and ``expert_column="target"`` for LUFFY (the assistant message is taken). Those
 are the defaults, except ``expert_column``, which is None so that methods without an expert do not hold
-46k long solutions in memory.
+46k long solutions in memory. Any other set with one problem column and one answer column works the same
+way, from the hub or from a local ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file (or a folder of
+them): e.g. GSM8K with ``prompt_column="question"``, ``answer_column="answer"``, ``answer_format="gsm8k"``.
+A named training set (``train_set``) replaces the source and the mapping by its spec in
+:data:`~echorl_lightning.data.benchmarks.BENCHMARKS`.
 
-Any other set with one problem column and one answer column works the same way, from the hub or from a
-local ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file (or a folder of them): e.g. GSM8K with
-``prompt_column="question"``, ``answer_column="answer"``, ``answer_format="gsm8k"``.
-
-Evaluation: besides the optional ``val_*`` split, ``eval_sets`` names benchmarks of
-:data:`~echorl_lightning.data.benchmarks.BENCHMARKS` (EchoRL's id math sets and ood multiple-choice sets);
-each becomes one :class:`~echorl_lightning.data.base.EvalSet`, rendered with the same instruction and chat
-template (multiple-choice sets ask for the option letter in ``\\boxed{}``), scored by one shared
+Evaluation options are one group, ``eval`` (:class:`HubEvalOptions`): an optional validation split in the
+user's columns (:class:`HubSplit`), benchmark names (EchoRL's id math sets and ood multiple-choice sets),
+local files standing in for them, and a row limit. Each becomes one
+:class:`~echorl_lightning.data.base.EvalSet`, rendered with the same instruction and chat template
+(multiple-choice sets ask for the option letter in ``\\boxed{}``), scored by one shared
 :class:`MathVerifier` or by :class:`MultipleChoiceVerifier`.
 
-Rows with an empty prompt or with an answer that yields no reference are skipped, counted in
-:attr:`HubPromptDataModule.skipped` and logged once per split with their row indices. Left out: streaming
-(the split is loaded whole), per-rank sharding of the prompt pool (the rollout callback draws from it),
-and datasets saved with ``save_to_disk``.
+Every split goes through :func:`~echorl_lightning.data.tables.load_rows` (one mapping path, one skip log);
+skipped rows are counted in :attr:`HubPromptDataModule.skipped`. Left out: streaming, per-rank sharding of
+the prompt pool (the rollout callback draws from it), and datasets saved with ``save_to_disk``.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-import datasets
-
-from echorl_lightning.data.answers import extract_boxed, extract_gsm8k
+from echorl_lightning.data.answers import ANSWER_FORMATS, AnswerFormat, extract_boxed, to_reference
 from echorl_lightning.data.base import EvalSet, PromptDataModule
-from echorl_lightning.data.types import PromptExample, Verifier
+from echorl_lightning.data.benchmarks import BENCHMARKS, load_benchmark
+from echorl_lightning.data.tables import (
+    MappedRows,
+    Row,
+    TableSource,
+    ToExample,
+    cell_text,
+    get_column,
+    load_rows,
+)
+from echorl_lightning.data.types import PromptExample, Verifier, VerifierFn
 from echorl_lightning.rewards.math_verify import MathVerifier
 from echorl_lightning.rewards.multiple_choice import MultipleChoiceVerifier, extract_choice
 
 logger = logging.getLogger(__name__)
 
-AnswerFormat = Literal["raw", "boxed", "gsm8k"]
-
 DEFAULT_INSTRUCTION = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
 MC_INSTRUCTION = (
     "{prompt}\nPlease reason step by step, and put the letter of the correct option within \\boxed{}."
 )
-
-_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-_SHOWN_ROWS = 5  # row indices quoted in the skipped-rows log line
+KEY = "data.init_args"  # how messages name this datamodule's config keys
 
 
-# ---- loading and column access (plain functions) --------------------------------------------------------
-def describe_source(path: str, name: str | None, split: str) -> str:
-    """How error messages and logs name a data source."""
-    if Path(path).expanduser().exists():
-        return f"file {path!r} (split {split!r})"
-    return f"hub dataset {path!r} (name={name!r}, split={split!r})"
+@dataclass
+class HubSplit:
+    """A validation split in the user's own columns (``data.init_args.eval.val`` in YAML).
 
-
-def load_table(
-    path: str, name: str | None, split: str, revision: str | None, cache_dir: str | None
-) -> datasets.Dataset:
-    """Load one split from a local file, a local folder, or the hub (decided by ``path`` existing)."""
-    local = Path(path).expanduser()
-    if local.is_file():
-        builder = _FILE_BUILDERS.get(local.suffix.lower())
-        if builder is None:
-            raise ValueError(
-                f"unsupported data file {path!r}: expected one of {', '.join(sorted(_FILE_BUILDERS))}"
-            )
-        return datasets.load_dataset(
-            builder, data_files={split: str(local)}, split=split, cache_dir=cache_dir
-        )
-    if local.is_dir():
-        return datasets.load_dataset(str(local), name=name, split=split, cache_dir=cache_dir)
-    if local.suffix.lower() in _FILE_BUILDERS or path.startswith(("/", "./", "../", "~")):
-        raise FileNotFoundError(f"data file {path!r} does not exist")
-    return datasets.load_dataset(path, name=name, split=split, revision=revision, cache_dir=cache_dir)
-
-
-def check_column(features: datasets.Features, column: str, key: str, source: str) -> None:
-    """Raise ``ValueError`` naming ``column`` (the value of config key ``key``) if ``features`` lack it.
-
-    ``column`` may be a dotted path into struct columns (``reward_model.ground_truth``).
+    Attributes:
+        split: the split to read (a local file is that split).
+        path: hub id or local file/folder; None reads the training ``path`` (with its revision).
+        name: hub configuration; None uses the training ``name`` when ``path`` is None.
+        prompt_column, answer_column, answer_format: the mapping when it differs from the training one
+            (e.g. MATH-500's ``problem`` / ``answer``); None uses the training one.
     """
-    parts = column.split(".")
-    available: Any = features
-    for depth, part in enumerate(parts):
-        if not isinstance(available, dict) or part not in available:
-            where = "columns" if depth == 0 else f"fields of {'.'.join(parts[:depth])!r}"
-            names = sorted(available) if isinstance(available, dict) else []
-            raise ValueError(
-                f"{key}={column!r}: no column {column!r} in {source}; available {where}: {names}"
-            )
-        available = available[part]
 
-
-def get_column(row: dict[str, Any], column: str) -> Any:
-    """The value at ``column`` (dotted path into nested dicts) of one row; None where a level is None."""
-    value: Any = row
-    for part in column.split("."):
-        if value is None:
-            return None
-        value = value[part]
-    return value
-
-
-def as_text(value: Any, role: str) -> str | None:
-    """Text of a cell: a string, a number, or a chat list (``[{role, content}, ...]``), from which the
-    content of the last message with ``role`` is taken. None for anything else."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, list):
-        contents = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == role]
-        if contents and isinstance(contents[-1], str):
-            return contents[-1]
-    return None
-
-
-def to_reference(answer: str | None, answer_format: AnswerFormat) -> str | None:
-    """The verifier reference of an answer cell's text, or None when none can be extracted."""
-    if answer is None:
-        return None
-    if answer_format == "raw":
-        reference: str | None = answer.strip()
-    elif answer_format == "boxed":
-        reference = extract_boxed(answer)
-    elif answer_format == "gsm8k":
-        reference = extract_gsm8k(answer)
-    else:
-        raise ValueError(f"answer_format must be 'raw', 'boxed' or 'gsm8k', got {answer_format!r}")
-    return reference or None
-
-
-@dataclass(frozen=True)
-class _SplitSpec:
-    """Where one split comes from and how its columns map (``key_prefix`` names its config keys)."""
-
-    path: str
-    name: str | None
     split: str
-    revision: str | None
-    prompt_column: str
-    answer_column: str
-    answer_format: AnswerFormat
-    expert_column: str | None
-    limit: int | None
-    key_prefix: str
+    path: str | None = None
+    name: str | None = None
+    prompt_column: str | None = None
+    answer_column: str | None = None
+    answer_format: AnswerFormat | None = None
 
 
-@dataclass(frozen=True)
-class _Row:
-    """A dataset row after column mapping, before the instruction and chat template."""
+@dataclass
+class HubEvalOptions:
+    """What validation and test evaluate (``data.init_args.eval`` in YAML).
 
-    problem: str
-    reference: str
-    expert: str | None
-    uid: str
+    Attributes:
+        sets: benchmark names of :data:`~echorl_lightning.data.benchmarks.BENCHMARKS`, evaluated after the
+            ``val`` set (when ``val`` is set); metrics ``val/<name>/...``.
+        paths: set name -> a local file in that set's schema (offline runs); other sets load from the hub.
+        val: a validation split in the user's columns, evaluated as the set ``val``; None: no such set.
+        max_samples: keep the first k usable rows of ``val`` and of each benchmark set.
+    """
+
+    sets: list[str] = field(default_factory=list)
+    paths: dict[str, str] = field(default_factory=dict)
+    val: HubSplit | None = None
+    max_samples: int | None = None
 
 
-# ---- the datamodule -------------------------------------------------------------------------------------
+def column_mapping(
+    prompt_column: str, answer_column: str, answer_format: AnswerFormat, expert_column: str | None
+) -> ToExample:
+    """``to_example`` for a table with a problem column (text or chat list: the last user message), an
+    answer column turned into a reference by ``answer_format``, and an optional expert column (text or
+    chat list: the last assistant message). Columns may be dotted paths into struct columns."""
+
+    def to_example(row: Mapping[str, Any], index: int) -> tuple[str | None, str | None, str | None]:
+        problem = cell_text(get_column(row, prompt_column), role="user")
+        answer = cell_text(get_column(row, answer_column), role="assistant")
+        expert = cell_text(get_column(row, expert_column), role="assistant") if expert_column else None
+        return problem, to_reference(answer, answer_format), expert
+
+    return to_example
+
+
 class HubPromptDataModule(PromptDataModule):
     """Math prompts from a hub dataset or a local file (defaults: LUFFY's OpenR1-Math 46k set).
 
@@ -194,23 +139,17 @@ class HubPromptDataModule(PromptDataModule):
         use_chat_template: wrap the user message in the tokenizer's chat template (with the generation
             prompt) when the connected tokenizer has one; otherwise the instruction text is the prompt.
         max_train_samples: keep the first k usable training rows (after the shuffle, if any).
-        max_val_samples: the same for validation and for each of ``eval_sets``.
-        shuffle_seed: shuffle rows with this seed before taking the first k; None keeps the file order.
-        val_path: validation source; None uses ``path``.
-        val_name: hub configuration of the validation source; None uses ``name`` when ``val_path`` is None.
-        val_split: validation split; None means no validation set.
-        val_prompt_column, val_answer_column, val_answer_format: the validation set's mapping when it
-            differs (e.g. MATH-500's ``problem`` / ``answer``); None uses the training one.
-        eval_sets: benchmark names (``benchmarks.BENCHMARKS``) evaluated in validation and test, after the
-            ``val`` set when ``val_split`` is set; metrics ``val/<name>/...``.
-        eval_paths: set name -> local file in that set's schema (offline runs); other sets load from the hub.
-        train_set: a named training set (``benchmarks.BENCHMARKS``: ``openr1_math``, ``math_train``,
-            ``gsm8k_train``, ``deepscaler``) whose spec gives hub id, split and row mapping; it replaces
-            ``path`` / ``name`` / ``split`` and the column keys for training. None uses them.
+        shuffle_seed: shuffle training rows with this seed before taking the first k; None keeps the order.
+        train_set: a named training set (``openr1_math``, ``math_train``, ``gsm8k_train``, ``deepscaler``)
+            whose spec gives hub id, split and row mapping; it replaces ``path`` / ``name`` / ``split`` and
+            the column keys for training. None uses them.
         train_set_path: a local file in ``train_set``'s schema instead of its hub id.
+        eval: the evaluation sets (:class:`HubEvalOptions`); None evaluates nothing.
         val_batch_size: prompts per validation batch.
+        max_prompt_tokens: drop prompts longer than this many tokens (see
+            :meth:`~echorl_lightning.data.base.PromptDataModule.check_data`); None leaves it to the caller.
         cache_dir: ``datasets`` cache folder; None uses the library default.
-        verifier: batch verifier; None uses :class:`MathVerifier`.
+        verifier: any batch verifier callable; None uses :class:`MathVerifier`.
     """
 
     def __init__(
@@ -227,107 +166,71 @@ class HubPromptDataModule(PromptDataModule):
         system_prompt: str | None = None,
         use_chat_template: bool = True,
         max_train_samples: int | None = None,
-        max_val_samples: int | None = None,
         shuffle_seed: int | None = None,
-        val_path: str | None = None,
-        val_name: str | None = None,
-        val_split: str | None = None,
-        val_prompt_column: str | None = None,
-        val_answer_column: str | None = None,
-        val_answer_format: AnswerFormat | None = None,
-        eval_sets: list[str] | None = None,
-        eval_paths: dict[str, str] | None = None,
         train_set: str | None = None,
         train_set_path: str | None = None,
+        eval: HubEvalOptions | None = None,  # the group's name, like model.init_args.eval
         val_batch_size: int = 64,
+        max_prompt_tokens: int | None = None,
         cache_dir: str | None = None,
-        verifier: Verifier | None = None,
+        verifier: VerifierFn | None = None,
     ) -> None:
-        super().__init__(verifier=verifier, val_batch_size=val_batch_size)
+        super().__init__(
+            verifier=verifier, val_batch_size=val_batch_size, max_prompt_tokens=max_prompt_tokens
+        )
+        options = eval if eval is not None else HubEvalOptions()
         if "{prompt}" not in instruction:
             raise ValueError(f"instruction must contain the '{{prompt}}' placeholder, got {instruction!r}")
-        for key, fmt in (("answer_format", answer_format), ("val_answer_format", val_answer_format)):
-            if fmt is not None and fmt not in ("raw", "boxed", "gsm8k"):
-                raise ValueError(f"{key} must be 'raw', 'boxed' or 'gsm8k', got {fmt!r}")
-        for key, k in (("max_train_samples", max_train_samples), ("max_val_samples", max_val_samples)):
+        val_format = options.val.answer_format if options.val is not None else None
+        for key, fmt in (("answer_format", answer_format), ("eval.val.answer_format", val_format)):
+            if fmt is not None and fmt not in ANSWER_FORMATS:
+                raise ValueError(f"{key} must be one of {list(ANSWER_FORMATS)}, got {fmt!r}")
+        for key, k in (("max_train_samples", max_train_samples), ("eval.max_samples", options.max_samples)):
             if k is not None and k < 1:
                 raise ValueError(f"{key} must be >= 1 or None, got {k}")
-        unknown = sorted(set(eval_paths or {}) - set(eval_sets or []))
+        unknown = sorted(set(options.paths) - set(options.sets))
         if unknown:
-            raise ValueError(f"eval_paths: {unknown} are not in eval_sets={eval_sets}")
-        if eval_sets:
-            from echorl_lightning.data.benchmarks import BENCHMARKS  # imports this module: imported late
-
-            for set_name in eval_sets:
-                BENCHMARKS.get(set_name)  # an unknown name raises, listing the known ones
+            raise ValueError(f"eval.paths: {unknown} are not in eval.sets={options.sets}")
+        for set_name in options.sets:
+            BENCHMARKS.get(set_name)  # an unknown name raises, listing the known ones
         if train_set is not None:
-            from echorl_lightning.data.benchmarks import BENCHMARKS  # imports this module: imported late
-
             if BENCHMARKS.get(train_set).id_or_ood != "train":
                 raise ValueError(f"train_set: {train_set!r} is an evaluation set, not a training set")
         elif train_set_path is not None:
             raise ValueError("train_set_path is set but train_set is not")
-        self.train_set = train_set
-        self.train_set_path = train_set_path
-        self.eval_set_names = list(eval_sets or [])
-        self.eval_paths = dict(eval_paths or {})
-        self.path = path
-        self.name = name
-        self.split = split
-        self.revision = revision
-        self.prompt_column = prompt_column
-        self.answer_column = answer_column
-        self.expert_column = expert_column
-        self.answer_format = answer_format
-        self.instruction = instruction
-        self.system_prompt = system_prompt
-        self.use_chat_template = use_chat_template
-        self.max_train_samples = max_train_samples
-        self.max_val_samples = max_val_samples
-        self.shuffle_seed = shuffle_seed
-        self.val_path = val_path
-        self.val_name = val_name if (val_name is not None or val_path is not None) else name
-        self.val_split = val_split
-        self.val_prompt_column = val_prompt_column or prompt_column
-        self.val_answer_column = val_answer_column or answer_column
-        self.val_answer_format: AnswerFormat = val_answer_format or answer_format
+        self.path, self.name, self.split, self.revision = path, name, split, revision
+        self.prompt_column, self.answer_column = prompt_column, answer_column
+        self.expert_column, self.answer_format = expert_column, answer_format
+        self.instruction, self.system_prompt, self.use_chat_template = (
+            instruction,
+            system_prompt,
+            use_chat_template,
+        )
+        self.max_train_samples, self.shuffle_seed = max_train_samples, shuffle_seed
+        self.train_set, self.train_set_path = train_set, train_set_path
+        self.eval_options = options
         self.cache_dir = cache_dir
-        self.skipped: dict[str, dict[str, int]] = {}
-        self._rows: dict[str, list[_Row]] = {}
+        self._rows: dict[str, MappedRows] = {}
         self._warned_template = False
 
     # ---- PromptDataModule hooks -------------------------------------------------------------------------
     def load_train_prompts(self) -> Sequence[PromptExample]:
-        if self.train_set is not None:
-            from echorl_lightning.data.benchmarks import load_benchmark  # imports this module
-
-            rows = load_benchmark(self.train_set, path=self.train_set_path, cache_dir=self.cache_dir)
-            return [
-                PromptExample(self.render_prompt(r.problem), r.reference, expert=r.expert, uid=r.uid)
-                for r in rows[: self.max_train_samples]
-            ]
-        return [self._example(row) for row in self._load_rows("train")]
+        return [self._example(row) for row in self._mapped("train").rows]
 
     def load_val_prompts(self) -> Sequence[PromptExample]:
-        if self.val_split is None:
+        if self.eval_options.val is None:
             return []
-        return [self._example(row) for row in self._load_rows("val")]
+        return [self._example(row) for row in self._mapped("val").rows]
 
     def default_verifier(self) -> Verifier:
         return MathVerifier()
 
     def load_eval_sets(self) -> Sequence[EvalSet]:
-        """The ``val`` set (when ``val_split`` is set), then one set per name of ``eval_sets``."""
-        from echorl_lightning.data.benchmarks import BENCHMARKS, load_benchmark  # imports this module
-
+        """The ``val`` set (when ``eval.val`` is set), then one set per name of ``eval.sets``."""
         sets = list(super().load_eval_sets())
         math_verifier: Verifier | None = None
-        for set_name in self.eval_set_names:
+        for set_name in self.eval_options.sets:
             spec = BENCHMARKS.get(set_name)
-            path = self.eval_paths.get(set_name)
-            rows = load_benchmark(set_name, path=path, cache_dir=self.cache_dir)[: self.max_val_samples]
-            if not rows:
-                raise ValueError(f"eval_sets: {set_name!r} ({path or spec.hub_id}) has no usable rows")
             if spec.kind == "multiple_choice":
                 instruction, verifier, answer_fn = MC_INSTRUCTION, MultipleChoiceVerifier(), extract_choice
             else:
@@ -338,7 +241,7 @@ class HubPromptDataModule(PromptDataModule):
                 instruction, verifier, answer_fn = self.instruction, math_verifier, extract_boxed
             prompts = [
                 PromptExample(self.render_prompt(row.problem, instruction), row.reference, uid=row.uid)
-                for row in rows
+                for row in self._mapped(set_name).rows
             ]
             group = None if spec.id_or_ood == "train" else spec.id_or_ood
             sets.append(EvalSet(set_name, prompts, verifier, group, answer_fn))
@@ -352,96 +255,92 @@ class HubPromptDataModule(PromptDataModule):
         self._eval_sets = None
         self._warned_template = False
 
+    def describe_source(self, source: str) -> str:
+        if source == "train" and self.train_set is not None:
+            return f"train_set {self.train_set!r} ({self.train_set_path or BENCHMARKS.get(self.train_set).hub_id})"
+        if source == "train":
+            return TableSource(self.path, self.name, self.split).describe()
+        if source == "val" and self.eval_options.val is not None:
+            return self._val_source().describe()
+        if source in self.eval_options.sets:
+            return f"eval set {source!r} ({self.eval_options.paths.get(source) or BENCHMARKS.get(source).hub_id})"
+        return super().describe_source(source)
+
     # ---- rows -------------------------------------------------------------------------------------------
-    def _load_rows(self, which: Literal["train", "val"]) -> list[_Row]:
-        """Load, map and filter one split once (the templated prompts are rebuilt from these rows)."""
-        if which in self._rows:
-            return self._rows[which]
-        spec = self._spec(which)
-        source = describe_source(spec.path, spec.name, spec.split)
-        table = load_table(spec.path, spec.name, spec.split, spec.revision, self.cache_dir)
-        mapping = {"prompt_column": spec.prompt_column, "answer_column": spec.answer_column}
-        if spec.expert_column is not None:
-            mapping["expert_column"] = spec.expert_column
-        for key, column in mapping.items():
-            check_column(table.features, column, spec.key_prefix + key, source)
-        table = table.select_columns(sorted({column.split(".")[0] for column in mapping.values()}))
+    def _mapped(self, source: str) -> MappedRows:
+        """Load, map and filter one split once (``"train"``, ``"val"`` or a benchmark name); the templated
+        prompts are rebuilt from these rows after :meth:`connect`."""
+        if source not in self._rows:
+            mapped = self._load(source)
+            self.skipped[source] = dict(mapped.skipped)
+            self.no_expert[source] = mapped.no_expert
+            self._rows[source] = mapped
+        return self._rows[source]
 
-        order = list(range(len(table)))
-        if self.shuffle_seed is not None:
-            random.Random(self.shuffle_seed).shuffle(order)
-            table = table.select(order)
-        rows: list[_Row] = []
-        skipped: dict[str, list[int]] = {"empty_prompt": [], "no_reference": [], "no_expert": []}
-        for index, record in zip(order, table, strict=True):
-            if spec.limit is not None and len(rows) >= spec.limit:
-                break
-            problem = as_text(get_column(record, spec.prompt_column), role="user")
-            if problem is None or not problem.strip():
-                skipped["empty_prompt"].append(index)
-                continue
-            answer = as_text(get_column(record, spec.answer_column), role="assistant")
-            reference = to_reference(answer, spec.answer_format)
-            if reference is None:
-                skipped["no_reference"].append(index)
-                continue
-            expert = None
-            if spec.expert_column is not None:
-                expert = as_text(get_column(record, spec.expert_column), role="assistant")
-                if expert is None or not expert.strip():
-                    skipped["no_expert"].append(index)
-                    expert = None
-            rows.append(_Row(problem=problem, reference=reference, expert=expert, uid=f"{which}/{index}"))
-
-        self.skipped[which] = {reason: len(indices) for reason, indices in skipped.items()}
-        if any(skipped.values()):
-            logger.warning(
-                "%s: %s of %s: skipped %d rows with an empty prompt (rows %s) and %d with no reference from "
-                "%s=%r in format %r (rows %s); kept %d rows without an expert solution (rows %s)",
-                type(self).__name__,
-                which,
-                source,
-                len(skipped["empty_prompt"]),
-                skipped["empty_prompt"][:_SHOWN_ROWS],
-                len(skipped["no_reference"]),
-                spec.key_prefix + "answer_column",
-                spec.answer_column,
-                spec.answer_format,
-                skipped["no_reference"][:_SHOWN_ROWS],
-                len(skipped["no_expert"]),
-                skipped["no_expert"][:_SHOWN_ROWS],
-            )
-        self._rows[which] = rows
-        return rows
-
-    def _spec(self, which: Literal["train", "val"]) -> _SplitSpec:
-        if which == "train":
-            return _SplitSpec(
-                path=self.path,
-                name=self.name,
-                split=self.split,
-                revision=self.revision,
-                prompt_column=self.prompt_column,
-                answer_column=self.answer_column,
-                answer_format=self.answer_format,
-                expert_column=self.expert_column,
+    def _load(self, source: str) -> MappedRows:
+        if source == "train" and self.train_set is not None:
+            return load_benchmark(
+                self.train_set,
+                path=self.train_set_path,
+                cache_dir=self.cache_dir,
                 limit=self.max_train_samples,
-                key_prefix="",
+                shuffle_seed=self.shuffle_seed,
+                hint=f"set {KEY}.train_set_path to a local file in {self.train_set!r}'s schema",
             )
-        if self.val_split is None:
-            raise ValueError(f"{type(self).__name__}: no validation set (val_split is None)")
-        return _SplitSpec(
-            path=self.val_path if self.val_path is not None else self.path,
-            name=self.val_name,
-            split=self.val_split,
-            revision=self.revision if self.val_path is None else None,
-            prompt_column=self.val_prompt_column,
-            answer_column=self.val_answer_column,
-            answer_format=self.val_answer_format,
-            expert_column=None,  # validation scores answers only
-            limit=self.max_val_samples,
-            key_prefix="val_",
+        if source == "train":
+            return load_rows(
+                TableSource(self.path, self.name, self.split, self.revision),
+                column_mapping(
+                    self.prompt_column, self.answer_column, self.answer_format, self.expert_column
+                ),
+                self._columns("", self.prompt_column, self.answer_column, self.expert_column),
+                label="train",
+                uid_prefix="train",
+                limit=self.max_train_samples,
+                shuffle_seed=self.shuffle_seed,
+                expect_expert=self.expert_column is not None,
+                cache_dir=self.cache_dir,
+                hint=f"set {KEY}.path to a local file",
+            )
+        limit = self.eval_options.max_samples
+        if source == "val":
+            val = self.eval_options.val
+            assert val is not None  # load_val_prompts asks only when it is set
+            prompt_column = val.prompt_column or self.prompt_column
+            answer_column = val.answer_column or self.answer_column
+            return load_rows(
+                self._val_source(),
+                column_mapping(prompt_column, answer_column, val.answer_format or self.answer_format, None),
+                self._columns("eval.val.", prompt_column, answer_column, None),
+                label="val",
+                uid_prefix="val",
+                limit=limit,
+                cache_dir=self.cache_dir,
+                hint=f"set {KEY}.eval.val.path to a local file",
+            )
+        return load_benchmark(
+            source,
+            path=self.eval_options.paths.get(source),
+            cache_dir=self.cache_dir,
+            limit=limit,
+            hint=f"eval set {source!r}: set {KEY}.eval.paths.{source} to a local file in its schema",
         )
+
+    def _val_source(self) -> TableSource:
+        val = self.eval_options.val
+        assert val is not None
+        if val.path is None:
+            return TableSource(
+                self.path, val.name if val.name is not None else self.name, val.split, self.revision
+            )
+        return TableSource(val.path, val.name, val.split)
+
+    @staticmethod
+    def _columns(prefix: str, prompt: str, answer: str, expert: str | None) -> dict[str, str]:
+        columns = {f"{prefix}prompt_column": prompt, f"{prefix}answer_column": answer}
+        if expert is not None:
+            columns[f"{prefix}expert_column"] = expert
+        return columns
 
     # ---- prompt text ------------------------------------------------------------------------------------
     def render_prompt(self, problem: str, instruction: str | None = None) -> str:
@@ -467,7 +366,5 @@ class HubPromptDataModule(PromptDataModule):
         messages.append({"role": "user", "content": text})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _example(self, row: _Row) -> PromptExample:
-        return PromptExample(
-            prompt=self.render_prompt(row.problem), reference=row.reference, expert=row.expert, uid=row.uid
-        )
+    def _example(self, row: Row) -> PromptExample:
+        return PromptExample(self.render_prompt(row.problem), row.reference, expert=row.expert, uid=row.uid)

@@ -2,11 +2,15 @@
 
 A datamodule serves :class:`PromptExample` items (text, already templated for the policy) and owns a
 verifier; the rollout callback tokenizes, generates, scores and builds the training buffer.
+
+:class:`Verifier` is the protocol a verifier meets; :data:`VerifierFn` is the looser type datamodules take
+from a config, so that a plain function without exact type hints (``def my_verifier(completions,
+references): ...``) is accepted by LightningCLI (jsonargparse checks a Protocol's signature strictly).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -36,10 +40,17 @@ class Verifier(Protocol):
     def __call__(self, completions: Sequence[str], references: Sequence[str]) -> list[float | None]: ...
 
 
+VerifierFn = Callable[..., list[float | None]]
+"""Any callable ``(completions, references) -> list[float | None]``: a :class:`Verifier` instance, a class
+path with ``init_args``, or a plain function's import path in YAML."""
+
+
 @runtime_checkable
 class StepChecker(Protocol):
     """Checks the reasoning steps of completions: per completion ``True`` when every step is valid, ``False``
     when at least one is not, ``None`` where the steps cannot be judged (e.g. no parseable step). Used for
     ``rollout/step_valid_frac`` (the share of correct-answer rollouts whose every step is valid)."""
 
-    def __call__(self, completions: Sequence[str], examples: Sequence[PromptExample]) -> list[bool | None]: ...
+    def __call__(
+        self, completions: Sequence[str], examples: Sequence[PromptExample]
+    ) -> list[bool | None]: ...
