@@ -342,7 +342,7 @@ def test_all_rows_unusable_is_an_error(tmp_path: Path) -> None:
 def test_default_verifier_is_math_verifier() -> None:
     dm = HubPromptDataModule()
     assert isinstance(dm.verifier, MathVerifier)
-    assert dm.verifier._workers == []  # nothing started until the first call
+    assert dm.verifier is dm.verifier  # built once (its worker pool is the verifier's own business)
 
 
 def test_named_training_set_from_a_local_file_in_its_schema(tmp_path):

@@ -257,7 +257,7 @@ def load_benchmark(
     return load_rows(
         source,
         spec.to_example,
-        {f"{name}.columns": column for column in spec.columns},
+        [(f"{name}.columns", column) for column in spec.columns],
         label=f"benchmark {name!r}",
         uid_prefix=name,
         optional_columns=spec.optional_columns,

@@ -336,11 +336,10 @@ class HubPromptDataModule(PromptDataModule):
         return TableSource(val.path, val.name, val.split)
 
     @staticmethod
-    def _columns(prefix: str, prompt: str, answer: str, expert: str | None) -> dict[str, str]:
-        columns = {f"{prefix}prompt_column": prompt, f"{prefix}answer_column": answer}
-        if expert is not None:
-            columns[f"{prefix}expert_column"] = expert
-        return columns
+    def _columns(prefix: str, prompt: str, answer: str, expert: str | None) -> list[tuple[str, str]]:
+        """(config key, column) pairs of a column mapping, for missing-column messages."""
+        columns = [(f"{prefix}prompt_column", prompt), (f"{prefix}answer_column", answer)]
+        return columns + ([(f"{prefix}expert_column", expert)] if expert is not None else [])
 
     # ---- prompt text ------------------------------------------------------------------------------------
     def render_prompt(self, problem: str, instruction: str | None = None) -> str:

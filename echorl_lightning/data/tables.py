@@ -341,7 +341,7 @@ def log_skips(label: str, source: str, total: int, uids: Mapping[str, Sequence[s
 def load_rows(
     source: TableSource,
     to_example: ToExample,
-    columns: Mapping[str, str],
+    columns: Sequence[tuple[str, str]],
     *,
     label: str,
     uid_prefix: str,
@@ -358,7 +358,8 @@ def load_rows(
     Args:
         source: where the split comes from.
         to_example: the row mapping.
-        columns: config key -> a column ``to_example`` needs (dotted path); a missing one raises naming both.
+        columns: (config key, column) pairs, the columns ``to_example`` needs (dotted paths); a missing one
+            raises naming both.
         label: names the set in logs and errors (``"train"``, ``"eval set 'aime24'"``).
         uid_prefix: row uids are ``"<uid_prefix>/<row index in the file>"``.
         optional_columns: top-level columns read when present.
@@ -370,11 +371,11 @@ def load_rows(
     """
     described = source.describe()
     table = load_table(source, cache_dir, hint)
-    for key, column in columns.items():
+    for key, column in columns:
         check_column(table.schema, column, key, described)
     records = table.records
     if isinstance(records, datasets.Dataset):  # read only the columns the mapping uses
-        wanted = {column.split(".")[0] for column in columns.values()} | set(optional_columns)
+        wanted = {column.split(".")[0] for _, column in columns} | set(optional_columns)
         records = records.select_columns(sorted(wanted & set(records.column_names)))
     order = list(range(len(records)))
     if shuffle_seed is not None:
