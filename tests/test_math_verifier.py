@@ -8,7 +8,10 @@ by warming the pool before timing.
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+import signal
 import threading
 import time
 
@@ -121,28 +124,43 @@ def test_forced_timeout_is_counted() -> None:
 
 def test_worker_killed_while_idle_is_replaced(verifier: MathVerifier) -> None:
     # Kill a worker from outside between calls (an OOM kill, say): the next call must notice and go on.
-    errors_before = verifier.num_errors
-    victim = verifier._workers[0].process
+    errors_before, memory_before = verifier.num_errors, verifier.num_memory_kills
+    victim = verifier._pool._workers[0].process
     victim.kill()
     victim.join(timeout=5)
     _check_easy(verifier)
-    assert all(w.process.is_alive() for w in verifier._workers)
+    assert all(w.process.is_alive() for w in verifier._pool._workers)
     assert verifier.num_errors == errors_before  # no item was lost, so nothing is counted
+    assert verifier.num_memory_kills == memory_before
 
 
 def test_worker_dying_mid_item_is_counted() -> None:
-    # A worker that dies while verifying (segfault, OOM kill) scores its item 0.0 and counts an error;
-    # the call returns at once instead of waiting for the item's deadline.
+    # A worker SIGKILLed from outside while verifying (the kernel's OOM killer sends SIGKILL) cannot judge
+    # its item: None, counted as a memory kill; the call returns at once instead of waiting for the deadline.
     with MathVerifier(timeout_s=60.0, num_workers=1) as v:
         v(["\\boxed{1}"], ["1"])
-        victim = v._workers[0].process
+        victim = v._pool._workers[0].process
         killer = threading.Timer(0.5, victim.kill)
         killer.start()
         start = time.monotonic()
-        assert v(["\\boxed{9^{9^{9^{9}}}}"], ["1"]) == [0.0]
+        assert v(["\\boxed{9^{9^{9^{9}}}}"], ["1"]) == [None]
         assert time.monotonic() - start < v.timeout_s / 2
         killer.join()
-        assert (v.num_errors, v.num_timeouts) == (1, 0)
+        assert (v.num_memory_kills, v.num_errors, v.num_timeouts) == (1, 0, 0)
+        assert v.stats() == {"verifier_timeouts": 0, "verifier_oom": 1, "verifier_errors": 0}
+        assert v(["\\boxed{2}"], ["2"]) == [1.0]
+
+
+def test_worker_crashing_mid_item_is_an_error() -> None:
+    # Any other death (here SIGSEGV, as a crash in C code) is an error, not a memory kill; also None.
+    with MathVerifier(timeout_s=60.0, num_workers=1) as v:
+        v(["\\boxed{1}"], ["1"])
+        victim = v._pool._workers[0].process
+        killer = threading.Timer(0.5, os.kill, args=(victim.pid, signal.SIGSEGV))
+        killer.start()
+        assert v(["\\boxed{9^{9^{9^{9}}}}"], ["1"]) == [None]
+        killer.join()
+        assert (v.num_memory_kills, v.num_errors, v.num_timeouts) == (0, 1, 0)
         assert v(["\\boxed{2}"], ["2"]) == [1.0]
 
 
@@ -167,18 +185,16 @@ def test_from_a_thread_and_repeated_use() -> None:
     assert results == [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
     assert v.num_timeouts == 1
     v.close()
-    assert v._workers == []
+    assert v._pool._workers == []
     v.start()  # starts the workers without waiting for them
-    assert len(v._workers) == 2
+    assert len(v._pool._workers) == 2
     assert v(["\\boxed{6}"], ["6"]) == [1.0]  # usable again after close
     v.close()
 
 
 def test_copies_get_their_own_pool(verifier: MathVerifier) -> None:
-    import copy
-
     clone = copy.deepcopy(verifier)
-    assert clone._workers == [] and clone.timeout_s == verifier.timeout_s
+    assert clone._pool._workers == [] and clone.timeout_s == verifier.timeout_s
     assert clone(["\\boxed{3}"], ["3"]) == [1.0]
     clone.close()
 
@@ -186,7 +202,27 @@ def test_copies_get_their_own_pool(verifier: MathVerifier) -> None:
 def test_spawn_start_method() -> None:
     with MathVerifier(timeout_s=3.0, num_workers=1, start_method="spawn") as v:
         assert v(["\\boxed{0.25}", "\\boxed{5}"], ["\\frac{1}{4}", "6"]) == [1.0, 0.0]
-        assert v._workers[0].process._start_method == "spawn"
+        assert v._pool._workers[0].process._start_method == "spawn"
+
+
+REQUIRE_BOXED = (
+    # completion, reference, score by default, score with require_boxed
+    ("I like trains. My favourite is number 7.", "7", 1.0, 0.0),  # a stray trailing number in off-topic text
+    ("The final answer is 7", "7", 1.0, 0.0),  # an unboxed answer
+    ("so \\boxed{7", "7", 0.0, 0.0),  # a box that never closes is no answer either way
+    ("Therefore $x = \\boxed{7}$.", "7", 1.0, 1.0),
+    ("\\boxed{\\frac{14}{2}} and 3 more", "7", 1.0, 1.0),  # boxes first either way
+    ("\\boxed{7} or maybe \\boxed{8}", "7", 0.0, 0.0),  # a hedge stays wrong: all boxes are read together
+)
+
+
+def test_require_boxed(verifier: MathVerifier) -> None:
+    completions = [c for c, _, _, _ in REQUIRE_BOXED]
+    references = [r for _, r, _, _ in REQUIRE_BOXED]
+    assert verifier(completions, references) == [s for _, _, s, _ in REQUIRE_BOXED]
+    with MathVerifier(timeout_s=3.0, num_workers=1, require_boxed=True) as boxed:
+        assert boxed(completions, references) == [s for _, _, _, s in REQUIRE_BOXED]
+        assert copy.deepcopy(boxed).require_boxed
 
 
 @pytest.mark.parametrize(
@@ -195,6 +231,8 @@ def test_spawn_start_method() -> None:
         ({"timeout_s": 0}, "timeout_s"),
         ({"num_workers": 0}, "num_workers"),
         ({"start_method": "fork"}, "fork"),
+        ({"memory_limit_mb": 0}, "memory_limit_mb"),
+        ({"timeout_s": float("nan")}, "timeout_s"),
     ],
 )
 def test_bad_arguments(kwargs: dict, message: str) -> None:

@@ -1,52 +1,64 @@
-"""Math answer verifier: ``math-verify`` run in a pool of worker processes with a hard per-item timeout.
+"""Math answer verifier: ``math-verify`` run in a pool of worker processes with a hard per-item timeout and a
+per-worker memory limit.
 
 Implements the binary RLVR reward of EchoRL (arXiv 2605.31228, "reward 1/0"): a completion scores 1.0 when
 the answer it states is mathematically equivalent to the reference according to HuggingFace's
 ``math-verify``: ``parse`` the reference (boxed first if bare) and the completion with ``LatexExtractionConfig``
 (boxed answers first) and ``ExprExtractionConfig`` ("final answer is 3", a trailing number), then
 ``verify(gold, prediction)``; 0.0 otherwise. math-verify reads every box of a completion together, so two
-different boxed answers (hedging) never match a single reference.
+different boxed answers (hedging) never match a single reference. With ``require_boxed=True`` a completion
+without a complete ``\\boxed{}`` scores 0.0 without being parsed, and only its boxes are parsed (a stray
+number in the text around them counts for nothing).
 
-Why a process pool: ``math-verify`` bounds its own work with ``signal.alarm``, which only works on the main
+Why worker processes: ``math-verify`` bounds its own work with ``signal.alarm``, which only works on the main
 thread of the main interpreter, and a hostile completion (``\\boxed{9^{9^{9^{9}}}}``) can spin inside a
-C-level big-integer operation that no in-process timer can interrupt. So every item runs in a worker
-process with math-verify's internal timeouts switched off (``parsing_timeout=None``,
-``timeout_seconds=None``); the pool enforces ``timeout_s`` per item itself, SIGKILLs a worker that runs past
-its deadline and starts a replacement. Workers are started lazily (``forkserver`` with ``math_verify``
-preloaded, so a replacement is a cheap fork; ``spawn`` also works), reused across calls, stopped by
-:meth:`MathVerifier.close`, the context manager, garbage collection, or interpreter exit.
+C-level big-integer operation that no in-process timer can interrupt, while ``\\boxed{4^{2^{32}}}`` also
+grows its memory by about 50 MB/s. So every item runs in a :class:`~echorl_lightning.rewards.process_pool.
+ProcessPool` worker with math-verify's internal timeouts switched off (``parsing_timeout=None``,
+``timeout_seconds=None``): an item past ``timeout_s`` scores 0.0 (math-verify's own verdict on a timeout);
+an item whose worker grows more than ``memory_limit_mb`` above its start-up size, raises ``MemoryError``,
+dies, or raises anything else cannot be judged and scores None. Either way the worker is replaced, and the
+counters :attr:`MathVerifier.num_timeouts`, :attr:`~MathVerifier.num_memory_kills` and
+:attr:`~MathVerifier.num_errors` (cumulative; :meth:`MathVerifier.stats` gives them under the names
+``verifier_timeouts``, ``verifier_oom``, ``verifier_errors``) say how often.
 
 Start-up cost: a spawned or forkserver child re-imports the parent's ``__main__`` script (Python's own rule;
 CPython 3.11's forkserver cannot preload it), so under ``python cli.py`` each worker start imports the
 training stack once (about 12 s and 375 MB on a loaded 2-core CPU box) instead of about 1 s for math-verify
 alone; launching as ``python -m <package>`` (a ``__main__.py``) avoids it. Item deadlines never include
-start-up, and :meth:`MathVerifier.start` lets it overlap model loading.
+start-up, the memory limit is measured from the footprint after it, and :meth:`MathVerifier.start` lets it
+overlap model loading.
 
-Left out: no memory cap on workers (a hostile item can allocate until its deadline), no retry of an item
-whose worker died, no multiple-choice (letter) answers (``StringExtractionConfig``).
+:meth:`MathVerifier.answer` gives the normalised answer for maj@k by string rules in the calling process
+(:func:`~echorl_lightning.rewards.math_answer.extract_math_answer`), never sympy.
+
+Left out: no retry of an item whose worker died, no multiple-choice (letter) answers
+(``StringExtractionConfig``), no count of a ``MemoryError`` that math-verify catches itself (the item is
+still bounded by the address-space cap and scores what math-verify returns).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-import threading
-import time
-import weakref
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
 from typing import Any, Literal
+
+from echorl_lightning.rewards.math_answer import boxed_contents, extract_math_answer
+from echorl_lightning.rewards.process_pool import ProcessPool
 
 logger = logging.getLogger(__name__)
 
-_STARTUP_TIMEOUT_S = 120.0  # a worker that has not reported ready by then is broken, not slow
 _PRELOAD = ["math_verify", __name__]  # imported once by the forkserver: a worker start is a fork
+_WARMUP = ("\\boxed{\\frac{1}{2}}", "0.5", True)  # builds the LaTeX parser before the worker reports ready
+_CONFIG_KEYS = ("timeout_s", "num_workers", "start_method", "strict", "memory_limit_mb", "require_boxed")
 
 
 # ---- worker side ----------------------------------------------------------------------------------------
+def _init_worker() -> None:
+    """Silence math-verify's "timeout disabled" warnings in a worker: the pool times every item."""
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
 def _score(completion: str, reference: str, strict: bool) -> float:
     """1.0 when ``completion`` states an answer equivalent to ``reference``, else 0.0 (runs in a worker)."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
@@ -71,70 +83,7 @@ def _score(completion: str, reference: str, strict: bool) -> float:
     return 1.0 if verify(gold, prediction, strict=strict, timeout_seconds=None) else 0.0
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit the worker when the process that owns the pool is gone (no orphans after a hard crash)."""
-    while True:
-        time.sleep(1.0)
-        try:
-            os.kill(parent_pid, 0)
-        except ProcessLookupError:
-            os._exit(0)
-        except PermissionError:  # the pid was reused by another user's process: the owner is gone
-            os._exit(0)
-
-
-def _worker_main(conn: Connection, parent_pid: int, strict: bool) -> None:
-    """Worker loop: receive ``(index, completion, reference)``, answer ``(index, score, error)``; ``None``
-    stops it. Reports ``("ready", None, None)`` after a warm-up item so start-up never eats a deadline."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to handle
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" warnings: we time items
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    _score("\\boxed{\\frac{1}{2}}", "0.5", strict)  # builds the LaTeX parser once
-    conn.send(("ready", None, None))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        index, completion, reference = message
-        try:
-            conn.send((index, _score(completion, reference, strict), None))
-        except Exception as error:  # any failure of one item is reported, not fatal
-            conn.send((index, None, f"{type(error).__name__}: {str(error)[:200]}"))
-
-
 # ---- owner side -----------------------------------------------------------------------------------------
-@dataclass
-class _Worker:
-    process: Any  # multiprocessing.process.BaseProcess
-    conn: Connection
-    started_at: float
-    ready: bool = False
-    item: int | None = None
-    deadline: float = 0.0
-
-
-def _stop_workers(workers: list[_Worker]) -> None:
-    """Ask every worker to stop, then kill whatever is still alive (used by close, GC and exit)."""
-    for worker in workers:
-        try:
-            if worker.item is None and worker.ready:
-                worker.conn.send(None)
-        except (OSError, ValueError):
-            pass
-    for worker in workers:
-        worker.process.join(timeout=0.5)
-        if worker.process.is_alive():
-            worker.process.kill()
-            worker.process.join(timeout=2.0)
-        worker.conn.close()
-    workers.clear()
-
-
 class MathVerifier:
     """Batch verifier (the ``Verifier`` protocol) backed by ``math-verify`` in worker processes.
 
@@ -144,10 +93,18 @@ class MathVerifier:
         start_method: ``forkserver`` (default; workers fork from a server with math-verify imported) or
             ``spawn``. ``fork`` is not offered: forking a process that holds CUDA or threads is unsafe.
         strict: math-verify's ``strict`` mode (variables must match by name, sets are not tuples).
+        memory_limit_mb: the most resident memory (MiB) a worker may add to its start-up footprint while it
+            verifies one item (its address space is capped at twice that); past it the worker is killed and
+            the item scores None. None: no limit. A worker needs about 60 MB to start; 2048 leaves ten
+            times what any hostile input tried reached in its 3 s.
+        require_boxed: a completion without a complete ``\\boxed{}`` scores 0.0, and only its boxes are
+            parsed.
 
     Attributes:
         num_timeouts: items killed at their deadline since construction.
-        num_errors: items whose worker raised or died since construction.
+        num_memory_kills: items whose worker went past the memory limit, raised ``MemoryError`` or was
+            SIGKILLed from outside (the OOM killer) since construction.
+        num_errors: items whose worker raised or died otherwise since construction.
     """
 
     def __init__(
@@ -156,8 +113,10 @@ class MathVerifier:
         num_workers: int = 2,
         start_method: Literal["forkserver", "spawn"] = "forkserver",
         strict: bool = True,
+        memory_limit_mb: float | None = 2048.0,
+        require_boxed: bool = False,
     ) -> None:
-        if timeout_s <= 0:
+        if not timeout_s > 0:
             raise ValueError(f"MathVerifier: timeout_s must be > 0, got {timeout_s}")
         if num_workers < 1:
             raise ValueError(f"MathVerifier: num_workers must be >= 1, got {num_workers}")
@@ -165,58 +124,103 @@ class MathVerifier:
             raise ValueError(
                 f"MathVerifier: start_method must be 'forkserver' or 'spawn', got {start_method!r}"
             )
+        if memory_limit_mb is not None and not memory_limit_mb > 0:
+            raise ValueError(f"MathVerifier: memory_limit_mb must be > 0 or None, got {memory_limit_mb}")
         self.timeout_s = float(timeout_s)
         self.num_workers = num_workers
         self.start_method = start_method
         self.strict = strict
-        self.num_timeouts = 0
-        self.num_errors = 0
-        self._lock = threading.Lock()
-        self._workers: list[_Worker] = []
-        self._finalizer = weakref.finalize(self, _stop_workers, self._workers)
+        self.memory_limit_mb = memory_limit_mb
+        self.require_boxed = require_boxed
+        self._pool = ProcessPool(
+            _score,
+            num_workers=num_workers,
+            timeout_s=self.timeout_s,
+            memory_limit_mb=memory_limit_mb,
+            start_method=start_method,
+            initializer=_init_worker,
+            warmup=_WARMUP,
+            preload=_PRELOAD,
+            name="MathVerifier",
+        )
+
+    # ---- counters ---------------------------------------------------------------------------------------
+    @property
+    def num_timeouts(self) -> int:
+        return self._pool.num_timeouts
+
+    @property
+    def num_memory_kills(self) -> int:
+        return self._pool.num_memory_kills
+
+    @property
+    def num_errors(self) -> int:
+        return self._pool.num_errors
+
+    def stats(self) -> dict[str, int]:
+        """The cumulative counters under the names a caller logs them as (``rollout/<name>``)."""
+        return {
+            "verifier_timeouts": self.num_timeouts,
+            "verifier_oom": self.num_memory_kills,
+            "verifier_errors": self.num_errors,
+        }
 
     # ---- public API -------------------------------------------------------------------------------------
     def __call__(self, completions: Sequence[str], references: Sequence[str]) -> list[float | None]:
-        """Score each completion against its reference: 1.0 equivalent, 0.0 otherwise (timeouts included)."""
+        """Score each completion against its reference: 1.0 equivalent, 0.0 otherwise (timeouts included),
+        None when it could not be judged (memory limit, worker death, error)."""
         if len(completions) != len(references):
             raise ValueError(f"MathVerifier: {len(completions)} completions but {len(references)} references")
         scores: list[float | None] = [0.0] * len(completions)
-        todo = deque(
-            i
-            for i, (completion, reference) in enumerate(zip(completions, references, strict=True))
-            if completion.strip() and reference.strip()
-        )
-        if not todo:
-            return scores
-        with self._lock:
-            try:
-                timed_out, failed = self._run(todo, completions, references, scores)
-            except BaseException:  # e.g. KeyboardInterrupt: busy workers would answer into the next call
-                _stop_workers(self._workers)
-                raise
-        if timed_out or failed:
+        indices: list[int] = []
+        items: list[tuple[str, str, bool]] = []
+        for i, (completion, reference) in enumerate(zip(completions, references, strict=True)):
+            text = self._judged_text(completion)
+            if text and reference.strip():
+                indices.append(i)
+                items.append((text, reference, self.strict))
+        result = self._pool.run(items)
+        failed: dict[str, list[int]] = {"timeout": [], "memory": [], "error": []}
+        for i, value, status, error in zip(indices, result.values, result.status, result.errors, strict=True):
+            if status == "ok":
+                scores[i] = value
+                continue
+            scores[i] = 0.0 if status == "timeout" else None
+            failed[status].append(i)
+            if error:
+                logger.debug("MathVerifier: item %d raised %s", i, error)
+        if any(failed.values()):
             logger.warning(
-                "MathVerifier: %d of %d items timed out after %.2f s (items %s), %d failed (items %s); "
-                "they score 0.0 and their workers were replaced",
-                len(timed_out),
+                "MathVerifier: of %d items %d timed out after %.2f s (items %s; score 0.0), %d went past the "
+                "memory limit of %s MiB (items %s) and %d failed (items %s; both score None); their workers "
+                "were replaced",
                 len(completions),
+                len(failed["timeout"]),
                 self.timeout_s,
-                timed_out[:8],
-                len(failed),
-                failed[:8],
+                failed["timeout"][:8],
+                len(failed["memory"]),
+                self.memory_limit_mb,
+                failed["memory"][:8],
+                len(failed["error"]),
+                failed["error"][:8],
             )
         return scores
+
+    def answer(self, completion: str) -> str | None:
+        """The normalised answer ``completion`` states, for maj@k votes: its boxes, or with
+        ``require_boxed=False`` also an unboxed final answer (see
+        :func:`~echorl_lightning.rewards.math_answer.extract_math_answer`); None when it states none.
+        String rules only: nothing runs in a worker and no sympy runs here."""
+        return extract_math_answer(completion, require_boxed=self.require_boxed)
 
     def start(self) -> None:
         """Start the workers now without waiting for them (e.g. in ``setup``, so that their imports overlap
         model loading); otherwise the first call starts them."""
-        with self._lock:
-            self._ensure_workers()
+        self._pool.start()
 
     def close(self) -> None:
         """Stop all workers; a later call starts new ones."""
-        with self._lock:
-            _stop_workers(self._workers)
+        self._pool.close()
 
     def __enter__(self) -> MathVerifier:
         return self
@@ -226,105 +230,14 @@ class MathVerifier:
 
     def __getstate__(self) -> dict[str, Any]:
         # Copies (deepcopy, pickling into a checkpoint or a dataloader worker) get their own, lazily started pool.
-        return {k: getattr(self, k) for k in ("timeout_s", "num_workers", "start_method", "strict")}
+        return {key: getattr(self, key) for key in _CONFIG_KEYS}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
 
-    # ---- pool -------------------------------------------------------------------------------------------
-    def _start_worker(self) -> _Worker:
-        ctx = multiprocessing.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            ctx.set_forkserver_preload(_PRELOAD)  # no effect once the server runs; then workers import lazily
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        process = ctx.Process(
-            target=_worker_main,
-            args=(child_conn, os.getpid(), self.strict),
-            daemon=True,
-            name="MathVerifier-worker",
-        )
-        process.start()
-        child_conn.close()  # the worker holds the other end; its death now reads as EOF here
-        return _Worker(process=process, conn=parent_conn, started_at=time.monotonic())
-
-    def _ensure_workers(self) -> None:
-        while len(self._workers) < self.num_workers:
-            self._workers.append(self._start_worker())
-
-    def _replace(self, worker: _Worker) -> None:
-        worker.process.kill()
-        worker.process.join(timeout=2.0)
-        worker.conn.close()
-        self._workers[self._workers.index(worker)] = self._start_worker()
-
-    def _run(
-        self,
-        todo: deque[int],
-        completions: Sequence[str],
-        references: Sequence[str],
-        scores: list[float | None],
-    ) -> tuple[list[int], list[int]]:
-        """Dispatch ``todo`` over the workers until every item is scored; returns (timed out, failed)."""
-        self._ensure_workers()
-        timed_out: list[int] = []
-        failed: list[int] = []
-        while True:
-            # 1. hand an item to every idle, ready worker
-            for worker in list(self._workers):
-                if worker.ready and worker.item is None and todo:
-                    index = todo.popleft()
-                    try:
-                        worker.conn.send((index, completions[index], references[index]))
-                    except (OSError, ValueError):  # died while idle: the item goes back, not counted
-                        todo.appendleft(index)
-                        self._replace(worker)
-                        continue
-                    worker.item = index
-                    worker.deadline = time.monotonic() + self.timeout_s
-            busy = [w for w in self._workers if w.item is not None]
-            if not todo and not busy:
-                return timed_out, failed
-            # 2. wait for a reply, a death, or the nearest deadline
-            deadlines = [w.deadline for w in busy]
-            deadlines += [w.started_at + _STARTUP_TIMEOUT_S for w in self._workers if not w.ready]
-            waiting = [w for w in self._workers if w.item is not None or not w.ready]
-            ready_conns = wait([w.conn for w in waiting], timeout=max(0.0, min(deadlines) - time.monotonic()))
-            for worker in waiting:
-                if worker.conn not in ready_conns:
-                    continue
-                try:
-                    index, score, error = worker.conn.recv()
-                except (EOFError, OSError):  # the worker died (segfault, OOM kill, ...)
-                    if worker.item is not None:
-                        failed.append(worker.item)
-                        self.num_errors += 1
-                    elif not worker.ready:
-                        _stop_workers(self._workers)
-                        raise RuntimeError(
-                            f"MathVerifier: a worker process ({self.start_method}) died during start-up; "
-                            "is math-verify importable in a fresh interpreter?"
-                        ) from None
-                    self._replace(worker)
-                    continue
-                if index == "ready":
-                    worker.ready = True
-                    continue
-                if error is not None:
-                    failed.append(index)
-                    self.num_errors += 1
-                    logger.debug("MathVerifier: item %d raised %s", index, error)
-                else:
-                    scores[index] = score
-                worker.item = None
-            # 3. kill what ran past its deadline
-            now = time.monotonic()
-            for worker in list(self._workers):
-                if worker.item is not None and now >= worker.deadline:
-                    timed_out.append(worker.item)
-                    self.num_timeouts += 1
-                    self._replace(worker)
-                elif not worker.ready and now >= worker.started_at + _STARTUP_TIMEOUT_S:
-                    _stop_workers(self._workers)
-                    raise RuntimeError(
-                        f"MathVerifier: a worker process did not start within {_STARTUP_TIMEOUT_S:.0f} s"
-                    )
+    # ---- internals --------------------------------------------------------------------------------------
+    def _judged_text(self, completion: str) -> str:
+        """What a worker parses: the completion, or with ``require_boxed`` only its boxes ("" when none)."""
+        if not self.require_boxed:
+            return completion if completion.strip() else ""
+        return " ".join("\\boxed{" + box + "}" for box in boxed_contents(completion) if box.strip())
