@@ -1,113 +1,121 @@
-"""VLLMEngine: the pure request/response conversions on CPU, and one real engine test (vLLM + CUDA only).
+"""VLLMEngine: its guards and call sequence on CPU, and one real engine test (vLLM + CUDA only).
 
-The conversion tests feed ``types.SimpleNamespace`` objects shaped like vLLM's ``RequestOutput`` (``.outputs``)
-and ``CompletionOutput`` (``.index``, ``.token_ids``, ``.finish_reason``, ``.stop_reason``).
+vLLM cannot run on CPU, so the CPU tests drive the engine against ``ShapedLLM``, a plain object with the
+attributes and methods of vLLM 0.33's ``LLM`` that the adapter uses (``llm_engine.model_config``,
+``llm_engine.model_executor``, ``generate``, ``sleep``, ``wake_up``, ``apply_model``,
+``reset_prefix_cache``), answering with ``RequestOutput``-shaped namespaces. The test marked ``vllm`` runs
+the real thing where vLLM and a GPU are present (``python -m pytest -m vllm``).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
-from types import SimpleNamespace
+from collections.abc import Callable, Iterable
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from echorl_lightning.rollout import Completion, RolloutEngine, SamplingConfig, VLLMEngine
+from echorl_lightning.rollout.seeds import derive_seed
 from echorl_lightning.rollout.vllm_engine import (
-    completions_from_outputs,
-    hf_weight_items,
-    sampling_kwargs,
-    to_vllm_prompts,
-    vllm_weight_name,
+    MULTIPROCESSING_ENV,
+    force_inprocess_engine_core,
+    launcher_env,
+    require_inprocess,
 )
+from tests.test_vllm_weight_stream import TIED_KEY, tied_model
 
 EOS = 256
 
 
-def sample(
-    index: int, token_ids: list[int], finish_reason: str | None, stop_reason: object = None
-) -> SimpleNamespace:
-    return SimpleNamespace(
-        index=index, token_ids=token_ids, finish_reason=finish_reason, stop_reason=stop_reason
-    )
+class ShapedLLM:
+    """Records the adapter's calls; ``respond(prompt_ids, params) -> (token_ids, finish_reason)``."""
+
+    def __init__(self, respond: Callable[[list[int], Any], tuple[list[int], str]], max_model_len: int = 16):
+        config = SimpleNamespace(dtype=torch.bfloat16, max_model_len=max_model_len)
+        self.llm_engine = SimpleNamespace(model_config=config, model_executor=object())
+        self.respond = respond
+        self.calls: list[tuple[Any, ...]] = []
+        self.asleep: set[str] = set()
+        self.loaded: dict[str, torch.Tensor] = {}
+        self.reset_ok = True
+
+    def sleep(self, level: int = 1) -> None:
+        self.calls.append(("sleep", level))
+        self.asleep = {"weights", "kv_cache"}
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        self.calls.append(("wake_up", tuple(tags or ())))
+        self.asleep.difference_update(tags or ())
+        return not self.asleep
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:  # vLLM model's method
+        assert "weights" not in self.asleep
+        for name, tensor in weights:
+            self.loaded[name] = tensor.clone()
+        return set(self.loaded)
+
+    def apply_model(self, fn: Callable[[Any], Any]) -> list[Any]:
+        self.calls.append(("apply_model",))
+        return [fn(self)]
+
+    def reset_prefix_cache(self) -> bool:
+        self.calls.append(("reset_prefix_cache",))
+        return self.reset_ok
+
+    def generate(self, prompts: list[dict], sampling_params: list[Any], use_tqdm: bool) -> list[Any]:
+        assert not self.asleep and not use_tqdm and len(prompts) == len(sampling_params)
+        self.calls.append(("generate", [p["prompt_token_ids"] for p in prompts], sampling_params))
+        outputs = []
+        for prompt, params in zip(prompts, sampling_params, strict=True):
+            token_ids, reason = self.respond(prompt["prompt_token_ids"], params)
+            sample = SimpleNamespace(index=0, token_ids=token_ids, finish_reason=reason, stop_reason=None)
+            outputs.append(SimpleNamespace(outputs=[sample]))
+        return outputs
 
 
-def request(*samples: SimpleNamespace) -> SimpleNamespace:
-    return SimpleNamespace(outputs=list(samples))
+class ShapedEngine(VLLMEngine):
+    """VLLMEngine whose vLLM objects are ``ShapedLLM`` and plain ``SamplingParams`` namespaces."""
+
+    def __init__(self, llm: ShapedLLM, **kwargs: Any) -> None:
+        super().__init__(model="ckpt", **kwargs)
+        self.shaped = llm
+        self.env_at_build: str | None = None
+
+    def _build_llm(self, kwargs: dict[str, Any]) -> Any:
+        self.env_at_build = os.environ.get(MULTIPROCESSING_ENV)
+        random.seed(99)  # what vLLM's worker does to the process's RNGs (set_random_seed)
+        torch.manual_seed(99)
+        return self.shaped
+
+    def _sampling_params(self, kwargs: dict[str, Any]) -> Any:
+        return SimpleNamespace(**kwargs)
+
+
+def echo_respond(prompt: list[int], params: Any) -> tuple[list[int], str]:
+    """Answer ``[first prompt token, EOS]``."""
+    return [prompt[0], EOS], "stop"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """LOCAL_RANK unset and vLLM's multiprocessing switch at 1; both restored after the test."""
+    monkeypatch.setenv("LOCAL_RANK", "placeholder")
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv(MULTIPROCESSING_ENV, "1")
+    return monkeypatch
 
 
 def test_engine_satisfies_protocol_and_imports_without_vllm() -> None:
     assert isinstance(VLLMEngine(), RolloutEngine)
-    # importing the module and building the engine must not import vLLM (fresh interpreter: vLLM may be
-    # installed and already imported by another test here)
+    # importing the module and building the engine must not import vLLM (fresh interpreter)
     code = "import sys; from echorl_lightning.rollout import VLLMEngine; VLLMEngine(); assert 'vllm' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
-def test_to_vllm_prompts() -> None:
-    assert to_vllm_prompts([[1, 2], (3,)]) == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
-
-
-def test_sampling_kwargs_hand_computed() -> None:
-    sampling = SamplingConfig(n=4, max_new_tokens=16, temperature=0.7, top_p=0.9, seed=10)
-    # prompt 2 of the call: seed 10 + 2 * 4 = 18
-    assert sampling_kwargs(sampling, eos_id=EOS, prompt_index=2) == dict(
-        n=4, temperature=0.7, top_p=0.9, max_tokens=16, seed=18, detokenize=False, stop_token_ids=[EOS]
-    )
-    # greedy: vLLM requires n = 1; top-p is irrelevant and reset
-    greedy = sampling_kwargs(SamplingConfig(n=3, temperature=0.0, top_p=0.5))
-    assert (greedy["n"], greedy["top_p"], greedy["seed"]) == (1, 1.0, None) and "stop_token_ids" not in greedy
-
-
-def test_sampling_seeds_distinct_over_a_call() -> None:
-    # vLLM gives sample j of a request seed + j (vllm/v1/engine/parallel_sampling.py); 3 prompts x n=4, base 0
-    sampling = SamplingConfig(n=4, seed=0)
-    seeds = [sampling_kwargs(sampling, prompt_index=i)["seed"] + j for i in range(3) for j in range(4)]
-    assert seeds == list(range(12))
-
-
-def test_completions_from_outputs_finish_reasons() -> None:
-    outputs = [
-        request(
-            sample(0, [5, 6, EOS], "stop", stop_reason=EOS),  # EOS kept by vLLM -> as is
-            sample(1, [5, 6, 7, 8], "length"),  # max_tokens = 4 reached -> truncated
-        ),
-        request(
-            sample(1, [9, 9], "stop", stop_reason="\n\n"),  # a stop string ended it: EOS appended
-            sample(0, [5, EOS, 7], "stop"),  # anything after the first EOS dropped; listed out of index order
-        ),
-        request(
-            sample(0, [5, 6, 7, 8], "stop", stop_reason=8),  # another stop id at the limit: last token -> EOS
-            sample(1, [5, 6], "length"),  # max_model_len reached first: truncated, shorter than 4
-        ),
-    ]
-    assert completions_from_outputs(outputs, n=2, eos_id=EOS, max_new_tokens=4) == [
-        [Completion([5, 6, EOS], False), Completion([5, 6, 7, 8], True)],
-        [Completion([5, EOS], False), Completion([9, 9, EOS], False)],
-        [Completion([5, 6, 7, EOS], False), Completion([5, 6], True)],
-    ]
-
-
-def test_completions_from_outputs_errors() -> None:
-    good = request(sample(0, [EOS], "stop"), sample(1, [EOS], "stop"))
-    with pytest.raises(ValueError, match="1 samples for prompt 1, expected n=2"):
-        completions_from_outputs([good, request(sample(0, [EOS], "stop"))], n=2, eos_id=EOS, max_new_tokens=4)
-    with pytest.raises(ValueError, match="sample 1 of prompt 0 is unfinished"):
-        completions_from_outputs([request(sample(0, [EOS], "stop"), sample(1, [5], None))], 2, EOS, 4)
-
-
-def test_weight_names_and_items(tiny_random_model) -> None:
-    assert vllm_weight_name("_orig_mod.model.layers.0._checkpoint_wrapped_module.mlp.up_proj.weight") == (
-        "model.layers.0.mlp.up_proj.weight"
-    )
-    items = list(hf_weight_items(tiny_random_model))
-    state = tiny_random_model.state_dict()
-    assert [name for name, _ in items] == list(state)
-    assert "lm_head.weight" in state and "model.embed_tokens.weight" in state
-    assert all(tensor.data_ptr() == state[name].data_ptr() for name, tensor in items)  # no copies
 
 
 def test_llm_kwargs_single_and_multi_rank() -> None:
@@ -121,17 +129,140 @@ def test_llm_kwargs_single_and_multi_rank() -> None:
     assert multi["distributed_executor_backend"] == "external_launcher" and multi["seed"] == 7  # 5 + rank 2
 
 
-def test_validation_without_vllm(tiny_random_model, tiny_tokenizer) -> None:
-    with pytest.raises(ValueError, match="gpu_memory_utilization"):
-        VLLMEngine(gpu_memory_utilization=0.0)
-    engine = VLLMEngine()
+def test_launcher_env() -> None:
+    base = {"MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    assert launcher_env(0, 1, 0, {}) == {"LOCAL_RANK": "0"}
+    assert launcher_env(0, 1, 0, {"LOCAL_RANK": "0"}) == {}
+    with pytest.raises(ValueError, match="runs on cuda:0, but the trainer's device is cuda:2"):
+        launcher_env(0, 1, 2, {})
+    # rank 3 of 4 on cuda:1 (e.g. 2 nodes x 2 GPUs): LOCAL_RANK from the device, not the rank
+    assert launcher_env(3, 4, 1, base) == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}
+    assert launcher_env(3, 4, 1, {**base, "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == {}
+    with pytest.raises(ValueError, match="LOCAL_RANK=0 in the environment, but this rank's local_rank is 1"):
+        launcher_env(3, 4, 1, {**base, "LOCAL_RANK": "0"})
+    with pytest.raises(RuntimeError, match="needs MASTER_PORT"):
+        launcher_env(1, 2, 1, {"MASTER_ADDR": "h"})
+
+
+def test_force_inprocess_overrides_and_drops_a_frozen_env_cache(clean_env: pytest.MonkeyPatch) -> None:
+    frozen = ModuleType("vllm.envs")  # shaped like vllm.envs after enable_envs_cache() froze "1"
+    frozen.VLLM_ENABLE_V1_MULTIPROCESSING = True  # type: ignore[attr-defined]
+    frozen.disable_envs_cache = lambda: setattr(frozen, MULTIPROCESSING_ENV, False)  # type: ignore[attr-defined]
+    clean_env.setitem(sys.modules, "vllm.envs", frozen)
+    force_inprocess_engine_core()
+    assert os.environ[MULTIPROCESSING_ENV] == "0" and frozen.VLLM_ENABLE_V1_MULTIPROCESSING is False
+
+
+def test_require_inprocess() -> None:
+    require_inprocess(SimpleNamespace(llm_engine=SimpleNamespace(model_executor=object())))
+    with pytest.raises(RuntimeError, match="separate process .*VLLM_ENABLE_V1_MULTIPROCESSING must be 0"):
+        require_inprocess(SimpleNamespace(llm_engine=SimpleNamespace()))  # multiprocess mode: no executor
+
+
+def test_setup_forces_inprocess_sets_local_rank_and_keeps_rng(clean_env, tiny_tokenizer) -> None:
+    engine = ShapedEngine(ShapedLLM(echo_respond), enable_sleep_mode=True)
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    engine.setup(tied_model(), tiny_tokenizer)
+    assert engine.env_at_build == "0" and os.environ["LOCAL_RANK"] == "0"
+    assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == python_state
+    assert (engine.engine_dtype, engine.engine_max_model_len, engine.eos_id) == (torch.bfloat16, 16, EOS)
+    assert engine.shaped.calls == [("sleep", 1)]  # asleep until the first sync
+
+    not_inprocess = ShapedEngine(ShapedLLM(echo_respond))
+    del not_inprocess.shaped.llm_engine.model_executor
+    with pytest.raises(RuntimeError, match="separate process"):
+        not_inprocess.setup(tied_model(), tiny_tokenizer)
+
+
+def test_load_weights_streams_engine_dtype_once_per_tensor(clean_env, tiny_tokenizer) -> None:
+    policy = tied_model()
+    engine = ShapedEngine(ShapedLLM(echo_respond), enable_sleep_mode=True)
+    engine.setup(policy, tiny_tokenizer)
+    engine.load_weights(policy)
+    engine.load_weights(policy)  # again with unchanged weights: same values, no wake (already awake)
+    llm = engine.shaped
+    assert llm.calls[1:] == [("wake_up", ("weights",))] + [("apply_model",), ("reset_prefix_cache",)] * 2
+    state = policy.state_dict()
+    assert list(llm.loaded) == [key for key in state if key != TIED_KEY]  # tied head: loaded once
+    for name, tensor in llm.loaded.items():
+        assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, state[name].bfloat16())
+
+    llm.reset_ok = False
+    with pytest.raises(RuntimeError, match="could not reset its prefix cache"):
+        engine.load_weights(policy)
+    llm.reset_ok = True
+    llm.load_weights = lambda weights: next(iter(weights))  # type: ignore[method-assign]  # stops after one
+    with pytest.raises(RuntimeError, match=r"stopped before 'model.layers.0.self_attn.q_proj.weight'"):
+        engine.load_weights(policy)
+
+
+def test_generate_requests_seeds_and_sleep(clean_env, tiny_tokenizer) -> None:
+    engine = ShapedEngine(ShapedLLM(echo_respond), enable_sleep_mode=True)
+    engine.setup(tied_model(), tiny_tokenizer)
+    sampling = SamplingConfig(n=2, max_new_tokens=4, temperature=0.7, seed=derive_seed(0, 3, 1, 2))
+    out = engine.generate([[1, 2], [3]], sampling)
+    assert out == [[Completion([1, EOS], False)] * 2, [Completion([3, EOS], False)] * 2]
+    call = engine.shaped.calls[2]
+    assert engine.shaped.calls[1] == ("wake_up", ("weights", "kv_cache")) and engine.shaped.calls[3] == (
+        "sleep",
+        1,
+    )
+    assert call[1] == [[1, 2], [1, 2], [3], [3]]  # one request per sample, prompt-major
+    seeds = [params.seed for params in call[2]]
+    p0, p1 = derive_seed(sampling.seed, 0), derive_seed(sampling.seed, 1)
+    assert seeds == [derive_seed(p0, 0), derive_seed(p0, 1), derive_seed(p1, 0), derive_seed(p1, 1)]
+    assert all(params.ignore_eos and params.stop_token_ids == [EOS] and params.n == 1 for params in call[2])
+
+    engine.generate([[3]], sampling, prompt_seeds=[77])
+    assert [params.seed for params in engine.shaped.calls[-2][2]] == [derive_seed(77, 0), derive_seed(77, 1)]
+
+    greedy = engine.generate([[4], [5]], SamplingConfig(n=3, max_new_tokens=4, temperature=0.0))
+    assert engine.shaped.calls[-2][1] == [[4], [5]]  # one greedy request per prompt, answer repeated n times
+    assert greedy == [[Completion([4, EOS], False)] * 3, [Completion([5, EOS], False)] * 3]
+
+
+def test_generate_guards_and_sleeps_on_failure(clean_env, tiny_tokenizer) -> None:
+    def fail(prompt: list[int], params: Any) -> tuple[list[int], str]:
+        raise RuntimeError("CUDA error: out of memory")
+
+    engine = ShapedEngine(ShapedLLM(fail, max_model_len=10), enable_sleep_mode=True)
+    with pytest.raises(RuntimeError, match="setup"):
+        engine.generate([[1]], SamplingConfig())
+    engine.setup(tied_model(), tiny_tokenizer)
+    calls = engine.shaped.calls
     assert engine.generate([], SamplingConfig()) == []
     with pytest.raises(ValueError, match="prompt 0 is empty"):
         engine.generate([[]], SamplingConfig())
-    with pytest.raises(RuntimeError, match="setup"):
-        engine.generate([[1]], SamplingConfig())
+    with pytest.raises(ValueError, match=r"prompt 1 has 7 tokens: 7 \+ max_new_tokens 4 = 11 exceeds .* 10"):
+        engine.generate([[1], [2] * 7], SamplingConfig(max_new_tokens=4))
+    assert calls == [("sleep", 1)]  # refused before waking the engine
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.generate([[1]], SamplingConfig(max_new_tokens=4))
+    assert calls[-1] == ("sleep", 1) and engine.shaped.asleep == {"weights", "kv_cache"}  # finally: asleep
+
+
+def test_validation_without_vllm(tiny_random_model, tiny_tokenizer) -> None:
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        VLLMEngine(gpu_memory_utilization=0.0)
     with pytest.raises(ValueError, match="name_or_path"):  # random-init policy: no checkpoint to build from
-        engine.setup(tiny_random_model, tiny_tokenizer)
+        VLLMEngine().setup(tiny_random_model, tiny_tokenizer)
+
+
+def engine_prompt_logprobs(llm: Any, token_ids: list[int]) -> torch.Tensor:
+    """vLLM's log-prob of each token of ``token_ids`` after the first, given the ones before [L - 1]."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+    (output,) = llm.generate([{"prompt_token_ids": token_ids}], params, use_tqdm=False)
+    return torch.tensor([output.prompt_logprobs[k][token_ids[k]].logprob for k in range(1, len(token_ids))])
+
+
+def policy_logprobs(model: torch.nn.Module, token_ids: list[int]) -> torch.Tensor:
+    """The HF model's log-prob of each token after the first [L - 1], in fp32."""
+    with torch.no_grad():
+        ids = torch.tensor([token_ids], device=next(model.parameters()).device)
+        logp = model(input_ids=ids).logits.float().log_softmax(-1)[0, :-1]  # [L - 1, V]
+        return logp.gather(-1, ids[0, 1:, None])[:, 0].cpu()
 
 
 @pytest.mark.vllm
@@ -141,7 +272,12 @@ def test_vllm_engine_end_to_end(tmp_path, tiny_tokenizer) -> None:
     )
     if not torch.cuda.is_available():
         pytest.skip("vLLM needs a CUDA GPU")
-    # head_dim 64: supported by every vLLM attention backend
+    import json
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    # head_dim 64 (supported by every vLLM attention backend); tied embeddings; the checkpoint's
+    # generation_config lists a second EOS id, 0, which the engine must not stop on
     config = Qwen2Config(
         vocab_size=len(tiny_tokenizer),
         hidden_size=128,
@@ -152,42 +288,78 @@ def test_vllm_engine_end_to_end(tmp_path, tiny_tokenizer) -> None:
         max_position_embeddings=256,
         eos_token_id=EOS,
         pad_token_id=tiny_tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=True,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         Qwen2ForCausalLM(config).save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
-    policy = Qwen2ForCausalLM.from_pretrained(tmp_path).cuda()
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [EOS, 0]}))
+    checkpoint = Qwen2ForCausalLM.from_pretrained(tmp_path).cuda().eval()
+    policy = Qwen2ForCausalLM.from_pretrained(tmp_path).cuda().eval()
+    with (
+        torch.no_grad(),
+        torch.random.fork_rng(devices=[]),
+    ):  # "training" moved the policy far from the checkpoint
+        torch.manual_seed(1)
+        for param in policy.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    assert policy.lm_head.weight is policy.model.embed_tokens.weight
 
+    utilization = 0.2
     engine = VLLMEngine(
-        gpu_memory_utilization=0.2, max_model_len=128, enforce_eager=True, enable_sleep_mode=True
+        gpu_memory_utilization=utilization, max_model_len=128, enforce_eager=True, enable_sleep_mode=True
     )
     engine.setup(policy, tiny_tokenizer)
-    engine.load_weights(policy)
+    assert os.environ[MULTIPROCESSING_ENV] == "0" and engine.llm.llm_engine.model_executor is not None
     prompts = [[1, 2, 3], [4], [5, 6]]
-    sampling = SamplingConfig(n=4, max_new_tokens=8, seed=0)
-    out = engine.generate(prompts, sampling)
-    assert [len(samples) for samples in out] == [4, 4, 4]
-    for completion in (completion for samples in out for completion in samples):
+    sampling = SamplingConfig(n=4, max_new_tokens=8, seed=derive_seed(0, 0, 0, 0))
+    first = None
+    for _ in range(3):  # sync + generate, each call waking and putting the engine back to sleep
+        engine.load_weights(policy)
+        out = engine.generate(prompts, sampling)
+        first = first or out
+        assert out == first  # seeded: reproducible across sleep/wake cycles
+    assert [len(samples) for samples in first] == [4, 4, 4]
+    for completion in (completion for samples in first for completion in samples):
         ids = completion.token_ids
-        assert len(ids) <= 8
-        if completion.truncated:
-            assert EOS not in ids and len(ids) == 8
-        else:
-            assert ids.count(EOS) == 1 and ids[-1] == EOS
-    assert engine.generate(prompts, sampling) == out  # seeded: reproducible
+        assert len(ids) <= 8 and (
+            len(ids) == 8 and EOS not in ids if completion.truncated else ids[-1] == EOS
+        )
 
-    # sync a policy whose head is all zeros: every logit is 0, greedy argmax takes the first index (token 0)
+    # weights after sync: both tied matrices equal the policy's in bf16 (vLLM pads the vocabulary)
+    engine.load_weights(policy)  # wakes the weights so they can be read
+    vocab = len(tiny_tokenizer)
+    embed, head = engine.llm.apply_model(
+        lambda model: (
+            model.model.embed_tokens.weight[:vocab].float().cpu(),
+            model.lm_head.weight[:vocab].float().cpu(),
+        )
+    )[0]
+    expected = policy.model.embed_tokens.weight.detach().bfloat16().float().cpu()
+    assert torch.equal(embed, expected) and torch.equal(head, expected)
+
+    # memory: sleeping releases the KV cache (most of the engine's share of the GPU) and the weights
+    engine._wake(["weights", "kv_cache"])
+    torch.cuda.synchronize()
+    free_awake, total = torch.cuda.mem_get_info()
+    tokens = prompts[0] + first[0][0].token_ids
+    engine_logp = engine_prompt_logprobs(engine.llm, tokens)
+    engine._sleep()
+    free_asleep, _ = torch.cuda.mem_get_info()
+    assert free_asleep - free_awake > 0.5 * utilization * total
+
+    # log-prob parity on the same tokens after the sleep/wake cycles: the engine samples from the policy
+    synced_err = (engine_logp - policy_logprobs(policy, tokens)).abs()
+    stale_err = (policy_logprobs(checkpoint, tokens) - policy_logprobs(policy, tokens)).abs()
+    assert synced_err.max() < 0.1 and synced_err.mean() < 0.1 * stale_err.mean()
+
+    # greedy on a zero head: every logit is 0, argmax is token 0, which the checkpoint lists as an EOS id;
+    # the engine stops on the trainer's EOS only, so all 8 tokens are 0 and the completion is truncated
     with torch.no_grad():
         policy.lm_head.weight.zero_()
     engine.load_weights(policy)
     greedy = engine.generate(prompts, SamplingConfig(n=2, max_new_tokens=8, temperature=0.0))
     assert greedy == [[Completion([0] * 8, True)] * 2] * 3
-    engine.load_weights(policy)  # wakes the weights (the engine sleeps after generate) so they can be read
-    head_abs_sum = engine.llm.apply_model(lambda model: float(model.lm_head.weight.abs().sum()))
-    embed = engine.llm.apply_model(
-        lambda model: model.model.embed_tokens.weight[: len(tiny_tokenizer)].float().cpu()
-    )
-    assert head_abs_sum == [0.0]
-    torch.testing.assert_close(embed[0], policy.model.embed_tokens.weight.detach().bfloat16().float().cpu())
+    with pytest.raises(ValueError, match="prompt 0 has 121 tokens: 121 \\+ max_new_tokens 8 = 129 exceeds"):
+        engine.generate([[1] * 121], sampling)

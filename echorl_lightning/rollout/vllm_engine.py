@@ -1,136 +1,155 @@
 """Rollout engine on a colocated vLLM ``LLM`` (one engine per training rank, on the rank's own GPU).
 
-A thin adapter over vLLM's public offline API (``vllm.LLM``, ``SamplingParams``, token-id prompts):
+A thin adapter over vLLM's offline API, checked call by call against vLLM 0.33.0 (the ``vllm`` extra pins
+``>=0.33,<0.34``): ``LLM(...)``, ``SamplingParams``, ``LLM.generate`` on token-id prompts, ``sleep`` /
+``wake_up(tags)``, ``apply_model`` and ``reset_prefix_cache``.
 
-* ``setup`` builds the ``LLM`` from the policy's checkpoint path. On more than one rank it uses
-  ``distributed_executor_backend="external_launcher"`` (vLLM joins the trainer's torch.distributed world, one
-  engine per rank, as TRL's ``vllm_mode="colocate"`` does) and offsets the engine seed by the rank. The engine
-  core always runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so weight sync passes tensors by
-  reference.
-* ``load_weights`` streams the policy's state dict, under Hugging Face names, into vLLM's model through
-  ``LLM.apply_model(fn)`` (vllm/entrypoints/llm.py: runs ``fn`` on the model inside each worker), and resets
-  the prefix cache: cached KV blocks were computed with the old weights.
-* ``generate`` samples with one ``SamplingParams`` per prompt and converts the outputs; with
-  ``enable_sleep_mode`` the engine sleeps (level 1: weights offloaded to CPU, KV cache freed) between
-  rollouts, so the optimizer step gets the GPU memory back.
+* ``setup`` builds the ``LLM`` from the policy's checkpoint path. The engine core must run in this process
+  (``apply_model`` hands the policy's tensors to vLLM's model by reference, and ``external_launcher``
+  asserts it), so ``VLLM_ENABLE_V1_MULTIPROCESSING`` is set to 0 (overriding any earlier value) and the
+  built engine must expose ``llm.llm_engine.model_executor`` (vLLM sets it only in-process), else it raises.
+  On more than one rank it uses ``distributed_executor_backend="external_launcher"`` (vLLM joins the
+  trainer's torch.distributed world, one engine per rank); ``LOCAL_RANK``, which vLLM reads to pick the
+  GPU, defaults to the current CUDA device. Building the engine seeds Python's, NumPy's and torch's global
+  RNGs (vLLM's worker calls ``set_random_seed``): the trainer's RNG states are restored afterwards.
+* ``load_weights`` streams the policy's state dict one tensor at a time in the engine's dtype
+  (:mod:`echorl_lightning.rollout.weight_stream`: FSDP2 ``DTensor`` parameters gathered one by one, tied
+  embeddings once) into ``model.load_weights`` through ``LLM.apply_model``, then resets the prefix cache
+  (cached KV blocks were computed with the old weights). Idempotent: calling it again with unchanged
+  weights reloads the same values. The caller decides when to sync (e.g. only when ``global_step`` has
+  changed); every rank must call it together under FSDP2 (the gathers are collective).
+* ``generate`` checks every ``len(prompt) + max_new_tokens <= max_model_len`` before waking the engine,
+  sends one seeded request per sample (:mod:`echorl_lightning.rollout.vllm_requests`: stop on the trainer's
+  EOS only, seeds from :func:`~echorl_lightning.rollout.seeds.derive_seed`) and converts the outputs. With
+  ``enable_sleep_mode`` the engine sleeps between calls (level 1: weights offloaded to CPU, KV cache
+  freed), also when generation fails (``finally``), so the optimizer step gets the GPU memory back.
 
-Stopping: the tokenizer is not loaded by vLLM (``skip_tokenizer_init``) and the checkpoint's
-``generation_config.json`` is ignored (``generation_config="vllm"``), so the only stop token is the trainer's
-EOS, passed as ``stop_token_ids``, and sampling is exactly temperature + top-p, as in
-:mod:`echorl_lightning.rollout.hf_engine`. Seeds: prompt i of a call gets ``seed + i * n`` and vLLM gives its
-j-th sample ``seed + i * n + j``, so every sample of a call has its own seed.
+Seeds: sample j of prompt i gets ``derive_seed(p_i, j)`` with ``p_i = derive_seed(sampling.seed, i)``, or
+``p_i = prompt_seeds[i]`` when the caller passes per-prompt seeds (e.g. from a global prompt index, so an
+evaluation draws the same samples on any number of ranks). Callers fold epoch, round and rank into
+``sampling.seed`` with ``derive_seed(base, epoch, round, rank)``.
 
-Left out: tensor parallelism inside one rank, LoRA adapters, FSDP/DeepSpeed-sharded policies (the full state
-dict must be on this rank), stop strings, logprobs from vLLM (the trainer recomputes them).
-vLLM is imported lazily inside methods: this module imports without it. Part of echorl-lightning, the
-implementation of EchoRL (arXiv 2605.31228).
+Left out: tensor parallelism inside one rank, LoRA adapters, quantized engines, FSDP1/DeepSpeed policies,
+stop strings, logprobs from vLLM (the trainer recomputes them), sleep level 2 (level 1 keeps the weights,
+so a caller may skip a sync when the policy has not changed). A single-process run uses ``cuda:0`` of the
+visible devices (vLLM's single-process executor always does). vLLM is imported lazily inside methods:
+this module imports without it. Part of echorl-lightning, the implementation of EchoRL (arXiv 2605.31228).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator, Sequence
+import random
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 
-from echorl_lightning.rollout.hf_engine import (
-    cut_at_eos,
-    require_unwrapped,
-    special_token_ids,
-    validate_request,
-)
+from echorl_lightning.rollout.hf_engine import special_token_ids, validate_request
 from echorl_lightning.rollout.types import Completion, SamplingConfig
+from echorl_lightning.rollout.vllm_requests import (
+    check_prompt_lengths,
+    check_sampling,
+    completions_from_outputs,
+    sample_seeds,
+    samples_per_request_prompt,
+    sampling_kwargs,
+)
+from echorl_lightning.rollout.weight_stream import require_streamable, streamed_weights
 
-#: Module-wrapper fragments that never appear in vLLM's parameter names (torch.compile, activation checkpoint).
-WRAPPER_FRAGMENTS = ("_orig_mod.", "_checkpoint_wrapped_module.")
+#: vLLM's switch between an in-process engine core (0) and a separate engine process (1, its default).
+MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
-def to_vllm_prompts(prompt_token_ids: Sequence[Sequence[int]]) -> list[dict[str, list[int]]]:
-    """vLLM ``TokensPrompt`` inputs (a TypedDict, so plain dicts) for token-id prompts."""
-    return [{"prompt_token_ids": [int(token) for token in prompt]} for prompt in prompt_token_ids]
+def launcher_env(rank: int, world_size: int, cuda_device: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """Environment variables to set before building this rank's ``LLM`` (a dict of the ones to change).
 
-
-def sampling_kwargs(
-    sampling: SamplingConfig, *, eos_id: int | None = None, prompt_index: int = 0
-) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.SamplingParams`` for prompt ``prompt_index`` of a call.
-
-    Temperature 0 is greedy, for which vLLM requires ``n == 1``: the caller repeats that one sample
-    ``sampling.n`` times. With a seed, prompt i gets ``seed + i * sampling.n`` (vLLM adds the sample index).
-    ``detokenize=False``: only token ids are used.
+    ``LOCAL_RANK`` (the GPU vLLM's worker takes) defaults to ``cuda_device``, the trainer's current device.
+    On more than one rank ``RANK`` and ``WORLD_SIZE`` default to the live torch.distributed world and
+    ``MASTER_ADDR`` / ``MASTER_PORT`` must be set (vLLM's ``external_launcher`` joins through ``env://``).
+    Raises ``ValueError`` when a variable already set contradicts the live world or device (vLLM would
+    put the engine on another GPU), and on one rank when ``cuda_device`` is not 0 (vLLM's single-process
+    executor always uses ``cuda:0``).
     """
-    greedy = sampling.temperature == 0
-    kwargs: dict[str, Any] = dict(
-        n=1 if greedy else sampling.n,
-        temperature=sampling.temperature,
-        top_p=1.0 if greedy else sampling.top_p,
-        max_tokens=sampling.max_new_tokens,
-        seed=None if sampling.seed is None else sampling.seed + prompt_index * sampling.n,
-        detokenize=False,
-    )
-    if eos_id is not None:
-        kwargs["stop_token_ids"] = [eos_id]
-    return kwargs
-
-
-def completion_from_sample(
-    token_ids: Sequence[int], finish_reason: str | None, eos_id: int, max_new_tokens: int
-) -> Completion:
-    """One vLLM ``CompletionOutput`` as a :class:`Completion`.
-
-    vLLM keeps the EOS / stop token in ``token_ids`` when it stops on it (``check_stop`` in
-    ``vllm/v1/core/sched/utils.py`` stops after appending it), so an EOS there means finished. A sample that
-    ended with ``finish_reason == "stop"`` without EOS (a stop string, or another stop token id) gets EOS
-    appended (replacing its last token if it is already ``max_new_tokens`` long). Any other reason
-    (``"length"``: max_tokens or max_model_len; ``"abort"``) without EOS is truncated.
-    """
-    ids = [int(token) for token in token_ids]
-    if eos_id in ids[:max_new_tokens]:
-        return cut_at_eos(ids, eos_id, max_new_tokens)
-    if finish_reason == "stop":
-        return Completion(token_ids=ids[: max_new_tokens - 1] + [eos_id], truncated=False)
-    return Completion(token_ids=ids[:max_new_tokens], truncated=True)
-
-
-def completions_from_outputs(
-    outputs: Sequence[Any], n: int, eos_id: int, max_new_tokens: int
-) -> list[list[Completion]]:
-    """vLLM ``RequestOutput`` list (one per prompt, in prompt order) as ``n`` completions per prompt.
-
-    Samples are ordered by their ``index``. Raises ``ValueError`` naming the prompt when it has not exactly
-    ``n`` samples or a sample is unfinished (``finish_reason`` None).
-    """
-    result: list[list[Completion]] = []
-    for prompt_index, output in enumerate(outputs):
-        samples = list(output.outputs)
-        if len(samples) != n:
+    updates: dict[str, str] = {}
+    if world_size == 1:
+        if cuda_device != 0:
             raise ValueError(
-                f"vLLM returned {len(samples)} samples for prompt {prompt_index}, expected n={n}"
+                f"a single-process vLLM engine runs on cuda:0, but the trainer's device is cuda:{cuda_device}; "
+                f"expose only that GPU (CUDA_VISIBLE_DEVICES={cuda_device}) so it becomes cuda:0"
             )
-        samples.sort(key=lambda sample: getattr(sample, "index", 0))
-        completions = []
-        for sample_index, sample in enumerate(samples):
-            if sample.finish_reason is None:
-                raise ValueError(f"vLLM sample {sample_index} of prompt {prompt_index} is unfinished")
-            completions.append(
-                completion_from_sample(sample.token_ids, sample.finish_reason, eos_id, max_new_tokens)
+        if "LOCAL_RANK" not in environ:
+            updates["LOCAL_RANK"] = "0"
+        return updates
+    expected = {"RANK": rank, "WORLD_SIZE": world_size, "LOCAL_RANK": cuda_device}
+    for key, value in expected.items():
+        if key not in environ:
+            updates[key] = str(value)
+        elif int(environ[key]) != value:
+            raise ValueError(
+                f"{key}={environ[key]} in the environment, but this rank's {key.lower()} is {value}: "
+                "vLLM's external_launcher would place or rank its engine wrongly"
             )
-        result.append(completions)
-    return result
+    missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if key not in environ]
+    if missing:
+        raise RuntimeError(f"VLLMEngine on {world_size} ranks needs {', '.join(missing)} in the environment")
+    return updates
 
 
-def vllm_weight_name(name: str) -> str:
-    """A policy state-dict key as vLLM's ``load_weights`` expects it (HF naming, wrapper fragments removed)."""
-    for fragment in WRAPPER_FRAGMENTS:
-        name = name.replace(fragment, "")
-    return name
+def force_inprocess_engine_core() -> None:
+    """Set ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (not a default: an inherited 1 is overridden).
+
+    vLLM caches its environment after an engine has started (``enable_envs_cache`` in
+    vllm/v1/engine/core.py); if an earlier engine froze another value, the cache is dropped.
+    """
+    os.environ[MULTIPROCESSING_ENV] = "0"
+    envs = sys.modules.get("vllm.envs")
+    if envs is not None and getattr(envs, MULTIPROCESSING_ENV):
+        envs.disable_envs_cache()
 
 
-def hf_weight_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(name, tensor)`` pairs of the policy's state dict, lazily, without copies (vLLM copies and casts)."""
-    for name, tensor in model.state_dict().items():
-        yield vllm_weight_name(name), tensor
+def require_inprocess(llm: Any) -> None:
+    """Raise ``RuntimeError`` unless ``llm`` runs its engine core (and model) in this process."""
+    if getattr(getattr(llm, "llm_engine", None), "model_executor", None) is None:
+        raise RuntimeError(
+            "vLLM started its engine core in a separate process (llm.llm_engine.model_executor is missing), "
+            f"so apply_model cannot load the policy's weights by reference; {MULTIPROCESSING_ENV} must be 0 "
+            "when the LLM is built"
+        )
+
+
+def engine_limits(llm: Any) -> tuple[torch.dtype, int]:
+    """The engine's weight dtype and resolved ``max_model_len`` (``llm.llm_engine.model_config``)."""
+    config = llm.llm_engine.model_config
+    dtype = config.dtype
+    if not isinstance(dtype, torch.dtype):
+        dtype = getattr(torch, str(dtype).removeprefix("torch."))
+    return dtype, int(config.max_model_len)
+
+
+@contextlib.contextmanager
+def preserved_rng_state() -> Iterator[None]:
+    """Restore Python's, NumPy's (if installed) and torch's CPU and current-CUDA-device RNG states on exit.
+
+    Only the current device's CUDA state is saved: reading another device's state would create a CUDA
+    context there from every rank.
+    """
+    python_state = random.getstate()
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - numpy comes with torch in practice
+        numpy = None
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            if numpy is not None:
+                numpy.random.set_state(numpy_state)
 
 
 class VLLMEngine:
@@ -138,14 +157,14 @@ class VLLMEngine:
 
     Args:
         model: checkpoint path or hub id the ``LLM`` is built from; None uses the policy's ``name_or_path``.
-            The weights are overwritten by ``load_weights`` before every rollout, so only the architecture,
+            The weights are overwritten by ``load_weights`` before rollouts, so only the architecture,
             vocabulary and config must match the policy.
-        dtype: vLLM's weight and activation dtype.
+        dtype: vLLM's weight and activation dtype; streamed weights are cast to it.
         gpu_memory_utilization: fraction of the GPU vLLM may take (weights + KV cache); the rest is training's.
         enable_sleep_mode: offload weights and free the KV cache between rollouts (``LLM.sleep(level=1)``).
         max_model_len: prompt + response token limit; None takes the model config's.
         enforce_eager: no CUDA graphs (faster start, slower decoding).
-        seed: engine seed (used when a rollout passes no seed); rank r uses ``seed + r``.
+        seed: engine seed (used for unseeded requests); rank r uses ``seed + r``.
         enable_prefix_caching: reuse KV blocks of shared prompt prefixes (the G samples of a prompt).
     """
 
@@ -174,6 +193,8 @@ class VLLMEngine:
         self.enable_prefix_caching = enable_prefix_caching
         self.llm: Any = None
         self.eos_id: int | None = None
+        self.engine_dtype: torch.dtype | None = None  # resolved by setup from the built engine
+        self.engine_max_model_len: int | None = None
         self._asleep: set[str] = set()  # vLLM memory tags ("weights", "kv_cache") currently released
 
     def llm_kwargs(self, model_path: str, rank: int, world_size: int) -> dict[str, Any]:
@@ -189,7 +210,7 @@ class VLLMEngine:
             enable_prefix_caching=self.enable_prefix_caching,
             tensor_parallel_size=1,
             skip_tokenizer_init=True,
-            generation_config="vllm",
+            generation_config="vllm",  # neutral sampling defaults (the EOS ids are handled per request)
         )
         if world_size > 1:
             kwargs["distributed_executor_backend"] = "external_launcher"
@@ -197,7 +218,7 @@ class VLLMEngine:
 
     def setup(self, model: torch.nn.Module, tokenizer: Any) -> None:
         """Build this rank's ``LLM`` (once) from ``self.model`` or the policy's ``name_or_path``."""
-        require_unwrapped(model)
+        require_streamable(model)
         self.eos_id, _ = special_token_ids(model, tokenizer)
         if self.llm is not None:
             return
@@ -210,55 +231,85 @@ class VLLMEngine:
         rank, world_size = 0, 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        # In-process engine core: required by external_launcher (vllm/v1/executor/uniproc_executor.py asserts
-        # it) and what lets apply_model hand the policy's tensors to vLLM's model by reference.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        if world_size > 1:
-            self._export_launcher_env(rank, world_size)
-        from vllm import LLM
-
-        self.llm = LLM(**self.llm_kwargs(model_path, rank, world_size))
+        cuda_device = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        os.environ.update(launcher_env(rank, world_size, cuda_device, os.environ))
+        force_inprocess_engine_core()
+        with preserved_rng_state():
+            llm = self._build_llm(self.llm_kwargs(model_path, rank, world_size))
+        require_inprocess(llm)
+        self.engine_dtype, self.engine_max_model_len = engine_limits(llm)
+        self.llm, self._asleep = llm, set()
         if self.enable_sleep_mode:
             self._sleep()
 
     def load_weights(self, model: torch.nn.Module) -> None:
         """Copy the policy's current weights into vLLM's model, then drop the stale prefix cache."""
-        require_unwrapped(model)
+        require_streamable(model)
         llm = self._require_llm()
+        assert self.engine_dtype is not None
         self._wake(["weights"])
-        weights = hf_weight_items(model)
+        weights = streamed_weights(model, self.engine_dtype)
         llm.apply_model(lambda vllm_model: vllm_model.load_weights(weights))
-        llm.reset_prefix_cache()
+        leftover = [name for name, _ in weights]  # drained: keeps FSDP2 gathers in step across ranks
+        if leftover:
+            raise RuntimeError(
+                f"vLLM's load_weights stopped before {leftover[0]!r}: {len(leftover)} tensors were not loaded"
+            )
+        if llm.reset_prefix_cache() is False:
+            raise RuntimeError(
+                "vLLM could not reset its prefix cache (requests still hold KV blocks): samples would reuse "
+                "KV computed with the old weights"
+            )
 
     def generate(
-        self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        *,
+        prompt_seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """``sampling.n`` completions for each prompt, in prompt order."""
+        """``sampling.n`` completions for each prompt, in prompt order.
+
+        ``prompt_seeds`` (one int per prompt) replaces ``derive_seed(sampling.seed, i)`` as prompt i's seed.
+        Raises ``ValueError`` naming the prompt before anything runs when a prompt does not fit
+        ``max_model_len`` with ``max_new_tokens``.
+        """
         validate_request(prompt_token_ids, sampling)
+        check_sampling(sampling)
         if len(prompt_token_ids) == 0:
             return []
         llm = self._require_llm()
-        assert self.eos_id is not None
+        assert self.eos_id is not None and self.engine_max_model_len is not None
+        check_prompt_lengths(prompt_token_ids, sampling.max_new_tokens, self.engine_max_model_len)
+        per_prompt = samples_per_request_prompt(sampling)
+        seeds = sample_seeds(sampling, len(prompt_token_ids), prompt_seeds)
+        params = [self._sampling_params(sampling_kwargs(sampling, eos_id=self.eos_id, seed=s)) for s in seeds]
+        requests = [
+            {"prompt_token_ids": [int(t) for t in p]} for p in prompt_token_ids for _ in range(per_prompt)
+        ]
+        self._wake(["weights", "kv_cache"])
+        try:
+            outputs = llm.generate(requests, sampling_params=params, use_tqdm=False)
+        finally:
+            if self.enable_sleep_mode:
+                self._sleep()
+        if len(outputs) != len(requests):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
+        completions = completions_from_outputs(outputs, per_prompt, self.eos_id, sampling.max_new_tokens)
+        if per_prompt != sampling.n:  # greedy: the n samples are the one greedy answer
+            completions = [samples * sampling.n for samples in completions]
+        return completions
+
+    # ---- vLLM objects (the only places vLLM is imported) -----------------------------------------------
+    def _build_llm(self, kwargs: dict[str, Any]) -> Any:
+        from vllm import LLM
+
+        return LLM(**kwargs)
+
+    def _sampling_params(self, kwargs: dict[str, Any]) -> Any:
         from vllm import SamplingParams
 
-        self._wake(["weights", "kv_cache"])
-        if sampling.seed is None:
-            params: Any = SamplingParams(**sampling_kwargs(sampling, eos_id=self.eos_id))
-        else:
-            params = [
-                SamplingParams(**sampling_kwargs(sampling, eos_id=self.eos_id, prompt_index=index))
-                for index in range(len(prompt_token_ids))
-            ]
-        outputs = llm.generate(to_vllm_prompts(prompt_token_ids), sampling_params=params, use_tqdm=False)
-        if len(outputs) != len(prompt_token_ids):
-            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompt_token_ids)} prompts")
-        n_requested = 1 if sampling.temperature == 0 else sampling.n
-        completions = completions_from_outputs(outputs, n_requested, self.eos_id, sampling.max_new_tokens)
-        if n_requested != sampling.n:  # greedy: the n samples are the one greedy answer
-            completions = [samples * sampling.n for samples in completions]
-        if self.enable_sleep_mode:
-            self._sleep()
-        return completions
+        return SamplingParams(**kwargs)
 
     # ---- engine state ----------------------------------------------------------------------------------
     def _require_llm(self) -> Any:
@@ -271,20 +322,14 @@ class VLLMEngine:
         self._asleep = {"weights", "kv_cache"}
 
     def _wake(self, tags: list[str]) -> None:
+        """Wake the released memory among ``tags``; raise if the engine should be, but is not, fully awake."""
         pending = [tag for tag in tags if tag in self._asleep]
-        if pending:
-            torch.cuda.empty_cache()  # hand the training step's cached blocks back before vLLM re-maps memory
-            self.llm.wake_up(tags=pending)
-            self._asleep.difference_update(pending)
-
-    @staticmethod
-    def _export_launcher_env(rank: int, world_size: int) -> None:
-        """torchrun-style variables that external_launcher reads (env:// rendezvous), from the live world."""
-        os.environ.setdefault("RANK", str(rank))
-        os.environ.setdefault("WORLD_SIZE", str(world_size))
-        os.environ.setdefault("LOCAL_RANK", str(torch.cuda.current_device()))
-        missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if key not in os.environ]
-        if missing:
-            raise RuntimeError(
-                f"VLLMEngine on {world_size} ranks needs {', '.join(missing)} in the environment"
-            )
+        if not pending:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand training's cached blocks back before vLLM re-maps memory
+        fully_awake = self.llm.wake_up(tags=pending)
+        self._asleep.difference_update(pending)
+        if not self._asleep and fully_awake is False:
+            # vLLM resumes scheduling only once fully awake: generate would wait forever
+            raise RuntimeError(f"vLLM is not fully awake after wake_up(tags={pending})")
