@@ -16,37 +16,54 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import lightning.pytorch as L
 import torch
+from torch import Tensor
 
 from echorl_lightning.algorithms import compute_advantages
-from echorl_lightning.algorithms.dapo import dynamic_sampling_keep, overlong_penalty
+from echorl_lightning.algorithms.dapo import dynamic_sampling_keep, dynamic_sampling_rows, overlong_penalty
+from echorl_lightning.algorithms.presets import MethodConfig
 from echorl_lightning.data.base import PromptDataModule
-from echorl_lightning.data.types import PromptExample
+from echorl_lightning.data.types import PromptExample, Verifier
 from echorl_lightning.echo import (
     delimiter_token_ids,
     echo_metrics,
     select_echo_clips,
     step_end_mask_from_tokens,
 )
-from echorl_lightning.rollout.buffer import RolloutBuffer, make_microbatches, pad_rollouts
+from echorl_lightning.rollout.batch import RolloutBatch, RolloutSpec, TokenBatch, pad_rollouts
+from echorl_lightning.rollout.buffer import RolloutBuffer, make_microbatches
+from echorl_lightning.rollout.stats import rollout_metrics
 from echorl_lightning.rollout.types import SamplingConfig
+from echorl_lightning.training.contract import RolloutPolicy
 
 log = logging.getLogger(__name__)
 
+_POLICY_MEMBERS = (
+    "tokenizer", "method_cfg", "echo_cfg", "device", "configure_rollout", "rollout_engine", "encode_prompts",
+    "score_rollouts",
+)  # fmt: skip
+
 
 @dataclass
-class _Round:
-    """Rows of one generation round, G' rows per prompt, contiguous (G' = G, or G + 1 with an expert)."""
+class _Rows:
+    """Generated and scored rows, G' per prompt, contiguous (G' = G, or G + 1 with an expert)."""
 
-    prompts: list[list[int]]
-    responses: list[list[int]]
-    truncated: list[bool]
-    off_policy: list[bool]
-    scores: list[float]
-    num_unjudged: int
+    prompts: list[list[int]] = field(default_factory=list)
+    responses: list[list[int]] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    off_policy: list[bool] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    num_unjudged: int = 0
+
+    def extend(self, other: _Rows) -> None:
+        """Append another round's rows."""
+        for name in ("prompts", "responses", "truncated", "off_policy", "scores"):
+            getattr(self, name).extend(getattr(other, name))
+        self.num_unjudged += other.num_unjudged
 
 
 class RolloutCallback(L.Callback):
@@ -114,6 +131,13 @@ class RolloutCallback(L.Callback):
                 f"RolloutCallback.prompts_per_epoch={self.prompts_per_epoch} must be divisible by the "
                 f"world size {trainer.world_size} (groups are never split across ranks)"
             )
+        if not isinstance(pl_module, RolloutPolicy):
+            missing = [m for m in _POLICY_MEMBERS if not hasattr(pl_module, m)]
+            raise TypeError(
+                f"RolloutCallback needs a module implementing RolloutPolicy; {type(pl_module).__name__} "
+                f"lacks {missing}"
+            )
+        pl_module.configure_rollout(RolloutSpec(self.temperature, self.max_new_tokens))
         method = pl_module.method_cfg
         if method.overlong_shaping and method.overlong_buffer > self.max_new_tokens:
             raise ValueError(
@@ -139,7 +163,7 @@ class RolloutCallback(L.Callback):
                 metrics = {k: v.to(pl_module.device) for k, v in self._pending_metrics.items()}
                 pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True, batch_size=1)
                 self._pending_metrics = {}
-        self._train_tokens += float(batch["response_mask"].sum())
+        self._train_tokens += float(batch.response_mask.sum())
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._train_t0 is None:
@@ -154,6 +178,7 @@ class RolloutCallback(L.Callback):
 
     # ---- the rollout ----------------------------------------------------------------------------------
     def _draw(self, pool_size: int, epoch: int, round_idx: int, rank: int, world: int) -> list[int]:
+        """(b) This rank's prompt indices for one generation round (seeded by epoch and round)."""
         if pool_size < self.prompts_per_epoch:
             raise ValueError(
                 f"RolloutCallback.prompts_per_epoch={self.prompts_per_epoch} exceeds the {pool_size} training prompts"
@@ -164,11 +189,13 @@ class RolloutCallback(L.Callback):
         return order[rank * per_rank : (rank + 1) * per_rank].tolist()
 
     def _generate(
-        self, pl_module, examples: list[PromptExample], verifier, off_policy: bool, seed: int
-    ) -> _Round:
-        engine = pl_module.rollout_engine()
-        tok = pl_module.tokenizer
-        prompt_ids = pl_module.encode_prompts([ex.prompt for ex in examples])
+        self, policy: RolloutPolicy, examples: list[PromptExample], verifier: Verifier, seed: int
+    ) -> _Rows:
+        """(a), (c), (d) for one round: sync the engine, generate G rollouts per prompt (plus LUFFY's expert
+        row), and score them."""
+        engine = policy.rollout_engine()
+        tok = policy.tokenizer
+        prompt_ids = policy.encode_prompts([ex.prompt for ex in examples])
         sampling = SamplingConfig(
             n=self.group_size,
             max_new_tokens=self.max_new_tokens,
@@ -177,10 +204,10 @@ class RolloutCallback(L.Callback):
             seed=seed,
         )
         groups = engine.generate(prompt_ids, sampling)
-        rnd = _Round([], [], [], [], [], 0)
+        rows = _Rows()
         for ex, p_ids, group in zip(examples, prompt_ids, groups, strict=True):
             members = [(c.token_ids, c.truncated, False) for c in group]
-            if off_policy:
+            if policy.method_cfg.off_policy:
                 if not ex.expert:
                     raise ValueError(
                         f"LUFFY needs an expert solution for every prompt; prompt {ex.uid!r} has none"
@@ -188,126 +215,103 @@ class RolloutCallback(L.Callback):
                 expert = tok(ex.expert, add_special_tokens=False)["input_ids"][: self.max_new_tokens - 1]
                 members.append((expert + [tok.eos_token_id], False, True))
             for ids, trunc, off in members:
-                rnd.prompts.append(p_ids)
-                rnd.responses.append(list(ids))
-                rnd.truncated.append(trunc)
-                rnd.off_policy.append(off)
-        texts = tok.batch_decode(rnd.responses, skip_special_tokens=True)
-        refs = [ex.reference for ex in examples for _ in range(len(rnd.responses) // len(examples))]
-        raw = verifier(texts, refs)
-        rnd.num_unjudged = sum(s is None for s in raw)
-        rnd.scores = [float(s) if s is not None else 0.0 for s in raw]
-        return rnd
+                rows.prompts.append(p_ids)
+                rows.responses.append(list(ids))
+                rows.truncated.append(trunc)
+                rows.off_policy.append(off)
+        texts = tok.batch_decode(rows.responses, skip_special_tokens=True)
+        per_prompt = len(rows.responses) // len(examples)
+        raw = verifier(texts, [ex.reference for ex in examples for _ in range(per_prompt)])
+        rows.num_unjudged = sum(s is None for s in raw)
+        rows.scores = [float(s) if s is not None else 0.0 for s in raw]
+        return rows
 
-    @torch.no_grad()
-    def _logprobs(
-        self, pl_module, batch: dict[str, torch.Tensor], model=None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        net = pl_module.policy if model is None else model
-        was_training = net.training
-        net.eval()
-        logps, ents = [], []
-        n = batch["input_ids"].shape[0]
-        for start in range(0, n, self.logprob_batch_size):
-            part = {
-                k: (v[start : start + self.logprob_batch_size] if v.dim() else v).to(pl_module.device)
-                for k, v in batch.items()
-                if k in ("input_ids", "attention_mask", "position_ids", "responses", "prompt_len")
-            }
-            lp, ent = pl_module.response_logprobs(part, self.temperature, model=model)
-            logps.append(lp.cpu())
-            ents.append(ent.cpu())
-        net.train(was_training)
-        return torch.cat(logps), torch.cat(ents)
-
-    def _fill(self, trainer: L.Trainer, pl_module) -> None:
-        t0 = time.perf_counter()
-        dm: PromptDataModule = trainer.datamodule
-        method = pl_module.method_cfg
-        echo = pl_module.echo_cfg
+    def _sample(self, trainer: L.Trainer, policy: RolloutPolicy, dm: PromptDataModule) -> _Rows:
+        """(a)-(d), with DAPO's extra rounds until this rank has ``b_local`` mixed-reward groups."""
+        method = policy.method_cfg
         epoch, rank, world = trainer.current_epoch, trainer.global_rank, trainer.world_size
-        pool = dm.train_prompts
-        tok = pl_module.tokenizer
-        gsize = self.group_size + (1 if method.off_policy else 0)
-        b_local = self.prompts_per_epoch // world
         rounds = 1 + (method.max_resample_rounds if method.dynamic_sampling else 0)
-
-        # (a)-(d), with DAPO's extra rounds until b_local mixed-reward groups are found.
-        cols: dict[str, list] = {k: [] for k in ("prompts", "responses", "truncated", "off_policy", "scores")}
-        unjudged = 0
+        pool = dm.train_prompts
+        rows = _Rows()
         for r in range(rounds):
             idx = self._draw(len(pool), epoch, r, rank, world)
-            rnd = self._generate(
-                pl_module,
-                [pool[i] for i in idx],
-                dm.verifier,
-                method.off_policy,
-                seed=self.seed * 7919 + epoch * 104_729 + r * 31 + rank,
-            )
-            for k in cols:
-                cols[k].extend(getattr(rnd, k))
-            unjudged += rnd.num_unjudged
+            seed = self.seed * 7919 + epoch * 104_729 + r * 31 + rank
+            rows.extend(self._generate(policy, [pool[i] for i in idx], dm.verifier, seed))
             if not method.dynamic_sampling:
                 break
-            scores = torch.tensor(cols["scores"]).view(-1, gsize)  # [B', G']
-            if int(dynamic_sampling_keep(scores).sum()) >= b_local:
+            scores = torch.tensor(rows.scores).view(-1, self._group_rows(method))  # [B', G']
+            if int(dynamic_sampling_keep(scores).sum()) >= self.prompts_per_epoch // world:
                 break
+        return rows
+
+    def _echo_clips(
+        self, policy: RolloutPolicy, tokens: TokenBatch, entropy: Tensor, rows: _Rows, epoch: int, rank: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(f) EchoClips from verifier successes: ``(clip_mask [N, T] bool, step_mask [N, T], step_end [N, T])``;
+        an all-False clip mask when EchoRL is off."""
+        echo = policy.echo_cfg
+        eos = policy.tokenizer.eos_token_id
+        step_mask = tokens.response_mask * (tokens.responses != eos).float()  # [N, T] EOS excluded
+        if self._delimiters is None:
+            self._delimiters = delimiter_token_ids(policy.tokenizer, echo.step_delimiter)
+        step_end = step_end_mask_from_tokens(tokens.responses, self._delimiters)  # [N, T]
+        if not echo.enabled:
+            return torch.zeros(tokens.responses.shape, dtype=torch.bool), step_mask, step_end
+        clip_mask = select_echo_clips(
+            entropy, step_mask, step_end, torch.tensor(rows.scores), self._group_rows(policy.method_cfg),
+            apply_to=echo.apply_to, selector=echo.selector, success_reward=echo.success_reward,
+            min_step_tokens=echo.min_step_tokens,
+            truncated=torch.tensor(rows.truncated) | torch.tensor(rows.off_policy),
+            generator=torch.Generator().manual_seed(self.seed + epoch * 13 + rank),
+        )  # fmt: skip
+        return clip_mask, step_mask, step_end
+
+    def _fill(self, trainer: L.Trainer, policy: RolloutPolicy) -> None:
+        """One epoch's rollout batch, steps (a)-(g) of the module docstring."""
+        t0 = time.perf_counter()
+        dm: PromptDataModule = trainer.datamodule
+        method = policy.method_cfg
+        epoch, rank, world = trainer.current_epoch, trainer.global_rank, trainer.world_size
+        gsize = self._group_rows(method)
+        rows = self._sample(trainer, policy, dm)  # (a)-(d)
         gen_s = time.perf_counter() - t0
 
-        batch = pad_rollouts(cols["prompts"], cols["responses"], pad_id=_pad_id(tok))
-        n, t_len = batch["responses"].shape
-        scores = torch.tensor(cols["scores"])  # [N]
-        truncated = torch.tensor(cols["truncated"])  # [N]
-        off_policy = torch.tensor(cols["off_policy"])  # [N]
-        lengths = batch["response_mask"].sum(-1).long()  # [N]
+        tokens = pad_rollouts(rows.prompts, rows.responses, pad_id=_pad_id(policy.tokenizer))
+        n = len(tokens)
+        scores = torch.tensor(rows.scores)  # [N]
+        truncated = torch.tensor(rows.truncated)  # [N]
+        off_policy = torch.tensor(rows.off_policy)  # [N]
+        lengths = tokens.response_mask.sum(-1).long()  # [N]
 
-        # (e) old log-probs and token entropy (and reference log-probs for KL), no grad.
-        t1 = time.perf_counter()
-        old_logp, entropy = self._logprobs(pl_module, batch)
+        t1 = time.perf_counter()  # (e) old log-probs and token entropy (and reference log-probs), no grad
+        old_logp, entropy = policy.score_rollouts(tokens, batch_size=self.logprob_batch_size)
+        ref_logp = None
         if method.kl_coef > 0:
-            batch["ref_logp"], _ = self._logprobs(pl_module, batch, model=pl_module.ref_policy)
+            ref_logp, _ = policy.score_rollouts(tokens, batch_size=self.logprob_batch_size, reference=True)
         logp_s = time.perf_counter() - t1
 
-        # (f) rewards -> advantages; EchoClips from verifier successes.
-        rewards = scores.clone()
+        rewards = scores.clone()  # (f) rewards -> advantages, EchoClips, DAPO's row filter
         if method.overlong_shaping:
             rewards = rewards + overlong_penalty(lengths, self.max_new_tokens, method.overlong_buffer)
         advantages = compute_advantages(method.adv_estimator, rewards.view(-1, gsize)).reshape(n)  # [N]
-        eos = tok.eos_token_id
-        step_mask = batch["response_mask"] * (batch["responses"] != eos).float()  # [N, T] EOS excluded
-        if self._delimiters is None:
-            self._delimiters = delimiter_token_ids(tok, echo.step_delimiter)
-        step_end = step_end_mask_from_tokens(batch["responses"], self._delimiters)
-        if echo.enabled:
-            clip_mask = select_echo_clips(
-                entropy, step_mask, step_end, scores, gsize,
-                apply_to=echo.apply_to, selector=echo.selector, success_reward=echo.success_reward,
-                min_step_tokens=echo.min_step_tokens, truncated=truncated | off_policy,
-                generator=torch.Generator().manual_seed(self.seed + epoch * 13 + rank),
-            )  # fmt: skip
-        else:
-            clip_mask = torch.zeros(n, t_len, dtype=torch.bool)
-
-        pg_mask = torch.ones(n)
-        keep_rows = torch.ones(n, dtype=torch.bool)
+        clip_mask, step_mask, step_end = self._echo_clips(policy, tokens, entropy, rows, epoch, rank)
+        pg_mask, keep_rows = torch.ones(n), torch.ones(n, dtype=torch.bool)
         if method.dynamic_sampling:
-            keep_group = dynamic_sampling_keep(scores.view(-1, gsize))  # [B']
-            kept_idx = keep_group.nonzero().flatten()[:b_local]
-            chosen = torch.zeros_like(keep_group)
-            chosen[kept_idx] = True
-            pg_mask = chosen.repeat_interleave(gsize).float()  # [N]
-            # dropped groups stay only through their EchoClip row (mined before the filter)
-            keep_rows = pg_mask.bool() | clip_mask.any(-1)
-            need = self.num_minibatches * trainer.accumulate_grad_batches - int(keep_rows.sum())
-            if need > 0:  # too few rows to fill the micro-batches: pad with dropped rows (no gradient)
-                spare = (~keep_rows).nonzero().flatten()[:need]
-                keep_rows[spare] = True
+            pg_mask, keep_rows = dynamic_sampling_rows(
+                scores.view(-1, gsize),
+                clip_mask.any(-1),
+                num_groups=self.prompts_per_epoch // world,
+                min_rows=self.num_minibatches * trainer.accumulate_grad_batches,
+            )
 
-        step_metrics = self._metrics(
-            scores, rewards, truncated, lengths, entropy, step_mask, step_end, clip_mask, gsize, off_policy
+        metrics = rollout_metrics(
+            scores, rewards, truncated, lengths, off_policy, gsize, policy.echo_cfg.success_reward
         )
-        step_metrics.update({
-            "rollout/unjudged": torch.tensor(float(unjudged)),
+        metrics.update(
+            {k: v.detach().float() for k, v in echo_metrics(entropy, step_mask, step_end, clip_mask).items()}
+        )
+        metrics.update({
+            "rollout/unjudged": torch.tensor(float(rows.num_unjudged)),
             "rollout/groups_kept": pg_mask.view(-1, gsize)[:, 0].sum(),
             "rollout/num_groups": torch.tensor(float(n // gsize)),
             "perf/rollout_s": torch.tensor(gen_s),
@@ -315,53 +319,34 @@ class RolloutCallback(L.Callback):
             "perf/rollout_tokens_per_s": lengths.sum().float() / max(gen_s, 1e-9),
         })  # fmt: skip
 
-        # (g) micro-batches with global counts.
-        batch.update(
-            old_logp=old_logp, advantages=advantages, clip_mask=clip_mask, pg_mask=pg_mask,
-            off_policy_mask=batch["response_mask"] * off_policy[:, None].float(),
+        batch = RolloutBatch(  # (g) micro-batches with global counts
+            **{f.name: getattr(tokens, f.name) for f in fields(tokens)},
+            old_logp=old_logp, advantages=advantages, pg_mask=pg_mask, clip_mask=clip_mask,
+            off_policy_mask=tokens.response_mask * off_policy[:, None].float(), ref_logp=ref_logp,
+            num_tokens=torch.zeros(()), num_seqs=torch.zeros(()), num_clips=torch.zeros(()),
         )  # fmt: skip
-        rows = keep_rows.nonzero().flatten()
-        batch = {k: (v[rows] if v.dim() and v.shape[0] == n else v) for k, v in batch.items()}
         micro = make_microbatches(
-            batch,
+            batch.rows(keep_rows.nonzero().flatten()),
             ppo_epochs=self.ppo_epochs,
             num_minibatches=self.num_minibatches,
             accumulate=trainer.accumulate_grad_batches,
             generator=torch.Generator().manual_seed(self.seed + epoch * 17 + rank),
         )
-        counts = torch.stack([torch.stack([m["num_tokens"], m["num_seqs"], m["num_clips"]]) for m in micro])
-        counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()  # [M, 3] global
-        for m, c in zip(micro, counts, strict=True):
-            m["num_tokens"], m["num_seqs"], m["num_clips"] = c[0], c[1], c[2]
-            m["temperature"] = torch.tensor(self.temperature)
-            m["max_len"] = torch.tensor(self.max_new_tokens)
+        counts = torch.stack([torch.stack([m.num_tokens, m.num_seqs, m.num_clips]) for m in micro])  # [M, 3]
+        counts = trainer.strategy.reduce(counts.to(policy.device), reduce_op="sum").cpu()  # [M, 3] global
+        micro = [
+            replace(m, num_tokens=c[0], num_seqs=c[1], num_clips=c[2])
+            for m, c in zip(micro, counts, strict=True)
+        ]
         dm.rollout_buffer.fill(micro, epoch)
-        self._pending_metrics = step_metrics
-        log.info("epoch %d rollout: %s", epoch, {k: round(float(v), 4) for k, v in step_metrics.items()})
+        self._pending_metrics = metrics
+        log.info("epoch %d rollout: %s", epoch, {k: round(float(v), 4) for k, v in metrics.items()})
 
-    @staticmethod
-    def _metrics(
-        scores, rewards, truncated, lengths, entropy, step_mask, step_end, clip_mask, gsize, off_policy
-    ):
-        on = ~off_policy
-        grouped = scores.view(-1, gsize)  # [B', G']
-        on_grouped = on.view(-1, gsize)
-        succ = ((grouped == 1.0) | ~on_grouped).all(-1)
-        fail = ((grouped != 1.0) | ~on_grouped).all(-1)
-        m = {
-            "reward/mean": scores[on].mean(),
-            "reward/shaped_mean": rewards[on].mean(),
-            "rollout/frac_all_success": succ.float().mean(),
-            "rollout/frac_all_fail": fail.float().mean(),
-            "rollout/response_length": lengths[on].float().mean(),
-            "rollout/truncated_frac": truncated[on].float().mean(),
-        }
-        m.update(
-            {k: v.detach().float() for k, v in echo_metrics(entropy, step_mask, step_end, clip_mask).items()}
-        )
-        return m
+    def _group_rows(self, method: MethodConfig) -> int:
+        """G', the rows of one group: G rollouts, plus LUFFY's expert row."""
+        return self.group_size + (1 if method.off_policy else 0)
 
 
-def _pad_id(tokenizer) -> int:
+def _pad_id(tokenizer: Any) -> int:
     pad = tokenizer.pad_token_id
     return int(pad if pad is not None else tokenizer.eos_token_id)

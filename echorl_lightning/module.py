@@ -1,41 +1,39 @@
 """The RLVR LightningModule: owns the policy (any HF causal LM), the RLVR loss and the EchoRL loss.
 
-What it does per micro-batch (the rollout callback builds the micro-batches, see ``callbacks/rollout.py``):
-one policy forward over ``prompt + response``, chunked log-probs at the rollout temperature, the method's
-policy loss and aggregation, optional KL to a frozen reference model, and the echo NLL on the EchoClip
-tokens, all from that one forward (EchoRL, arXiv 2605.31228; ECHORL.md "Echo loss": zero extra forwards).
+What it does per micro-batch (the rollout callback builds them, see ``callbacks/rollout.py``; they arrive as
+:class:`~echorl_lightning.rollout.batch.RolloutBatch`): one policy forward over ``prompt + response``, chunked
+log-probs at the rollout temperature, the method's policy loss and aggregation, optional KL to a frozen
+reference model, and the echo NLL on the EchoClip tokens, all from that one forward (EchoRL, arXiv
+2605.31228; ECHORL.md "Echo loss": zero extra forwards). It implements the
+:class:`~echorl_lightning.training.contract.RolloutPolicy` protocol the callback is typed against.
 
-It also evaluates: ``validation_step`` / ``test_step`` sample ``eval.n`` = k completions per prompt through
-the rollout engine for every evaluation set of the datamodule (one dataloader per set), score them with that
-set's verifier, and log per set ``<stage>/<set>/avg@k``, ``pass@1``, ``pass@k``, ``maj@k`` and
-``response_length``, the group means ``<stage>/id_avg`` / ``<stage>/ood_avg`` of avg@k, and
-``<stage>/accuracy``, the avg@k over every sample of every set. Left out here: LoRA/PEFT and FSDP-specific
-model sharding (DDP is the supported multi-GPU strategy).
+Validation and test sample ``eval.n`` = k completions per prompt through the same rollout engine for every
+evaluation set of the datamodule (``echorl_lightning.eval.sampled``). Left out here: LoRA/PEFT and
+FSDP-specific model sharding (DDP is the supported multi-GPU strategy).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.utilities import grad_norm
-from torch import nn
-from torchmetrics import MeanMetric
+from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from echorl_lightning.algorithms.presets import MethodConfig, MethodName
-from echorl_lightning.data.base import EvalSet
 from echorl_lightning.data.types import PromptExample
-from echorl_lightning.eval.metrics import sampled_eval_metrics
+from echorl_lightning.eval.sampled import EvalStage, SampledEvaluation, sample_and_score
 from echorl_lightning.ops import logprobs_and_entropy
+from echorl_lightning.rollout.batch import RolloutBatch, RolloutSpec, TokenBatch
 from echorl_lightning.rollout.hf_engine import HFGenerateEngine
 from echorl_lightning.rollout.types import RolloutEngine, SamplingConfig
 from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig
 from echorl_lightning.training.loss import response_logits, rlvr_echo_loss
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
-EvalStage = Literal["val", "test"]
 
 
 def load_policy(path: str, dtype: DTypeName, **kwargs: Any) -> PreTrainedModel:
@@ -99,64 +97,126 @@ class EchoRLModule(L.LightningModule):
         if self.method_cfg.kl_coef > 0:
             self.ref_policy = load_policy(model, dtype).eval().requires_grad_(False)
         self._engine_ready = False
-        self.val_accuracy = MeanMetric()
-        self.val_length = MeanMetric()
-        self.test_accuracy = MeanMetric()
-        self.test_length = MeanMetric()
-        # per evaluation set, keyed "<stage>_<set>"; filled in ``setup`` (before the move to the device)
-        self.eval_metrics = nn.ModuleDict()
-        self.eval_lengths = nn.ModuleDict()
+        self._synced_step: int | None = None  # global_step of the weights the engine holds
+        self.rollout_spec: RolloutSpec | None = None  # set by the rollout callback (configure_rollout)
+        self.evaluation = SampledEvaluation(self.eval_cfg.n)
 
-    # ---- the policy forward (the only one per micro-batch) ------------------------------------------
+    # ---- the rollout contract (RolloutPolicy) ---------------------------------------------------------
+    def configure_rollout(self, spec: RolloutSpec) -> None:
+        """Take the rollout temperature and response limit the update must agree with."""
+        self.rollout_spec = spec
+
+    def _spec(self) -> RolloutSpec:
+        if self.rollout_spec is None:
+            raise RuntimeError(
+                "EchoRLModule has no rollout settings: training needs callbacks.rollout.RolloutCallback "
+                "(it calls configure_rollout in setup)"
+            )
+        return self.rollout_spec
+
     def response_logprobs(
-        self, batch: dict[str, torch.Tensor], temperature: float, model: torch.nn.Module | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, batch: TokenBatch, temperature: float, model: torch.nn.Module | None = None
+    ) -> tuple[Tensor, Tensor]:
         """One forward over ``prompt + response``.
 
         Args:
-            batch: ``input_ids``, ``attention_mask``, ``position_ids`` [n, P + T], ``responses`` [n, T],
-                ``prompt_len`` (P).
+            batch: the rows ([n, P + T] inputs, [n, T] responses).
             temperature: the rollout temperature tau (logits are divided by it).
-            model: the network to run (default: the policy; the callback passes the reference model).
+            model: the network to run (default: the policy; the no-grad pass passes the reference model).
 
         Returns:
             ``(logp, entropy)``, each [n, T] float32; entropy is detached.
         """
         net = self.policy if model is None else model
         out = net(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
             use_cache=False,
         )
-        resp = batch["responses"]
-        logits = response_logits(out.logits, int(batch["prompt_len"]), resp.shape[1])  # [n, T, V]
+        resp = batch.responses
+        logits = response_logits(out.logits, batch.prompt_len, resp.shape[1])  # [n, T, V]
         return logprobs_and_entropy(logits, resp, temperature, chunk_size=self.forward_chunk_size)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logp, entropy = self.response_logprobs(batch, float(batch["temperature"]))
+    @torch.no_grad()
+    def score_rollouts(
+        self, batch: TokenBatch, *, batch_size: int, reference: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Old (or reference) log-probs and token entropy of every rollout, no grad, in eval mode, in the
+        trainer's precision context (so an exactly on-policy update sees ratio 1).
+
+        Args:
+            batch: the N rollout rows (on any device).
+            batch_size: rows per forward.
+            reference: score under the frozen reference model instead of the policy.
+
+        Returns:
+            ``(logp, entropy)``, each [N, T] float32 on the CPU.
+        """
+        net = self.ref_policy if reference else self.policy
+        if net is None:
+            raise ValueError("score_rollouts(reference=True) needs a reference model (kl_coef > 0)")
+        temperature = self._spec().temperature
+        was_training = net.training
+        net.eval()
+        logps, ents = [], []
+        try:
+            with self.trainer.precision_plugin.forward_context():
+                for start in range(0, len(batch), batch_size):
+                    part = batch.rows(torch.arange(start, min(start + batch_size, len(batch))))
+                    lp, ent = self.response_logprobs(part.to(self.device), temperature, model=net)
+                    logps.append(lp.float().cpu())
+                    ents.append(ent.float().cpu())
+        finally:
+            net.train(was_training)
+        return torch.cat(logps), torch.cat(ents)
+
+    def rollout_engine(self) -> RolloutEngine:
+        """The engine, set up on first use; weights are synced only when they changed since the last sync."""
+        if not self._engine_ready:
+            self.engine.setup(self.policy, self.tokenizer)
+            self._engine_ready = True
+        if self._synced_step != self.global_step:
+            self.engine.load_weights(self.policy)
+            self._synced_step = self.global_step
+        return self.engine
+
+    def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        for i, p in enumerate(ids):
+            if not p:
+                raise ValueError(f"prompt {i} tokenizes to nothing: {prompts[i]!r}")
+        return ids
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._synced_step = None  # restored weights: the engine must sync again
+
+    # ---- the update -------------------------------------------------------------------------------------
+    def training_step(self, batch: RolloutBatch, batch_idx: int) -> Tensor:
+        spec = self._spec()
+        logp, entropy = self.response_logprobs(batch, spec.temperature)
         scale = float(self.trainer.world_size * self.trainer.accumulate_grad_batches)
         loss, metrics = rlvr_echo_loss(
             logp,
-            batch["old_logp"],
-            batch["advantages"],
-            batch["response_mask"],
-            batch["pg_mask"],
-            batch["clip_mask"],
+            batch.old_logp,
+            batch.advantages,
+            batch.response_mask,
+            batch.pg_mask,
+            batch.clip_mask,
             method=self.method_cfg,
-            echo_coef=self.echo_cfg.coef if self.echo_cfg.enabled else 0.0,
-            max_len=int(batch["max_len"]),
-            num_tokens=batch["num_tokens"],
-            num_seqs=batch["num_seqs"],
-            num_clips=batch["num_clips"],
+            echo_coef=self.echo_cfg.coef,
+            max_len=spec.max_response_len,
+            num_tokens=batch.num_tokens,
+            num_seqs=batch.num_seqs,
+            num_clips=batch.num_clips,
             scale=scale,
-            ref_logp=batch.get("ref_logp"),
-            off_policy_mask=batch.get("off_policy_mask"),
+            ref_logp=batch.ref_logp,
+            off_policy_mask=batch.off_policy_mask,
         )
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {self.global_step}: {metrics}")
-        n_tokens = batch["response_mask"].sum()
-        metrics["actor/entropy"] = (entropy * batch["response_mask"]).sum() / n_tokens.clamp(min=1)
+        n_tokens = batch.response_mask.sum()
+        metrics["actor/entropy"] = (entropy * batch.response_mask).sum() / n_tokens.clamp(min=1)
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False, batch_size=len(logp))
         self.log("actor/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
         return loss
@@ -166,38 +226,17 @@ class EchoRLModule(L.LightningModule):
         if "grad_2.0_norm_total" in norms:
             self.log("actor/grad_norm", norms["grad_2.0_norm_total"], on_step=True)
 
-    # ---- engine and evaluation ----------------------------------------------------------------------
-    def rollout_engine(self) -> RolloutEngine:
-        """The engine, set up on first use and holding the policy's current weights."""
-        if not self._engine_ready:
-            self.engine.setup(self.policy, self.tokenizer)
-            self._engine_ready = True
-        self.engine.load_weights(self.policy)
-        return self.engine
-
-    def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
-        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        for i, p in enumerate(ids):
-            if not p:
-                raise ValueError(f"prompt {i} tokenizes to nothing: {prompts[i]!r}")
-        return ids
-
+    # ---- evaluation ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Create the metrics of every evaluation set of the datamodule for this stage (once per key)."""
-        prefix: EvalStage = "test" if stage == "test" else "val"
+        """Create the metrics of every evaluation set of the datamodule for this stage."""
         if stage == "predict" or not hasattr(self.trainer.datamodule, "eval_sets"):
             return
-        k = self.eval_cfg.n
-        for eval_set in self.trainer.datamodule.eval_sets():
-            key = f"{prefix}_{eval_set.name}"
-            if key not in self.eval_metrics:
-                self.eval_metrics[key] = sampled_eval_metrics(k, pass_ks=sorted({1, k})).to(self.device)
-                self.eval_lengths[key] = MeanMetric().to(self.device)
+        prefix: EvalStage = "test" if stage == "test" else "val"
+        self.evaluation.prepare(prefix, self.trainer.datamodule.eval_sets(), self.device)
 
     def _evaluate(self, batch: list[PromptExample], stage: EvalStage, dataloader_idx: int) -> None:
-        """Sample k completions per prompt of one batch of evaluation set ``dataloader_idx``, score them
-        with the set's verifier and update its metrics and the stage's overall accuracy and length."""
-        eval_set: EvalSet = self.trainer.datamodule.eval_sets()[dataloader_idx]
+        """Sample k completions per prompt of one batch of evaluation set ``dataloader_idx`` and score them."""
+        eval_set = self.trainer.datamodule.eval_sets()[dataloader_idx]
         cfg = self.eval_cfg
         sampling = SamplingConfig(
             n=cfg.n,
@@ -206,56 +245,14 @@ class EchoRLModule(L.LightningModule):
             top_p=cfg.top_p,
             seed=cfg.seed + self.global_rank,
         )
-        engine = self.rollout_engine()
-        completions = engine.generate(self.encode_prompts([ex.prompt for ex in batch]), sampling)
-        flat = [c for group in completions for c in group]
-        texts = self.tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
-        refs = [ex.reference for ex in batch for _ in range(cfg.n)]
-        scores = torch.tensor(
-            [float(s or 0.0) for s in eval_set.verifier(texts, refs)], device=self.device
-        )  # [P * k]
-        lengths = torch.tensor([float(len(c.token_ids)) for c in flat], device=self.device)  # [P * k]
-        answers = [eval_set.answer_fn(text) for text in texts]
-        key = f"{stage}_{eval_set.name}"
-        per_prompt = [answers[i * cfg.n : (i + 1) * cfg.n] for i in range(len(batch))]
-        self.eval_metrics[key].update(scores.view(len(batch), cfg.n), per_prompt)  # [P, k]
-        self.eval_lengths[key].update(lengths)
-        accuracy, length = (
-            (self.val_accuracy, self.val_length) if stage == "val" else (self.test_accuracy, self.test_length)
+        prompt_ids = self.encode_prompts([ex.prompt for ex in batch])
+        samples = sample_and_score(
+            self.rollout_engine(), self.tokenizer, prompt_ids, batch, eval_set, sampling
         )
-        accuracy.update(scores)
-        length.update(lengths)
-
-    def _eval_results(self, stage: EvalStage) -> dict[str, torch.Tensor]:
-        """Compute (reduced over ranks) and reset every evaluation metric of ``stage``."""
-        results: dict[str, torch.Tensor] = {}
-        group_avgs: dict[str, list[torch.Tensor]] = {"id": [], "ood": []}
-        for eval_set in self.trainer.datamodule.eval_sets():
-            key = f"{stage}_{eval_set.name}"
-            if key not in self.eval_lengths or not self.eval_lengths[key].update_called:
-                continue
-            for name, value in self.eval_metrics[key].compute().items():
-                results[f"{stage}/{eval_set.name}/{name}"] = value.float()
-            results[f"{stage}/{eval_set.name}/response_length"] = self.eval_lengths[key].compute()
-            if eval_set.group is not None:
-                group_avgs[eval_set.group].append(results[f"{stage}/{eval_set.name}/avg@{self.eval_cfg.n}"])
-            self.eval_metrics[key].reset()
-            self.eval_lengths[key].reset()
-        for group, values in group_avgs.items():
-            if values:
-                results[f"{stage}/{group}_avg"] = torch.stack(values).mean()
-        accuracy, length = (
-            (self.val_accuracy, self.val_length) if stage == "val" else (self.test_accuracy, self.test_length)
-        )
-        if accuracy.update_called:
-            results[f"{stage}/accuracy"] = accuracy.compute().float()
-            results[f"{stage}/response_length"] = length.compute().float()
-        accuracy.reset()
-        length.reset()
-        return results
+        self.evaluation.update(stage, eval_set, samples, self.device)
 
     def _log_eval(self, stage: EvalStage) -> None:
-        results = self._eval_results(stage)
+        results = self.evaluation.compute(stage, self.trainer.datamodule.eval_sets())
         if f"{stage}/accuracy" not in results:
             return
         accuracy = results.pop(f"{stage}/accuracy")

@@ -35,7 +35,7 @@ class Probe(L.Callback):
         self._handle = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.clips += float(batch["clip_mask"].any(-1).sum())
+        self.clips += float(batch.clip_mask.any(-1).sum())
         self._handle = pl_module.policy.register_forward_hook(
             lambda *_: setattr(self, "forwards", self.forwards + 1)
         )

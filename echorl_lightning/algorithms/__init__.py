@@ -10,7 +10,7 @@ Axes (each a :class:`~echorl_lightning.registry.Registry`, every entry of one ax
 - aggregation, :func:`aggregate_loss` (``AGGREGATIONS``): ``[N, T]`` -> scalar, global-batch counts;
 - KL estimator, :func:`compute_kl` (``KL_ESTIMATORS``): ``[N, T]`` per-token KL to a reference model;
 - method presets, ``METHODS`` / :func:`resolve_method`: a :class:`MethodConfig` per named method;
-- DAPO helpers: :func:`overlong_penalty`, :func:`dynamic_sampling_keep`.
+- DAPO helpers: :func:`overlong_penalty`, :func:`dynamic_sampling_keep`, :func:`dynamic_sampling_rows`.
 
 A training step, in these terms (``adv`` per sequence broadcast by the policy loss)::
 
@@ -37,7 +37,7 @@ from echorl_lightning.algorithms.aggregation import (
     aggregate_loss,
     register_aggregation,
 )
-from echorl_lightning.algorithms.dapo import dynamic_sampling_keep, overlong_penalty
+from echorl_lightning.algorithms.dapo import dynamic_sampling_keep, dynamic_sampling_rows, overlong_penalty
 from echorl_lightning.algorithms.kl import KL_ESTIMATORS, KLName, compute_kl, register_kl
 from echorl_lightning.algorithms.policy_loss import (
     POLICY_LOSSES,
@@ -65,6 +65,7 @@ __all__ = [
     "compute_kl",
     "compute_policy_loss",
     "dynamic_sampling_keep",
+    "dynamic_sampling_rows",
     "masked_mean",
     "overlong_penalty",
     "register_advantage",

@@ -9,10 +9,13 @@ specification (``ECHORL.md``); DAPO is arXiv 2503.14476.
 - :func:`dynamic_sampling_keep`: which groups carry a learning signal. DAPO keeps groups with
   ``0 < #correct < G``; this is written as "the group's rewards are not all equal", which is the same for
   0/1 rewards and also works for non-binary rewards (shaped, or with the overlong penalty added).
+- :func:`dynamic_sampling_rows`: the rows of the training batch under that filter, with EchoRL: the first
+  ``num_groups`` kept groups take part in the policy gradient; a dropped group stays only through its
+  EchoClip row (the clip is mined before the filter, ECHORL.md "Echo loss"); dropped rows pad the batch up
+  to a minimum row count (no gradient: their policy-gradient mask is 0).
 
 Left out here (the trainer's job): the resampling loop that refills the batch with kept groups
-(``MethodConfig.max_resample_rounds``), and mining EchoClips from dropped all-success groups before the
-filter.
+(``MethodConfig.max_resample_rounds``).
 """
 
 from __future__ import annotations
@@ -61,3 +64,34 @@ def dynamic_sampling_keep(rewards: torch.Tensor) -> torch.Tensor:
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [B, G], got shape {tuple(rewards.shape)}")
     return (rewards != rewards[:, :1]).any(dim=1)
+
+
+def dynamic_sampling_rows(
+    scores: torch.Tensor, has_clip: torch.Tensor, num_groups: int, min_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a rollout batch under DAPO dynamic sampling, with EchoClip rows kept.
+
+    Args:
+        scores: ``[B', G']`` verifier scores, contiguous groups (B' groups drawn, possibly over several
+            generation rounds).
+        has_clip: ``[B' * G']`` bool, rows holding an EchoClip.
+        num_groups: how many kept groups the batch takes (the first ones, in row order).
+        min_rows: the batch must have at least this many rows (micro-batches x steps): dropped rows without a
+            clip are added in row order, with no policy gradient, until it has.
+
+    Returns:
+        ``(pg_mask, keep_rows)``: ``[B' * G']`` float, 1 on rows of the chosen groups; ``[B' * G']`` bool, the
+        rows that go into the batch (chosen rows, clip rows, then padding rows).
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [B', G'], got shape {tuple(scores.shape)}")
+    if has_clip.shape != (scores.numel(),):
+        raise ValueError(f"has_clip must be [{scores.numel()}], got shape {tuple(has_clip.shape)}")
+    keep_group = dynamic_sampling_keep(scores)  # [B']
+    chosen = keep_group & (keep_group.cumsum(0) <= num_groups)  # [B'] the first num_groups kept groups
+    pg_mask = chosen.repeat_interleave(scores.shape[1]).float()  # [N]
+    keep_rows = pg_mask.bool() | has_clip  # [N]
+    need = (min_rows - keep_rows.sum()).clamp(min=0)
+    spare = ~keep_rows  # [N]
+    keep_rows = keep_rows | (spare & (spare.cumsum(0) <= need))
+    return pg_mask, keep_rows

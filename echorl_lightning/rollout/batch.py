@@ -1,0 +1,167 @@
+"""What crosses from rollout to update: typed token batches and the training micro-batch.
+
+Shapes (the package's one vocabulary): n rows of a micro-batch (N in a whole rollout batch), P prompt tokens
+(left-padded), T response tokens (right-padded), so the response of every row starts at column P and the
+positions ``P - 1 .. P + T - 2`` predict it.
+
+- :class:`TokenBatch`: padded ``prompt + response`` rows, what any forward over rollouts needs (the no-grad
+  old-log-prob pass, the reference pass, the training forward).
+- :class:`RolloutBatch`: one training micro-batch: a :class:`TokenBatch` plus everything the loss reads
+  (old log-probs, advantages, masks) and the global counts of its optimizer step. The rollout callback
+  produces it, the module's ``training_step`` consumes it. Sampling settings are NOT in it: they reach the
+  module once, as configuration (:class:`RolloutSpec`).
+
+Both have ``.to(device)``, which Lightning's batch transfer calls directly (no deep copy of the dataclass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+B = TypeVar("B", bound="TokenBatch")
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """The rollout settings the update must agree with, handed to the module once per ``fit``.
+
+    Attributes:
+        temperature: tau of the rollouts; the training forward divides logits by it, so an exactly
+            on-policy update sees ratio 1.
+        max_response_len: T_max, the response length limit (the constant of ``seq-mean-token-sum-norm``).
+    """
+
+    temperature: float
+    max_response_len: int
+
+
+@dataclass
+class TokenBatch:
+    """Padded ``prompt + response`` rows.
+
+    Attributes:
+        input_ids: [n, P + T] long; pad id in padding.
+        attention_mask: [n, P + T] long, 1 on real tokens.
+        position_ids: [n, P + T] long, 0 at each row's first real token.
+        responses: [n, T] long, the response tokens (EOS kept where the response stopped).
+        response_mask: [n, T] float, 1 on response tokens (EOS included).
+        prompt_len: P.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    responses: Tensor
+    response_mask: Tensor
+    prompt_len: int
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self: B, device: torch.device | str, non_blocking: bool = False, **_: Any) -> B:
+        """A copy with every tensor on ``device`` (ints and None kept)."""
+        moved = {
+            f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+        return replace(self, **moved)
+
+    def rows(self: B, index: Tensor) -> B:
+        """The rows ``index`` ([m] long) of every per-row tensor (0-dim tensors and ints kept)."""
+        picked = {
+            f.name: getattr(self, f.name)[index]
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), Tensor) and getattr(self, f.name).dim() > 0
+        }
+        return replace(self, **picked)
+
+    def trimmed(self: B, response_len: int) -> B:
+        """The same rows cut to the first ``response_len`` response columns (per-token tensors are [n, T])."""
+        t = self.responses.shape[1]
+        cut: dict[str, Tensor] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, Tensor) or value.dim() != 2:
+                continue
+            if value.shape[1] == t and f.name not in ("input_ids", "attention_mask", "position_ids"):
+                cut[f.name] = value[:, :response_len]
+        width = self.prompt_len + response_len
+        attention = self.attention_mask[:, :width]
+        cut.update(
+            input_ids=self.input_ids[:, :width],
+            attention_mask=attention,
+            position_ids=(attention.cumsum(-1) - 1).clamp(min=0),  # [n, P + T']
+        )
+        return replace(self, **cut)
+
+
+@dataclass
+class RolloutBatch(TokenBatch):
+    """One training micro-batch.
+
+    Attributes (besides :class:`TokenBatch`'s):
+        old_logp: [n, T] float32 log-probs of the response tokens under the rollout policy (no grad).
+        advantages: [n] per-sequence advantages.
+        pg_mask: [n] float, 1 where the row takes part in the policy-gradient term (0: a row kept only for
+            its EchoClip, or padding rows of DAPO's filter).
+        clip_mask: [n, T] bool, the EchoClip tokens (at most one clip per row).
+        off_policy_mask: [n, T] float, 1 on expert tokens (LUFFY), else 0.
+        num_tokens: 0-dim float, policy-gradient response tokens of the whole optimizer step, all ranks.
+        num_seqs: 0-dim float, policy-gradient rows of the whole optimizer step, all ranks.
+        num_clips: 0-dim float, rows holding an EchoClip in the whole optimizer step, all ranks.
+        ref_logp: [n, T] float32 reference-model log-probs when the method has a KL term, else None.
+    """
+
+    old_logp: Tensor
+    advantages: Tensor
+    pg_mask: Tensor
+    clip_mask: Tensor
+    off_policy_mask: Tensor
+    num_tokens: Tensor
+    num_seqs: Tensor
+    num_clips: Tensor
+    ref_logp: Tensor | None = None
+
+
+def pad_rollouts(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+) -> TokenBatch:
+    """Pad N (prompt, response) pairs into one :class:`TokenBatch`.
+
+    Args:
+        prompts: N prompt token-id lists (non-empty).
+        responses: N response token-id lists (EOS kept where the response stopped).
+        pad_id: token id written into padding (never counted: masks are built from lengths).
+
+    Returns:
+        The batch, ``P`` = the longest prompt, ``T`` = the longest response (at least 1).
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    n = len(prompts)
+    p_len = max(len(p) for p in prompts)
+    t_len = max(1, max(len(r) for r in responses))
+    input_ids = torch.full((n, p_len + t_len), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, p_len + t_len), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty")
+        input_ids[i, p_len - len(p) : p_len] = torch.as_tensor(list(p), dtype=torch.long)
+        attention_mask[i, p_len - len(p) : p_len + len(r)] = 1
+        if len(r):
+            input_ids[i, p_len : p_len + len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [N, P + T]
+    return TokenBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        responses=input_ids[:, p_len:],
+        response_mask=attention_mask[:, p_len:].float(),
+        prompt_len=p_len,
+    )
