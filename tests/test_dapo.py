@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from echorl_lightning.algorithms import dynamic_sampling_keep, overlong_penalty
+from echorl_lightning.algorithms import dynamic_sampling_keep, dynamic_sampling_rows, overlong_penalty
 
 TOL = 1e-5
 
@@ -79,3 +79,25 @@ def test_dynamic_sampling_single_rollout_groups_are_dropped() -> None:
 def test_dynamic_sampling_keep_needs_2d() -> None:
     with pytest.raises(ValueError, match=r"\[B, G\]"):
         dynamic_sampling_keep(torch.tensor([1.0, 0.0]))
+
+
+def test_dynamic_sampling_rows_keeps_mixed_groups_clip_rows_and_pads() -> None:
+    # 4 groups of 2: [1, 0] mixed, [1, 1] all-success, [0, 1] mixed, [0, 0] all-fail; take 1 group
+    scores = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    has_clip = torch.tensor([False, False, True, False, False, False, False, False])  # the all-success clip
+    pg_mask, keep = dynamic_sampling_rows(scores, has_clip, num_groups=1, min_rows=3)
+    # first kept group only (rows 0, 1); the second mixed group (rows 4, 5) is beyond num_groups
+    assert pg_mask.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    # rows 0, 1 (pg) + row 2 (clip) = 3 = min_rows: no padding
+    assert keep.tolist() == [True, True, True, False, False, False, False, False]
+    # min_rows 5: two padding rows, the first rows not yet kept (3, 4), with no policy gradient
+    pg_mask, keep = dynamic_sampling_rows(scores, has_clip, num_groups=2, min_rows=5)
+    assert pg_mask.tolist() == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    assert keep.tolist() == [True, True, True, False, True, True, False, False]  # 5 rows already
+    pg_mask, keep = dynamic_sampling_rows(scores, has_clip, num_groups=2, min_rows=7)
+    assert keep.tolist() == [True, True, True, True, True, True, True, False]  # rows 3 and 6 pad
+
+
+def test_dynamic_sampling_rows_checks_shapes() -> None:
+    with pytest.raises(ValueError, match="has_clip"):
+        dynamic_sampling_rows(torch.zeros(2, 2), torch.zeros(3, dtype=torch.bool), 1, 1)

@@ -21,6 +21,7 @@ from echorl_lightning.algorithms import (
     PolicyLossName,
     resolve_method,
 )
+from echorl_lightning.echo.clips import ECHO_SELECTORS, EchoSelectorName
 from echorl_lightning.registry import Registry
 
 
@@ -32,6 +33,7 @@ from echorl_lightning.registry import Registry
         (AggModeName, AGGREGATIONS),
         (KLName, KL_ESTIMATORS),
         (MethodName, METHODS),
+        (EchoSelectorName, ECHO_SELECTORS),
     ],
 )
 def test_literal_names_equal_registry_names(alias: object, registry: Registry) -> None:

@@ -39,6 +39,8 @@ from echorl_lightning.echo.steps import Steps, split_steps
 from echorl_lightning.registry import Registry
 
 ApplyTo = Literal["degenerate", "success"]
+EchoSelectorName = Literal["full", "lowest", "peak", "random"]
+"""The registered EchoClip selector names (a test keeps this equal to ``ECHO_SELECTORS.names()``)."""
 
 
 class EchoSelector(Protocol):

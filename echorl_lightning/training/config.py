@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 from echorl_lightning.algorithms.presets import (
     AdvEstimatorName,
@@ -17,6 +16,7 @@ from echorl_lightning.algorithms.presets import (
     PolicyLossName,
     resolve_method,
 )
+from echorl_lightning.echo.clips import ApplyTo, EchoSelectorName
 
 
 @dataclass
@@ -76,8 +76,8 @@ class EchoConfig:
 
     enabled: bool = True
     coef: float = 0.001
-    apply_to: Literal["degenerate", "success"] = "degenerate"
-    selector: Literal["peak", "lowest", "random", "full"] = "peak"
+    apply_to: ApplyTo = "degenerate"
+    selector: EchoSelectorName = "peak"
     step_delimiter: str = "\n"
     min_step_tokens: int = 1
     success_reward: float = 1.0
