@@ -150,10 +150,10 @@ class SFTModule(L.LightningModule):
                 max_position_embeddings=max_position_embeddings,
                 vocab_size=len(self.tokenizer),
             )
-            self.model = build_tiny_model(config)
+            self.policy = build_tiny_model(config)
         else:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+            self.policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         if self.tokenizer.eos_token_id is None or self.tokenizer.pad_token_id is None:
             raise ValueError(f"SFTModule: the tokenizer of {model_path!r} needs both an EOS and a pad token")
         # epoch means over the validation prompts (torchmetrics: reset every epoch, summed across ranks)
@@ -163,7 +163,7 @@ class SFTModule(L.LightningModule):
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss, metrics = response_nll(logits, batch["input_ids"], batch["loss_mask"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/tokens", metrics["tokens"])
@@ -186,7 +186,7 @@ class SFTModule(L.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hp.val_seed + batch_idx)
             sampled, ended = sample_completions(
-                self.model,
+                self.policy,
                 prompt_ids,
                 g,
                 hp.max_new_tokens,
@@ -195,7 +195,7 @@ class SFTModule(L.LightningModule):
                 tok.pad_token_id,
             )
         greedy, _ = sample_completions(
-            self.model, prompt_ids, 1, hp.max_new_tokens, None, tok.eos_token_id, tok.pad_token_id
+            self.policy, prompt_ids, 1, hp.max_new_tokens, None, tok.eos_token_id, tok.pad_token_id
         )
         verifier = self._verifier()
         scores = verifier(tok.batch_decode(sampled), [r for r in references for _ in range(g)])
@@ -220,7 +220,7 @@ class SFTModule(L.LightningModule):
     # ---- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.AdamW(self.policy.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), hp.warmup_steps + 1)
 
         def scale(step: int) -> float:
