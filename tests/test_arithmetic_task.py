@@ -8,19 +8,23 @@ import pytest
 
 from echorl_lightning.data.arithmetic import (
     DEFAULT_DIFFICULTY,
+    ArithmeticStepChecker,
     Difficulty,
+    check_steps,
     expression_bucket,
     make_problem,
     make_problems,
     ood_difficulty,
     solve,
 )
+from echorl_lightning.data.arithmetic import parse_expression as parse_arith
 from echorl_lightning.data.arithmetic_dm import (
     ArithmeticDataModule,
     ArithmeticEvalSpec,
     ArithmeticSFTDataModule,
     sft_collate,
 )
+from echorl_lightning.data.types import PromptExample
 from echorl_lightning.rewards.exact_match import ExactMatchVerifier
 from echorl_lightning.tiny.tokenizer import build_tokenizer
 
@@ -172,3 +176,34 @@ def test_sft_datamodule_batches() -> None:
     val = list(dm.val_dataloader())
     assert [len(b["prompts"]) for b in val] == [4, 2]
     assert val[0]["references"][0] == make_problem("val", 0).answer
+
+
+def test_step_checker_hand_written_traces() -> None:
+    ops = ([7, 8, 6, 2], ["-", "*", "-"])  # 7-8*6-2: 8*6=48, 7-48=-41, -41-2=-43
+    assert parse_arith("Q: 7-8*6-2\n") == ops
+    assert check_steps("8*6=48\n7-48=-41\n-41-2=-43\nAnswer: -43", *ops) is True
+    assert check_steps("8*6=48\n7-48=-41\n-41-2=-43", *ops) is True  # no Answer line yet: steps still fine
+    assert check_steps("8*6=47\n7-47=-40\n-40-2=-42\nAnswer: -42", *ops) is False  # 8*6 is 48
+    assert check_steps("7-8=-1\n-1*6=-6\n-6-2=-8\nAnswer: -8", *ops) is False  # right arithmetic, wrong order
+    assert check_steps("8*6=48\n7-48=-41\nAnswer: -41", *ops) is False  # answer before the last step
+    assert check_steps("8*6=48\n48-2=46\n7-46=-39\nAnswer: -39", *ops) is False  # 48-2 is not adjacent-left
+    assert check_steps("8*6=48\n7-48=-41\n-41-2=-43\nAnswer: -44", *ops) is False  # answer not the value
+    assert check_steps("8*6=48\nso 7-48=-41\n-41-2=-43\nAnswer: -43", *ops) is False  # not a step line
+    assert check_steps("\n", *ops) is None
+    # a chain of products may go in any order: 2*3*4 = (3*4)*2 = 2*12; but 2+3*4 must multiply first
+    assert check_steps("3*4=12\n2*12=24\nAnswer: 24", [2, 3, 4], ["*", "*"]) is True
+    assert check_steps("2+3=5\n5*4=20\nAnswer: 20", [2, 3, 4], ["+", "*"]) is False
+    # 2+3-4: left to right only (3-4 first would be 2+(-1), the right value by luck, not a legal step)
+    assert check_steps("3-4=-1\n2+-1=1\nAnswer: 1", [2, 3, 4], ["+", "-"]) is False
+
+
+def test_step_checker_accepts_every_reference_solution() -> None:
+    checker = ArithmeticStepChecker()
+    for split in ("train", "ood"):
+        problems = make_problems(split, 200, seed=5)
+        examples = [PromptExample(p.prompt, p.answer) for p in problems]
+        assert checker([p.solution for p in problems], examples) == [True] * 200
+    assert checker(["Answer: 1"], [PromptExample("not a problem", "1")]) == [None]
+    dm = ArithmeticDataModule(num_train=4, num_val=2, eval_sets=[ArithmeticEvalSpec("id")])
+    assert isinstance(dm.default_step_checker(), ArithmeticStepChecker)
+    assert isinstance(dm.eval_sets()[0].step_checker, ArithmeticStepChecker)

@@ -4,7 +4,8 @@ Implements two datamodules:
 
 - :class:`ArithmeticDataModule`, the RLVR one (a :class:`PromptDataModule`): a pool of ``num_train``
   training prompts, ``num_val`` evaluation prompts from the ``val``/``test``/``ood`` split, the strict
-  :class:`ExactMatchVerifier`; every prompt carries its reference solution as ``expert`` (for LUFFY).
+  :class:`ExactMatchVerifier` and the step checker of worked solutions; every prompt carries its
+  reference solution as ``expert`` (for LUFFY).
 - :class:`ArithmeticSFTDataModule`, the supervised warm-start one: an endless, seeded stream of tokenized
   ``prompt + solution + EOS`` sequences whose loss mask covers the response tokens and EOS, plus the same
   evaluation prompts and verifier for sampled pass@1.
@@ -24,9 +25,15 @@ import lightning.pytorch as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from echorl_lightning.data.arithmetic import DEFAULT_DIFFICULTY, Difficulty, Split, make_problem
+from echorl_lightning.data.arithmetic import (
+    DEFAULT_DIFFICULTY,
+    ArithmeticStepChecker,
+    Difficulty,
+    Split,
+    make_problem,
+)
 from echorl_lightning.data.base import EvalSet, PromptDataModule
-from echorl_lightning.data.types import PromptExample, Verifier
+from echorl_lightning.data.types import PromptExample, StepChecker, Verifier
 from echorl_lightning.rewards.exact_match import ExactMatchVerifier, extract_answer
 
 EvalSplit = Literal["val", "test", "ood"]
@@ -135,12 +142,17 @@ class ArithmeticDataModule(PromptDataModule):
                 self.verifier,
                 spec.group,
                 self.default_answer_fn,
+                self.default_step_checker(),
             )
             for spec in self.eval_specs
         ]
 
     def default_verifier(self) -> Verifier:
         return ExactMatchVerifier()
+
+    def default_step_checker(self) -> StepChecker | None:
+        """Every ``a op b=c`` line correct and a legal reduction of the prompt's expression."""
+        return ArithmeticStepChecker()
 
     def default_answer_fn(self, completion: str) -> str | None:
         """maj@k votes on the canonical integer of the ``Answer:`` line (the verifier's own extraction)."""
