@@ -1,0 +1,246 @@
+"""Datamodules of the Countdown task (see :mod:`echorl_lightning.data.countdown`).
+
+Implements two datamodules, the Countdown counterparts of the arithmetic task's:
+
+- :class:`CountdownDataModule`, the RLVR one (a :class:`PromptDataModule`): a pool of ``num_train``
+  training prompts, named evaluation sets (:class:`CountdownEvalSpec`: held-out split, difficulty, id/ood
+  group), the strict :class:`~echorl_lightning.rewards.countdown.CountdownVerifier`, the step checker of
+  search traces and the value of the ``Answer`` expression for maj@k. Every prompt carries one solver trace
+  as ``expert`` (for LUFFY).
+- :class:`CountdownSFTDataModule`, the supervised warm-start one: an endless, seeded stream of tokenized
+  ``prompt + trace + EOS`` rows (the loss mask covers the trace and EOS; see
+  :func:`~echorl_lightning.data.arithmetic_dm.sft_collate`), plus evaluation prompts and the verifier for
+  the warm-start's sampled pass@1.
+
+Without ``eval_sets`` the evaluation sets are the in-distribution ``id`` set and the two out-of-distribution
+ones of issue 14, ``ood_numbers`` (one more number) and ``ood_large`` (larger numbers), from the ``val``
+split. Leaves out chat templates (the tiny model reads raw ``Q: ...`` prompts). Built for EchoRL (arXiv
+2605.31228) experiments that need responses with real decision points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning.pytorch as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from echorl_lightning.data.arithmetic_dm import sft_collate
+from echorl_lightning.data.base import EvalSet, PromptDataModule
+from echorl_lightning.data.countdown import (
+    DEFAULT_DIFFICULTY,
+    CountdownDifficulty,
+    Split,
+    larger_numbers,
+    make_problem,
+    more_numbers,
+)
+from echorl_lightning.data.types import PromptExample, StepChecker, Verifier
+from echorl_lightning.rewards.countdown import CountdownStepChecker, CountdownVerifier, countdown_answer
+
+EvalSplit = Literal["val", "test"]
+
+
+@dataclass
+class CountdownEvalSpec:
+    """One named evaluation set of the Countdown task (``data.init_args.eval_sets`` in YAML).
+
+    Attributes:
+        name: the set's name in metric keys (``val/<name>/avg@k``).
+        split: the held-out hash bucket it draws from.
+        difficulty: the generator knobs of this set; None = the datamodule's training difficulty.
+        group: ``id`` / ``ood`` (averaged into ``val/id_avg`` / ``val/ood_avg``) or None.
+        num: number of prompts; None = the datamodule's ``num_val``.
+    """
+
+    name: str
+    split: EvalSplit = "val"
+    difficulty: CountdownDifficulty | None = None
+    group: Literal["id", "ood"] | None = "id"
+    num: int | None = None
+
+
+def default_eval_specs(difficulty: CountdownDifficulty) -> list[CountdownEvalSpec]:
+    """``id`` (the training difficulty), ``ood_numbers`` (:func:`more_numbers`) and ``ood_large``
+    (:func:`larger_numbers`), all from the ``val`` split."""
+    return [
+        CountdownEvalSpec("id", "val", difficulty, "id"),
+        CountdownEvalSpec("ood_numbers", "val", more_numbers(difficulty), "ood"),
+        CountdownEvalSpec("ood_large", "val", larger_numbers(difficulty), "ood"),
+    ]
+
+
+def countdown_prompts(
+    split: Split, num: int, seed: int = 0, difficulty: CountdownDifficulty = DEFAULT_DIFFICULTY
+) -> list[PromptExample]:
+    """``num`` problems of ``split`` as prompt examples (reference = ``"<numbers> -> <target>"``, expert =
+    a solver trace)."""
+    examples = []
+    for i in range(num):
+        problem = make_problem(split, i, seed, difficulty)
+        examples.append(
+            PromptExample(
+                prompt=problem.prompt,
+                reference=problem.reference,
+                expert=problem.solution,
+                uid=f"countdown-{split}-{seed}-{i}",
+            )
+        )
+    return examples
+
+
+class CountdownDataModule(PromptDataModule):
+    """RLVR prompts of the Countdown task.
+
+    Args:
+        num_train: size of the training prompt pool (problems 0..num_train-1 of the ``train`` split).
+        num_val: number of prompts of an evaluation set without its own ``num``.
+        seed: the generator seed shared by all splits (a problem is fixed by split, seed and index).
+        difficulty: the training difficulty (and that of evaluation sets without their own).
+        verifier: None uses :class:`CountdownVerifier`.
+        val_batch_size: prompts per validation batch.
+        eval_sets: named evaluation sets; None = :func:`default_eval_specs` of ``difficulty``.
+    """
+
+    def __init__(
+        self,
+        num_train: int = 4096,
+        num_val: int = 256,
+        seed: int = 0,
+        difficulty: CountdownDifficulty = DEFAULT_DIFFICULTY,
+        verifier: Verifier | None = None,
+        val_batch_size: int = 64,
+        eval_sets: list[CountdownEvalSpec] | None = None,
+    ) -> None:
+        super().__init__(verifier=verifier, val_batch_size=val_batch_size)
+        if num_train < 1 or num_val < 0:
+            raise ValueError(
+                f"CountdownDataModule: need num_train >= 1 and num_val >= 0, got {num_train}, {num_val}"
+            )
+        for spec in eval_sets or []:
+            if spec.num is not None and spec.num < 1:
+                raise ValueError(
+                    f"CountdownDataModule: eval_sets[{spec.name!r}].num must be >= 1, got {spec.num}"
+                )
+        self.num_train = num_train
+        self.num_val = num_val
+        self.seed = seed
+        self.difficulty = difficulty
+        self.eval_specs = list(eval_sets) if eval_sets is not None else default_eval_specs(difficulty)
+
+    def load_train_prompts(self) -> Sequence[PromptExample]:
+        return countdown_prompts("train", self.num_train, self.seed, self.difficulty)
+
+    def load_val_prompts(self) -> Sequence[PromptExample]:
+        """The prompts of the first evaluation set (none without evaluation sets or with ``num_val=0``)."""
+        if not self.eval_specs or self.num_val == 0:
+            return []
+        spec = self.eval_specs[0]
+        return countdown_prompts(spec.split, self.num_val, self.seed, spec.difficulty or self.difficulty)
+
+    def load_eval_sets(self) -> Sequence[EvalSet]:
+        """The configured evaluation sets, each scored by the datamodule's verifier and step checker."""
+        if self.num_val == 0:
+            return []
+        checker = self.default_step_checker()
+        return [
+            EvalSet(
+                spec.name,
+                countdown_prompts(
+                    spec.split,
+                    self.num_val if spec.num is None else spec.num,
+                    self.seed,
+                    self.difficulty if spec.difficulty is None else spec.difficulty,
+                ),
+                self.verifier,
+                spec.group,
+                self.default_answer_fn,
+                checker,
+            )
+            for spec in self.eval_specs
+        ]
+
+    def default_verifier(self) -> Verifier:
+        return CountdownVerifier()
+
+    def default_step_checker(self) -> StepChecker | None:
+        return CountdownStepChecker()
+
+    def default_answer_fn(self, completion: str) -> str | None:
+        """maj@k votes on the value of the ``Answer`` expression (None when it breaks the grammar/rule)."""
+        return countdown_answer(completion)
+
+
+def _prompt_batch(examples: list[PromptExample]) -> dict[str, list[str]]:
+    return {"prompts": [ex.prompt for ex in examples], "references": [ex.reference for ex in examples]}
+
+
+class _TrainStream(IterableDataset):
+    """Training problems 0, 1, 2, ... of one seed, as (prompt, trace) pairs, without end."""
+
+    def __init__(self, seed: int, difficulty: CountdownDifficulty) -> None:
+        self.seed = seed
+        self.difficulty = difficulty
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        index = 0
+        while True:
+            problem = make_problem("train", index, self.seed, self.difficulty)
+            yield problem.prompt, problem.solution
+            index += 1
+
+
+class CountdownSFTDataModule(L.LightningDataModule):
+    """Supervised warm-start data: tokenized solver traces; evaluation prompts for sampled pass@1.
+
+    Args:
+        batch_size: sequences per training step.
+        num_val: number of evaluation prompts.
+        split: which held-out split the validation loop samples on.
+        seed: the generator seed (a problem is fixed by split, seed and index).
+        difficulty: the generator's knobs.
+        val_batch_size: prompts per validation batch.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        num_val: int = 256,
+        split: EvalSplit = "val",
+        seed: int = 0,
+        difficulty: CountdownDifficulty = DEFAULT_DIFFICULTY,
+        val_batch_size: int = 128,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_val = num_val
+        self.split: EvalSplit = split
+        self.seed = seed
+        self.difficulty = difficulty
+        self.val_batch_size = val_batch_size
+        self.tokenizer: Any = None
+        self.verifier: Verifier = CountdownVerifier()
+
+    def connect(self, tokenizer: Any) -> None:
+        """Bind the policy's tokenizer (``cli.py`` calls this before every subcommand)."""
+        self.tokenizer = tokenizer
+
+    def _collate(self, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        if self.tokenizer is None:
+            raise RuntimeError("CountdownSFTDataModule: no tokenizer bound; call connect(tokenizer) first")
+        prompts = self.tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
+        responses = self.tokenizer([s for _, s in pairs], add_special_tokens=False)["input_ids"]
+        return sft_collate(prompts, responses, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            _TrainStream(self.seed, self.difficulty), batch_size=self.batch_size, collate_fn=self._collate
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Batches ``{"prompts": [str], "references": [str]}``."""
+        examples = countdown_prompts(self.split, self.num_val, self.seed, self.difficulty)
+        return DataLoader(examples, batch_size=self.val_batch_size, collate_fn=_prompt_batch)

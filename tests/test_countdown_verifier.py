@@ -1,0 +1,105 @@
+"""The Countdown verifier (safe parser, exact arithmetic, number multiset) and its step checker."""
+
+from __future__ import annotations
+
+import pytest
+
+from echorl_lightning.data.types import PromptExample
+from echorl_lightning.rewards.countdown import (
+    CountdownStepChecker,
+    CountdownVerifier,
+    ExpressionError,
+    check_trace,
+    parse_expression,
+)
+
+REF = "25 5 3 7 -> 27"
+
+
+def test_parser_values_are_exact() -> None:
+    # precedence and left associativity: 25-5+7 = 27, (25-5)*3 = 60, 25-5*3 = 10, 7*3/... exact
+    assert parse_expression("25-5+7") == (27, [25, 5, 7])
+    assert parse_expression("(25-5)*3") == (60, [25, 5, 3])
+    assert parse_expression("25-5*3") == (10, [25, 5, 3])
+    assert parse_expression("25/5*3") == (15, [25, 5, 3])  # (25/5)*3, not 25/(5*3)
+    assert parse_expression(" 7 + ( 5 ) ") == (12, [7, 5])
+    assert parse_expression("9") == (9, [9])
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("7/0", "division by zero"),
+        ("5-5", "not a positive integer"),  # zero is not positive
+        ("3-5+9", "not a positive integer"),  # 3-5 = -2 on the way, even though the total is 7
+        ("7/2*2", "not a positive integer"),  # 7/2 = 3.5 on the way
+        ("2**99", "expected a number"),  # exponents are not in the grammar
+        ("-5+9", "expected a number"),  # no unary minus
+        ("(25-5", "unexpected end"),
+        ("25-5)", "after the expression"),
+        ("()", "expected a number"),
+        ("007+1", "after the expression"),  # leading zeros are not numbers of the grammar
+        ("1234567+1", "more than 6 digits"),
+        ("__import__('os')", "unexpected character"),
+        ("1+" * 70 + "1", "longer than"),
+        ("", "empty"),
+    ],
+)
+def test_parser_rejects_hostile_and_broken_input(text: str, why: str) -> None:
+    with pytest.raises(ExpressionError, match=why):
+        parse_expression(text)
+
+
+def test_verifier_scores() -> None:
+    verify = CountdownVerifier()
+    completions = [
+        "25-5=20\n20+7=27\nAnswer: 25-5+7",  # right
+        "Answer: 25+7-5",  # right without any step (the verifier judges only the answer)
+        "Answer: (25-5)*3",  # 60, not 27
+        "Answer: 25+25-23",  # 25 used twice and 23 not given
+        "Answer: 5*5+7-5",  # 5 used twice: only one 5 is given
+        "Answer: 25-5+7\nmore text",  # the Answer line must be the last one
+        "Answer:25-5+7",  # the space after the colon is part of the format
+        "Answer: 7/0+27",  # division by zero scores 0, it does not raise
+        "Answer: 25-5+7" + "\n" * 5000,  # over the length cap
+    ]
+    assert verify(completions, [REF] * len(completions)) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert verify(["Answer: 5+5"], ["5 5 -> 10"]) == [1.0]  # a repeated given number may be used twice
+    assert verify(["Answer: 1"], ["not a reference"]) == [None]
+    with pytest.raises(ValueError, match="2 completions but 1 references"):
+        verify(["a", "b"], [REF])
+
+
+def test_step_checker_valid_trace() -> None:
+    # pool {25, 5, 3, 7}: 25-5=20 -> {20, 3, 7}; 20*3=60 -> {60, 7}; 60+7=67 (no) tried, not applied;
+    # back -> {25, 5, 3, 7}; 25+5=30 -> {30, 3, 7}; 30-3=27 reaches the target; Answer follows it
+    trace = "25-5=20\n20*3=60\n60+7=67 (no)\nback\nback\n25+5=30\n30-3=27\nAnswer: 25+5-3"
+    assert check_trace(trace, [25, 5, 3, 7], 27) is True
+    assert check_trace("25-5=20\n20+7=27", [25, 5, 3, 7], 27) is True  # no Answer yet: steps fine
+
+
+@pytest.mark.parametrize(
+    ("trace", "fault"),
+    [
+        ("25-5=21\n21+6=27\nAnswer: 25-5+6", "wrong arithmetic: 25-5 is 20"),
+        ("25-5=20\n20+5=25 (no)\n20+7=27\nAnswer: 25-5+7", "5 was used by the first move"),
+        ("25-5=20\nback\n20+7=27\nAnswer: 25-5+7", "20 was undone by back"),
+        ("back\n25-5=20\n20+7=27\nAnswer: 25-5+7", "back with nothing to undo"),
+        ("3-7=4\n25-4=21 (no)\n25+7=32 (no)\nAnswer: 25", "7-3 written backwards: 3-7 is not 4"),
+        ("7/3=2 (no)\n25-5=20\n20+7=27\nAnswer: 25-5+7", "inexact division"),
+        ("25-5=20\n20+7=27 (no)\nAnswer: 25-5+7", "(no) on a move that reaches the target"),
+        ("25-5=20\n20*3=60\nAnswer: 25-5+7", "Answer not right after reaching the target"),
+        ("25-5=20\nI think 20+7=27\nAnswer: 25-5+7", "a line that is no step"),
+        ("25 - 5 = 20\n20+7=27\nAnswer: 25-5+7", "spaces are not in the step grammar"),
+    ],
+)
+def test_step_checker_faulty_traces(trace: str, fault: str) -> None:
+    assert check_trace(trace, [25, 5, 3, 7], 27) is False, fault
+
+
+def test_step_checker_batch_and_unjudgeable() -> None:
+    checker = CountdownStepChecker()
+    examples = [PromptExample("Q: 25 5 3 7 -> 27\n", REF)] * 2 + [PromptExample("Q: ?", "garbage")]
+    assert checker(["25-5=20\n20+7=27\nAnswer: 25-5+7", "\n\n", "Answer: 1"], examples) == [True, None, None]
+    with pytest.raises(ValueError, match="1 completions but 3 examples"):
+        checker(["x"], examples)
