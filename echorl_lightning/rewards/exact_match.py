@@ -3,7 +3,8 @@
 Implements a :class:`~echorl_lightning.data.types.Verifier` that scores 1.0 when the LAST non-empty line of
 a completion is exactly ``Answer: <int>`` in canonical integer form (optional ``-``, no leading zeros, no
 ``+``, no spaces or other characters anywhere in the line) and that integer equals the reference, else 0.0.
-A reference that is not an integer cannot be judged (``None``). The verifiable reward of RLVR as used by
+A reference that is not an integer cannot be judged (``None``). :meth:`ExactMatchVerifier.answer` gives the
+integer it compares, for maj@k votes. The verifiable reward of RLVR as used by
 EchoRL (arXiv 2605.31228): r = 1 for a verified-correct final answer, 0 otherwise.
 
 Leaves out any leniency on purpose: a lenient ``int()`` check let format drift (leading zeros, ``+5``,
@@ -56,3 +57,8 @@ class ExactMatchVerifier:
                 continue
             scores.append(1.0 if extract_answer(completion) == expected else 0.0)
         return scores
+
+    def answer(self, completion: str) -> str | None:
+        """The canonical integer this verifier compares with the reference (maj@k votes on it), or None
+        when the last non-empty line is not exactly ``Answer: <canonical int>``."""
+        return extract_answer(completion)

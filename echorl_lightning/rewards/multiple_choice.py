@@ -14,6 +14,8 @@ be judged (``None``). The committed letter is read by :func:`extract_choice`:
    and X must be one of the allowed upper-case letters: a last phrase with a lower-case or unknown letter
    ("the answer is (b)") is no answer, even after an earlier valid one.
 
+:meth:`MultipleChoiceVerifier.answer` gives the letter it compares, for maj@k votes.
+
 Left out: answers given as the option's text instead of its letter, lower-case letters, "option C" /
 "(C) is correct" phrasings, and LaTeX inline math around the letter outside a box.
 """
@@ -129,3 +131,8 @@ class MultipleChoiceVerifier:
                 continue
             scores.append(1.0 if extract_choice(completion, self.letters) == expected else 0.0)
         return scores
+
+    def answer(self, completion: str) -> str | None:
+        """The option letter this verifier compares with the reference (maj@k votes on it), or None when the
+        completion commits to no allowed letter (:func:`extract_choice` with this verifier's letters)."""
+        return extract_choice(completion, self.letters)
