@@ -109,7 +109,7 @@ def test_check_data_drops_long_prompts_counts_and_logs(
     assert long_lines == [
         f"train from file '{tmp_path / 'train.jsonl'}' (split 'train'): skipped 1 of 3 rows: 1 with a prompt "
         "over the limit (rows ['train/2']) [max_prompt_tokens=20]",
-        f"math500 from eval set 'math500' ({tmp_path / 'math500.parquet'}): skipped 1 of 2 rows: 1 with a "
+        f"eval set 'math500' from '{tmp_path / 'math500.parquet'}': skipped 1 of 2 rows: 1 with a "
         "prompt over the limit (rows ['math500/2']) [max_prompt_tokens=20]",
     ]
     # a limit of exactly the longest prompt (50 bytes) keeps it: the bound is inclusive
@@ -149,7 +149,7 @@ def test_nothing_within_the_limit_names_the_source_and_the_limit(
 def test_bad_training_files_fail_at_check_data(tmp_path: Path, kind: str) -> None:
     empty = tmp_path / f"empty.{kind}"
     empty.write_bytes(b"")
-    with pytest.raises(DataSourceError, match=rf"empty.{kind}' is empty"):
+    with pytest.raises(DataSourceError, match=rf"^train: data file '.*empty.{kind}' is empty$"):
         _hub(tmp_path, path=str(empty)).check_data()
     writer = _jsonl if kind == "jsonl" else _parquet
     no_column = writer(tmp_path / f"cols.{kind}", [{"problem": "1+1?", "answer": "2"}])
@@ -169,7 +169,9 @@ def test_a_non_json_line_in_an_eval_file_fails_at_check_data(tmp_path: Path) -> 
     bad = tmp_path / "aime.jsonl"
     bad.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", answer: 4}\n')
     dm = _hub(tmp_path, eval=HubEvalOptions(sets=["aime25"], paths={"aime25": str(bad)}))
-    with pytest.raises(DataSourceError, match=r"aime.jsonl', line 2: not JSON"):
+    with pytest.raises(
+        DataSourceError, match=r"^eval set 'aime25': data file '.*aime.jsonl', line 2: not JSON"
+    ):
         dm.check_data()
 
 
@@ -182,20 +184,24 @@ def test_unreachable_hub_eval_set_names_the_set_and_the_key(tmp_path: Path) -> N
     with pytest.raises(DataSourceError) as info:
         dm.check_data()
     message = str(info.value)
-    assert "cannot load hub dataset 'HuggingFaceH4/aime_2024' (name=None, split='train'), offline" in message
-    assert message.endswith(
-        "(eval set 'aime24': set data.init_args.eval.paths.aime24 to a local file in its schema)"
+    assert message.startswith(
+        "eval set 'aime24': cannot load hub dataset 'HuggingFaceH4/aime_2024' (name=None, split='train'), offline"
     )
+    assert message.endswith("; set data.init_args.eval.paths.aime24 to a local file in its schema")
 
 
 def test_unreachable_hub_training_sets_name_their_keys(tmp_path: Path) -> None:
     with pytest.raises(
-        DataSourceError, match=r"Elliott/Openr1-Math-46k-8192.*offline.*set data.init_args.path"
+        DataSourceError,
+        match=r"^train: cannot load hub dataset 'Elliott/Openr1-Math-46k-8192'.*offline.*; set data.init_args.path "
+        r"to a local file$",
     ):
         HubPromptDataModule(cache_dir=str(tmp_path / "c")).check_data()
     named = HubPromptDataModule(train_set="gsm8k_train", cache_dir=str(tmp_path / "c"))
     with pytest.raises(
-        DataSourceError, match=r"openai/gsm8k.*set data.init_args.train_set_path to a local file"
+        DataSourceError,
+        match=r"^train_set 'gsm8k_train': cannot load hub dataset 'openai/gsm8k'.*; set "
+        r"data.init_args.train_set_path to a local file in 'gsm8k_train''s schema$",
     ):
         named.check_data()
 

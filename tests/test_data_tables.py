@@ -81,7 +81,7 @@ def test_unreadable_parquet_missing_file_and_unsupported_suffix(tmp_path: Path) 
     broken.write_bytes(b"this is not parquet at all")
     with pytest.raises(DataSourceError, match=r"cannot read data file '.*broken.parquet'"):
         load_table(TableSource(str(broken)), cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(DataSourceError, match=r"data file '.*nope.jsonl' does not exist \(use x\)"):
+    with pytest.raises(DataSourceError, match=r"data file '.*nope.jsonl' does not exist; use x$"):
         load_table(TableSource(str(tmp_path / "nope.jsonl")), hint="use x")
     other = tmp_path / "rows.txt"
     other.write_text("x")
@@ -95,7 +95,7 @@ def test_unreachable_hub_dataset_names_it_offline_and_the_hint(tmp_path: Path) -
         load_table(source, cache_dir=str(tmp_path / "cache"), hint="set data.init_args.path to a local file")
     message = str(info.value)
     assert "cannot load hub dataset 'made-up-org/no-such-set' (name='cfg', split='test'), offline" in message
-    assert message.endswith("(set data.init_args.path to a local file)")
+    assert message.endswith("; set data.init_args.path to a local file")
     assert isinstance(info.value, ValueError)  # DataSourceError is a ValueError
 
 

@@ -225,11 +225,7 @@ class PromptDataModule(L.LightningDataModule):
         long = [p.uid for p, n in zip(prompts, lengths, strict=True) if n > limit]
         self.skipped.setdefault(source, {})["too_long"] = len(long)
         log_skips(
-            source,
-            self.describe_source(source),
-            len(prompts),
-            {"too_long": long},
-            f"max_prompt_tokens={limit}",
+            self.describe_source(source), len(prompts), {"too_long": long}, f"max_prompt_tokens={limit}"
         )
         if not kept:
             raise ValueError(

@@ -233,6 +233,7 @@ def load_benchmark(
     limit: int | None = None,
     shuffle_seed: int | None = None,
     hint: str = "",
+    label: str | None = None,
 ) -> MappedRows:
     """Load the named set's split and map its rows (uids ``"<name>/<row index>"``).
 
@@ -245,6 +246,7 @@ def load_benchmark(
         limit: keep the first ``limit`` usable rows.
         shuffle_seed: shuffle the rows with this seed first (uids keep the file's row index); None: file order.
         hint: appended to the error when the hub set cannot be loaded (what to set instead).
+        label: names the set in logs and errors; None: ``"benchmark '<name>'"``.
 
     Raises:
         DataSourceError: unreadable or unreachable source, a missing column, or no usable row.
@@ -258,7 +260,7 @@ def load_benchmark(
         source,
         spec.to_example,
         [(f"{name}.columns", column) for column in spec.columns],
-        label=f"benchmark {name!r}",
+        label=label or f"benchmark {name!r}",
         uid_prefix=name,
         optional_columns=spec.optional_columns,
         limit=limit,

@@ -256,14 +256,17 @@ class HubPromptDataModule(PromptDataModule):
         self._warned_template = False
 
     def describe_source(self, source: str) -> str:
+        """``"train"``, ``"val"`` or a benchmark name, with where its rows come from."""
         if source == "train" and self.train_set is not None:
-            return f"train_set {self.train_set!r} ({self.train_set_path or BENCHMARKS.get(self.train_set).hub_id})"
+            where = self.train_set_path or BENCHMARKS.get(self.train_set).hub_id
+            return f"train_set {self.train_set!r} from {where!r}"
         if source == "train":
-            return TableSource(self.path, self.name, self.split).describe()
+            return f"train from {TableSource(self.path, self.name, self.split).describe()}"
         if source == "val" and self.eval_options.val is not None:
-            return self._val_source().describe()
+            return f"val from {self._val_source().describe()}"
         if source in self.eval_options.sets:
-            return f"eval set {source!r} ({self.eval_options.paths.get(source) or BENCHMARKS.get(source).hub_id})"
+            where = self.eval_options.paths.get(source) or BENCHMARKS.get(source).hub_id
+            return f"eval set {source!r} from {where!r}"
         return super().describe_source(source)
 
     # ---- rows -------------------------------------------------------------------------------------------
@@ -286,6 +289,7 @@ class HubPromptDataModule(PromptDataModule):
                 limit=self.max_train_samples,
                 shuffle_seed=self.shuffle_seed,
                 hint=f"set {KEY}.train_set_path to a local file in {self.train_set!r}'s schema",
+                label=f"train_set {self.train_set!r}",
             )
         if source == "train":
             return load_rows(
@@ -323,7 +327,8 @@ class HubPromptDataModule(PromptDataModule):
             path=self.eval_options.paths.get(source),
             cache_dir=self.cache_dir,
             limit=limit,
-            hint=f"eval set {source!r}: set {KEY}.eval.paths.{source} to a local file in its schema",
+            hint=f"set {KEY}.eval.paths.{source} to a local file in its schema",
+            label=f"eval set {source!r}",
         )
 
     def _val_source(self) -> TableSource:

@@ -181,7 +181,7 @@ def load_table(source: TableSource, cache_dir: str | None = None, hint: str = ""
         DataSourceError: the source is missing, empty, unreadable or unreachable; the message names it.
     """
     path, local = source.path, Path(source.path).expanduser()
-    where = f" ({hint})" if hint else ""
+    where = f"; {hint}" if hint else ""
     if local.is_file():
         suffix = local.suffix.lower()
         if suffix not in FILE_SUFFIXES:
@@ -221,7 +221,7 @@ def load_table(source: TableSource, cache_dir: str | None = None, hint: str = ""
     except Exception as error:  # offline, no network, gated, unknown id, unknown config or split
         mode = "offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set)" if _offline() else "online"
         raise DataSourceError(
-            f"cannot load {source.describe()}, {mode}: {type(error).__name__}: {error}{where}"
+            f"cannot load {source.describe()}, {mode} ({type(error).__name__}: {error}){where}"
         ) from error
     return Table(table, table.features)
 
@@ -310,12 +310,11 @@ def map_rows(
     return MappedRows(kept, counts, len(uids["no_expert"])), uids
 
 
-def log_skips(label: str, source: str, total: int, uids: Mapping[str, Sequence[str]], note: str = "") -> None:
+def log_skips(where: str, total: int, uids: Mapping[str, Sequence[str]], note: str = "") -> None:
     """The one warning line for rows left out of (or kept incomplete in) a set; nothing when all are empty.
 
     Args:
-        label: what the rows are for (``"train"``, ``"eval set 'aime24'"``).
-        source: the source's description.
+        where: the set and its source (``"train from file 'x.jsonl' (split 'train')"``).
         total: rows looked at.
         uids: reason -> uids of its rows; ``no_expert`` rows are reported as kept, every other reason as skipped.
         note: appended as is (e.g. the limit or the mapping in use).
@@ -328,7 +327,7 @@ def log_skips(label: str, source: str, total: int, uids: Mapping[str, Sequence[s
         f"{len(ids)} with {REASONS.get(reason, reason)} (rows {list(ids[:SHOWN_ROWS])})"
         for reason, ids in skips.items()
     ]
-    message = f"{label} from {source}: skipped {sum(len(ids) for ids in skips.values())} of {total} rows"
+    message = f"{where}: skipped {sum(len(ids) for ids in skips.values())} of {total} rows"
     if parts:
         message += ": " + "; ".join(parts)
     if kept_without:
@@ -367,12 +366,18 @@ def load_rows(
         shuffle_seed: shuffle the row order with ``random.Random(shuffle_seed)``; None keeps the file order.
         expect_expert: count kept rows without an expert solution.
         cache_dir: the ``datasets`` cache folder.
-        hint: appended to the error when a hub dataset cannot be loaded.
+        hint: appended to the error when a hub dataset or a local file cannot be found.
+
+    Raises:
+        DataSourceError: the message starts with ``label``.
     """
     described = source.describe()
-    table = load_table(source, cache_dir, hint)
-    for key, column in columns:
-        check_column(table.schema, column, key, described)
+    try:
+        table = load_table(source, cache_dir, hint)
+        for key, column in columns:
+            check_column(table.schema, column, key, described)
+    except DataSourceError as error:
+        raise DataSourceError(f"{label}: {error}") from error
     records = table.records
     if isinstance(records, datasets.Dataset):  # read only the columns the mapping uses
         wanted = {column.split(".")[0] for _, column in columns} | set(optional_columns)
@@ -385,7 +390,7 @@ def load_rows(
         )
     mapped, uids = map_rows(to_example, records, order, uid_prefix, limit, expect_expert)
     looked_at = len(mapped.rows) + sum(mapped.skipped.values())
-    log_skips(label, described, looked_at, uids)
+    log_skips(f"{label} from {described}", looked_at, uids)
     if not mapped.rows:
         reasons = ", ".join(f"{count} {reason}" for reason, count in mapped.skipped.items())
         raise DataSourceError(f"{label}: no usable row in {described} ({len(order)} rows: {reasons})")
