@@ -8,8 +8,11 @@ overlong shaping when the method asks, and the EchoClips, (g) hand the micro-bat
 rollout buffer, which the training dataloader serves. LUFFY adds the datamodule's expert solution to each
 group as an off-policy member.
 
-The first epoch of a run (and a resumed run) is filled in ``on_fit_start`` because Lightning creates the
-first epoch's data iterator before ``on_train_epoch_start``.
+The buffer is filled when the training loop asks for an epoch's first batch (``RolloutBuffer``'s refill
+hook), once per epoch: Lightning requests the first batch of a run before ``on_train_epoch_start`` and, on
+resume, after it has restored the epoch counter, so each epoch's rollouts are generated exactly once, for the
+right epoch. The last rollout batch stays readable as :attr:`RolloutCallback.last_rollout` (for observers
+such as the EchoClip pictures).
 """
 
 from __future__ import annotations
@@ -34,7 +37,13 @@ from echorl_lightning.echo import (
     select_echo_clips,
     step_end_mask_from_tokens,
 )
-from echorl_lightning.rollout.batch import RolloutBatch, RolloutSpec, TokenBatch, pad_rollouts
+from echorl_lightning.rollout.batch import (
+    RolloutBatch,
+    RolloutRecord,
+    RolloutSpec,
+    TokenBatch,
+    pad_rollouts,
+)
 from echorl_lightning.rollout.buffer import RolloutBuffer, make_microbatches
 from echorl_lightning.rollout.stats import rollout_metrics
 from echorl_lightning.rollout.types import SamplingConfig
@@ -115,6 +124,7 @@ class RolloutCallback(L.Callback):
         self.logprob_batch_size = logprob_batch_size
         self.seed = seed
         self._pending_metrics: dict[str, torch.Tensor] = {}
+        self.last_rollout: RolloutRecord | None = None
         self._delimiters: list[int] | None = None
         self._train_t0: float | None = None
         self._train_tokens = 0.0
@@ -145,14 +155,12 @@ class RolloutCallback(L.Callback):
                 f"RolloutCallback.max_new_tokens={self.max_new_tokens}: set a shorter overlong buffer"
             )
         n_batches = self.ppo_epochs * self.num_minibatches * trainer.accumulate_grad_batches
-        dm.rollout_buffer = RolloutBuffer(n_batches)
+        dm.rollout_buffer = RolloutBuffer(n_batches, refill=lambda: self._ensure_filled(trainer, pl_module))
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fill(trainer, pl_module)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _ensure_filled(self, trainer: L.Trainer, policy: RolloutPolicy) -> None:
+        """Generate this epoch's rollouts unless the buffer already holds them."""
         if trainer.datamodule.rollout_buffer.epoch != trainer.current_epoch:
-            self._fill(trainer, pl_module)
+            self._fill(trainer, policy)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
@@ -339,6 +347,9 @@ class RolloutCallback(L.Callback):
             for m, c in zip(micro, counts, strict=True)
         ]
         dm.rollout_buffer.fill(micro, epoch)
+        self.last_rollout = RolloutRecord(
+            epoch, tokens, scores, entropy, step_mask, step_end, clip_mask, off_policy, gsize
+        )
         self._pending_metrics = metrics
         log.info("epoch %d rollout: %s", epoch, {k: round(float(v), 4) for k, v in metrics.items()})
 

@@ -14,6 +14,7 @@ FSDP-specific model sharding (DDP is the supported multi-GPU strategy).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -31,9 +32,11 @@ from echorl_lightning.rollout.batch import RolloutBatch, RolloutSpec, TokenBatch
 from echorl_lightning.rollout.hf_engine import HFGenerateEngine
 from echorl_lightning.rollout.types import RolloutEngine, SamplingConfig
 from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig
+from echorl_lightning.training.guard import NumericalGuard, non_finite_parameters
 from echorl_lightning.training.loss import response_logits, rlvr_echo_loss
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
+log = logging.getLogger(__name__)
 
 
 def load_policy(path: str, dtype: DTypeName, **kwargs: Any) -> PreTrainedModel:
@@ -63,6 +66,11 @@ class EchoRLModule(L.LightningModule):
         warmup_steps: linear learning-rate warmup in optimizer steps.
         eval: sampling for validation/test.
         forward_chunk_size: rows of logits processed at a time by the log-prob/entropy op (None: auto).
+        max_consecutive_skips: optimizer steps with a non-finite loss or gradient are skipped (nothing
+            applied, counted in ``actor/skipped_steps``); this many in a row stop the run.
+
+    The policy (and the reference model) are loaded in :meth:`configure_model`, when the trainer starts (or on
+    the first access to ``policy``), so a run checks its config and data before it spends time loading weights.
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class EchoRLModule(L.LightningModule):
         warmup_steps: int = 0,
         eval: EvalConfig | None = None,
         forward_chunk_size: int | None = None,
+        max_consecutive_skips: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["engine"])
@@ -90,16 +99,32 @@ class EchoRLModule(L.LightningModule):
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.forward_chunk_size = forward_chunk_size
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
-        self.policy = load_policy(model, dtype).train()
-        if gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
-        self.ref_policy: PreTrainedModel | None = None
-        if self.method_cfg.kl_coef > 0:
-            self.ref_policy = load_policy(model, dtype).eval().requires_grad_(False)
+        self._source = (model, dtype, gradient_checkpointing)
+        self.guard = NumericalGuard(max_consecutive_skips)
         self._engine_ready = False
         self._synced_step: int | None = None  # global_step of the weights the engine holds
         self.rollout_spec: RolloutSpec | None = None  # set by the rollout callback (configure_rollout)
         self.evaluation = SampledEvaluation(self.eval_cfg.n)
+
+    # ---- the networks -----------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Load the policy (and, with a KL term, the frozen reference model) once."""
+        if "policy" in self._modules:
+            return
+        model, dtype, gradient_checkpointing = self._source
+        policy = load_policy(model, dtype).train()
+        if gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+        self.policy = policy
+        self.ref_policy = None
+        if self.method_cfg.kl_coef > 0:
+            self.ref_policy = load_policy(model, dtype).eval().requires_grad_(False)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("policy", "ref_policy") and "_source" in self.__dict__ and "policy" not in self._modules:
+            self.configure_model()  # first access before the trainer called configure_model
+            return self._modules[name] if name in self._modules else self.__dict__.get(name)
+        return super().__getattr__(name)
 
     # ---- the rollout contract (RolloutPolicy) ---------------------------------------------------------
     def configure_rollout(self, spec: RolloutSpec) -> None:
@@ -213,8 +238,6 @@ class EchoRLModule(L.LightningModule):
             ref_logp=batch.ref_logp,
             off_policy_mask=batch.off_policy_mask,
         )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.global_step}: {metrics}")
         n_tokens = batch.response_mask.sum()
         metrics["actor/entropy"] = (entropy * batch.response_mask).sum() / n_tokens.clamp(min=1)
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False, batch_size=len(logp))
@@ -222,9 +245,28 @@ class EchoRLModule(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the gradient norm; skip the step (drop every gradient) when it is not finite."""
         norms = grad_norm(self.policy, norm_type=2)
-        if "grad_2.0_norm_total" in norms:
-            self.log("actor/grad_norm", norms["grad_2.0_norm_total"], on_step=True)
+        if "grad_2.0_norm_total" not in norms:
+            return
+        total = norms["grad_2.0_norm_total"]
+        self.log("actor/grad_norm", total, on_step=True)
+        if self.guard.check(float(total), self.global_step, self.lr):
+            for p in self.policy.parameters():
+                p.grad = None  # AdamW leaves parameters without a gradient untouched
+            log.warning(
+                "step %d: non-finite gradient norm %s, optimizer step skipped", self.global_step, total
+            )
+        self.log("actor/skipped_steps", float(self.guard.skipped), on_step=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Never write non-finite weights."""
+        bad = non_finite_parameters(self.policy.named_parameters())
+        if bad:
+            raise FloatingPointError(
+                f"refusing to checkpoint non-finite weights at step {self.global_step} ({len(bad)} parameters, "
+                f"e.g. {bad[:3]})"
+            )
 
     # ---- evaluation ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -267,8 +309,14 @@ class EchoRLModule(L.LightningModule):
         ]
         if len(per_set) > 1:
             self.print(f"[{stage}] step {self.global_step}: avg@{k} " + ", ".join(per_set))
-        if stage == "val" and self.trainer.sanity_checking and self.logger is not None:
-            # the sanity pass is not logged by Lightning: record it as the accuracy before training
+        if (
+            stage == "val"
+            and self.trainer.sanity_checking
+            and self.global_step == 0
+            and self.logger is not None
+        ):
+            # the sanity pass is not logged by Lightning: record it as the accuracy before training (once: a
+            # resumed run's sanity pass is not logged again)
             results["val/accuracy"] = accuracy
             self.logger.log_metrics({name: float(v) for name, v in results.items()}, step=self.global_step)
 
@@ -300,6 +348,7 @@ class EchoRLModule(L.LightningModule):
         return {k: v for k, v in sd.items() if not k.startswith("ref_policy.")}
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        self.configure_model()
         if self.ref_policy is not None:
             state_dict = dict(state_dict)
             state_dict.update({f"ref_policy.{k}": v for k, v in self.ref_policy.state_dict().items()})

@@ -6,6 +6,8 @@ positions ``P - 1 .. P + T - 2`` predict it.
 
 - :class:`TokenBatch`: padded ``prompt + response`` rows, what any forward over rollouts needs (the no-grad
   old-log-prob pass, the reference pass, the training forward).
+- :class:`RolloutRecord`: the whole rollout batch of one epoch as the callback saw it (scores, token entropy,
+  steps, EchoClips), kept for observers such as the EchoClip pictures; the update never reads it.
 - :class:`RolloutBatch`: one training micro-batch: a :class:`TokenBatch` plus everything the loss reads
   (old log-probs, advantages, masks) and the global counts of its optimizer step. The rollout callback
   produces it, the module's ``training_step`` consumes it. Sampling settings are NOT in it: they reach the
@@ -127,6 +129,33 @@ class RolloutBatch(TokenBatch):
     num_seqs: Tensor
     num_clips: Tensor
     ref_logp: Tensor | None = None
+
+
+@dataclass
+class RolloutRecord:
+    """One epoch's rollout batch, for observers (logging, pictures). N rows, G' per group, contiguous.
+
+    Attributes:
+        epoch: the training epoch it was generated for.
+        tokens: the padded rows.
+        scores: [N] verifier scores.
+        entropy: [N, T] token entropy at the rollout temperature.
+        step_mask: [N, T] float, response tokens that belong to a step (EOS excluded).
+        step_end: [N, T] bool, tokens that end a step.
+        clip_mask: [N, T] bool, the EchoClip tokens.
+        off_policy: [N] bool, expert rows (LUFFY).
+        group_size: G', rows per group.
+    """
+
+    epoch: int
+    tokens: TokenBatch
+    scores: Tensor
+    entropy: Tensor
+    step_mask: Tensor
+    step_end: Tensor
+    clip_mask: Tensor
+    off_policy: Tensor
+    group_size: int
 
 
 def pad_rollouts(

@@ -13,7 +13,7 @@ epoch (the same on every rank, so DDP stays in step), refilled by the rollout ca
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import torch
@@ -74,13 +74,18 @@ class RolloutBuffer(IterableDataset):
     Args:
         num_batches: micro-batches per epoch; fixed for the whole run so every rank and every epoch has
             the same length (Lightning reads ``len`` once).
+        refill: called when an epoch's iteration begins (at the first batch request), before the batches
+            are served: the rollout callback fills the buffer there when it holds another epoch's batches.
+            Lightning requests the first batch of a run (and of a resumed run) before any epoch hook, once
+            the epoch counter is restored, so this is the one place that sees the right epoch every time.
     """
 
-    def __init__(self, num_batches: int) -> None:
+    def __init__(self, num_batches: int, refill: Callable[[], None] | None = None) -> None:
         super().__init__()
         if num_batches < 1:
             raise ValueError(f"num_batches must be >= 1, got {num_batches}")
         self.num_batches = num_batches
+        self._refill = refill
         self._batches: list[RolloutBatch] | None = None
         self.epoch: int | None = None
 
@@ -94,6 +99,8 @@ class RolloutBuffer(IterableDataset):
         return self.num_batches
 
     def __iter__(self) -> Iterator[RolloutBatch]:
+        if self._refill is not None:
+            self._refill()
         if self._batches is None:
             raise RuntimeError("the rollout buffer was read before the rollout callback filled it")
         yield from self._batches
