@@ -17,7 +17,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from echorl_lightning.data.benchmarks import BENCHMARKS, load_benchmark  # noqa: E402
-from echorl_lightning.data.tables import Row  # noqa: E402
+from echorl_lightning.data.rows import Row  # noqa: E402
 from echorl_lightning.rewards.multiple_choice import MultipleChoiceVerifier  # noqa: E402
 
 
@@ -132,7 +132,7 @@ def test_gsm8k(tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> N
          "answer": "She has 1200 + 34 = <<1200+34=1234>>1234 coins.\n#### 1,234"},
         {"question": "A question whose answer lost its marker.", "answer": "It is 5."},
     ]  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="echorl_lightning.data.tables"):
+    with caplog.at_level(logging.WARNING, logger="echorl_lightning.data.rows"):
         got = _rows(name, _write(tmp_path, rows))
     assert _triples(got) == [
         (

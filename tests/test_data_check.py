@@ -88,7 +88,7 @@ def test_check_data_drops_long_prompts_counts_and_logs(
 ) -> None:
     dm = _hub(tmp_path)
     dm.connect(tiny_tokenizer)
-    with caplog.at_level(logging.WARNING, logger="echorl_lightning.data.tables"):
+    with caplog.at_level(logging.WARNING, logger="echorl_lightning.data.rows"):
         counts = dm.check_data(max_prompt_tokens=20)
     # train: 4 rows -> 1 no prompt, 1 too long (50 > 20), 2 kept; math500: 3 rows -> 1 no reference,
     # 1 too long, 1 kept. Left out: 2 + 2 = 4, of which 2 too long.

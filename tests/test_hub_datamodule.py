@@ -157,7 +157,7 @@ def test_skipped_rows_are_logged_once(
     openr1_files: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     dm = HubPromptDataModule(path=str(openr1_files["jsonl"]), cache_dir=str(tmp_path / "cache"))
-    with caplog.at_level(logging.WARNING, logger="echorl_lightning.data.tables"):
+    with caplog.at_level(logging.WARNING, logger="echorl_lightning.data.rows"):
         _ = dm.train_prompts
         dm.connect(None)  # rebuilding the prompts does not reload or re-log the rows
         _ = dm.train_prompts

@@ -30,7 +30,7 @@ import lightning.pytorch as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from echorl_lightning.data.answers import extract_boxed
-from echorl_lightning.data.tables import log_skips
+from echorl_lightning.data.rows import log_skips
 from echorl_lightning.data.types import PromptExample, StepChecker, Verifier, VerifierFn
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ in the same schema) and maps every row with the spec's pure ``to_example`` funct
   solution text before ``####``), ``deepscaler`` (DeepScaleR-Preview).
 
 Rows whose reference cannot be extracted (or whose problem is empty) are skipped, counted and logged with
-their row ids by the one mapping path of :func:`echorl_lightning.data.tables.load_rows`, which also reads
+their row ids by the one mapping path of :func:`echorl_lightning.data.rows.load_rows`, which also reads
 the user's own files. Left out: prompt templating (the datamodule renders the problem), the verifiers,
 per-subject filtering of MMLU-Pro, multi-config sets (AIME 2025 from ``opencompass/AIME2025`` is two
 configs; the single-split ``math-ai/aime25`` is used instead), and multimodal OlympiadBench configs.
@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from echorl_lightning.data.answers import extract_boxed, extract_gsm8k
-from echorl_lightning.data.tables import MappedRows, TableSource, ToExample, cell_text, get_column, load_rows
+from echorl_lightning.data.rows import MappedRows, ToExample, load_rows
+from echorl_lightning.data.tables import TableSource, cell_text, get_column
 from echorl_lightning.registry import Registry
 from echorl_lightning.rewards.multiple_choice import DEFAULT_LETTERS, format_choices
 

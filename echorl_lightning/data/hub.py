@@ -29,7 +29,7 @@ local files standing in for them, and a row limit. Each becomes one
 (multiple-choice sets ask for the option letter in ``\\boxed{}``), scored by one shared
 :class:`MathVerifier` or by :class:`MultipleChoiceVerifier`.
 
-Every split goes through :func:`~echorl_lightning.data.tables.load_rows` (one mapping path, one skip log);
+Every split goes through :func:`~echorl_lightning.data.rows.load_rows` (one mapping path, one skip log);
 skipped rows are counted in :attr:`HubPromptDataModule.skipped`. Left out: streaming, per-rank sharding of
 the prompt pool (the rollout callback draws from it), and datasets saved with ``save_to_disk``.
 """
@@ -44,15 +44,8 @@ from typing import Any
 from echorl_lightning.data.answers import ANSWER_FORMATS, AnswerFormat, extract_boxed, to_reference
 from echorl_lightning.data.base import EvalSet, PromptDataModule
 from echorl_lightning.data.benchmarks import BENCHMARKS, load_benchmark
-from echorl_lightning.data.tables import (
-    MappedRows,
-    Row,
-    TableSource,
-    ToExample,
-    cell_text,
-    get_column,
-    load_rows,
-)
+from echorl_lightning.data.rows import MappedRows, Row, ToExample, load_rows
+from echorl_lightning.data.tables import TableSource, cell_text, get_column
 from echorl_lightning.data.types import PromptExample, Verifier, VerifierFn
 from echorl_lightning.rewards.math_verify import MathVerifier
 from echorl_lightning.rewards.multiple_choice import MultipleChoiceVerifier, extract_choice
