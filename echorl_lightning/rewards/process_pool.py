@@ -262,10 +262,11 @@ class ProcessPool:
         while len(self._workers) < self.num_workers:
             self._workers.append(self._start_worker())
 
-    def _replace(self, worker: _Worker) -> int | None:
-        """Kill ``worker`` (if still alive), start its replacement; returns the dead one's exit code."""
-        if worker.process.is_alive():
-            worker.process.join(timeout=0.2)  # a worker that just exited on its own keeps its exit code
+    def _replace(self, worker: _Worker, exiting: bool = False) -> int | None:
+        """Kill ``worker`` (if still alive), start its replacement; returns the dead one's exit code.
+        ``exiting``: its pipe closed, so it is exiting on its own; wait briefly to keep its exit code."""
+        if exiting:
+            worker.process.join(timeout=1.0)
         if worker.process.is_alive():
             worker.process.kill()
         worker.process.join(timeout=2.0)
@@ -345,7 +346,7 @@ class ProcessPool:
                     "are its modules importable in a fresh interpreter?"
                 ) from None
             had_item = worker.item is not None
-            exit_code = self._replace(worker)
+            exit_code = self._replace(worker, exiting=True)
             if had_item:
                 if exit_code in (_EXIT_MEMORY, -signal.SIGKILL):
                     self._end(worker, result, "memory")
