@@ -114,3 +114,16 @@ def test_hostile_math_grows_past_the_limit_and_the_whole_pool_is_rebuilt() -> No
         assert v.stats() == {"verifier_timeouts": 0, "verifier_oom": 2, "verifier_errors": 0}
         assert not old_pids & {w.process.pid for w in v._pool._workers}
         assert v(["\\boxed{\\frac{1}{2}}", "\\boxed{3}"], ["0.5", "4"]) == [1.0, 0.0]
+
+
+def test_workers_that_die_at_start_up_raise_instead_of_hanging() -> None:
+    # os.abort as the initializer: every worker dies before it is ready. The call must fail at once with
+    # a message, not wait for a worker that will never come.
+    broken = ProcessPool(
+        operator.add, num_workers=2, timeout_s=10.0, memory_limit_mb=LIMIT_MB, initializer=os.abort
+    )
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="died during start-up"):
+        broken.run([(1, 2)])
+    assert time.monotonic() - start < 10.0
+    assert broken._workers == []  # every worker was stopped

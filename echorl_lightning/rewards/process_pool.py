@@ -89,7 +89,10 @@ def _cap_address_space(headroom_bytes: int) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
         cap = min(cap, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    except (ValueError, OSError) as error:  # a sandbox that forbids it: the RSS watchdog still applies
+        logger.warning("could not cap a worker's address space at %d bytes: %s", cap, error)
 
 
 def _worker_main(
