@@ -122,9 +122,9 @@ def _worker_main(
             index, args = message
             try:
                 reply = (index, fn(*args), None)
-            except Exception as error:  # any failure of one item is reported, not fatal
-                if isinstance(error, MemoryError):
-                    raise
+            except MemoryError:
+                raise
+            except Exception as error:  # any other failure of one item is reported, not fatal
                 reply = (index, None, f"{type(error).__name__}: {str(error)[:200]}")
             conn.send(reply)
         except MemoryError:
