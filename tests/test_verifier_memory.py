@@ -17,6 +17,10 @@ import pytest
 from echorl_lightning.rewards.math_verify import MathVerifier
 from echorl_lightning.rewards.process_pool import ProcessPool
 
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/proc/self/statm"), reason="the memory watchdog reads /proc (Linux only)"
+)
+
 MIB = 2**20
 LIMIT_MB = 32  # RSS watchdog at start-up RSS + 32 MiB; address space capped at start-up size + 64 MiB
 
