@@ -114,6 +114,8 @@ def test_check_data_drops_long_prompts_counts_and_logs(
     ]
     # a limit of exactly the longest prompt (50 bytes) keeps it: the bound is inclusive
     assert dm.check_data(max_prompt_tokens=50)["data/skipped_too_long"] == 0
+    dm.check_data(max_prompt_tokens=20)
+    assert dm.check_data()["data/skipped_too_long"] == 0 and len(dm.train_prompts) == 3  # no limit: all kept
 
 
 def test_init_arg_overrides_the_argument_and_no_limit_keeps_all(

@@ -206,6 +206,8 @@ class PromptDataModule(L.LightningDataModule):
         self._prompt_limit = limit
         self._train = None  # rebuilt under the limit
         self._eval_sets = None
+        for reasons in self.skipped.values():  # counted again below (a previous limit may differ)
+            reasons.pop("too_long", None)
         train, sets = self.train_prompts, self.eval_sets()
         self.skipped_counts = skip_counts(self.skipped, len(train), sum(len(s.prompts) for s in sets))
         logger.info("%s: data checked: %s", type(self).__name__, self.skipped_counts)
