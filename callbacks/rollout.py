@@ -125,6 +125,7 @@ class RolloutCallback(L.Callback):
         self.seed = seed
         self._pending_metrics: dict[str, torch.Tensor] = {}
         self.last_rollout: RolloutRecord | None = None
+        self._verifier_stats: dict[str, float] = {}
         self._delimiters: list[int] | None = None
         self._train_t0: float | None = None
         self._train_tokens = 0.0
@@ -318,6 +319,7 @@ class RolloutCallback(L.Callback):
         metrics.update(
             {k: v.detach().float() for k, v in echo_metrics(entropy, step_mask, step_end, clip_mask).items()}
         )
+        metrics.update(self._verifier_deltas(dm.verifier))
         metrics.update({
             "rollout/unjudged": torch.tensor(float(rows.num_unjudged)),
             "rollout/groups_kept": pg_mask.view(-1, gsize)[:, 0].sum(),
@@ -352,6 +354,17 @@ class RolloutCallback(L.Callback):
         )
         self._pending_metrics = metrics
         log.info("epoch %d rollout: %s", epoch, {k: round(float(v), 4) for k, v in metrics.items()})
+
+    def _verifier_deltas(self, verifier: Verifier) -> dict[str, Tensor]:
+        """``rollout/verifier_*``: what the verifier counted (timeouts, memory kills, errors) since last epoch,
+        for verifiers that keep such counters (``stats()``)."""
+        stats = getattr(verifier, "stats", None)
+        if not callable(stats):
+            return {}
+        now = {k: float(v) for k, v in stats().items()}
+        deltas = {f"rollout/{k}": torch.tensor(v - self._verifier_stats.get(k, 0.0)) for k, v in now.items()}
+        self._verifier_stats = now
+        return deltas
 
     def _group_rows(self, method: MethodConfig) -> int:
         """G', the rows of one group: G rollouts, plus LUFFY's expert row."""

@@ -27,13 +27,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from echorl_lightning.algorithms.presets import MethodConfig, MethodName
 from echorl_lightning.data.types import PromptExample
 from echorl_lightning.eval.sampled import EvalStage, SampledEvaluation, sample_and_score
-from echorl_lightning.ops import logprobs_and_entropy
 from echorl_lightning.rollout.batch import RolloutBatch, RolloutSpec, TokenBatch
 from echorl_lightning.rollout.hf_engine import HFGenerateEngine
 from echorl_lightning.rollout.types import RolloutEngine, SamplingConfig
 from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig
+from echorl_lightning.training.forward import policy_response_logprobs
 from echorl_lightning.training.guard import NumericalGuard, non_finite_parameters
-from echorl_lightning.training.loss import response_logits, rlvr_echo_loss
+from echorl_lightning.training.loss import rlvr_echo_loss
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
 log = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ class EchoRLModule(L.LightningModule):
         warmup_steps: linear learning-rate warmup in optimizer steps.
         eval: sampling for validation/test.
         forward_chunk_size: rows of logits processed at a time by the log-prob/entropy op (None: auto).
+        logprob_impl: ``hidden`` (default): log-probs and entropy from the decoder's hidden states, chunk by
+            chunk, never the [n, P + T, V] logits; ``full_logits``: the model's own logits (for model types
+            the hidden path does not know, and for reference).
         max_consecutive_skips: optimizer steps with a non-finite loss or gradient are skipped (nothing
             applied, counted in ``actor/skipped_steps``); this many in a row stop the run.
 
@@ -88,6 +91,7 @@ class EchoRLModule(L.LightningModule):
         warmup_steps: int = 0,
         eval: EvalConfig | None = None,
         forward_chunk_size: int | None = None,
+        logprob_impl: Literal["hidden", "full_logits"] = "hidden",
         max_consecutive_skips: int = 3,
     ) -> None:
         super().__init__()
@@ -98,6 +102,7 @@ class EchoRLModule(L.LightningModule):
         self.engine: RolloutEngine = engine if engine is not None else HFGenerateEngine()
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.forward_chunk_size = forward_chunk_size
+        self.logprob_impl = logprob_impl
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
         self._source = (model, dtype, gradient_checkpointing)
         self.guard = NumericalGuard(max_consecutive_skips)
@@ -142,7 +147,8 @@ class EchoRLModule(L.LightningModule):
     def response_logprobs(
         self, batch: TokenBatch, temperature: float, model: torch.nn.Module | None = None
     ) -> tuple[Tensor, Tensor]:
-        """One forward over ``prompt + response``.
+        """One forward over ``prompt + response`` (``training.forward.policy_response_logprobs``: from the
+        decoder's hidden states chunk by chunk, no full-vocabulary logits, unless ``logprob_impl`` says so).
 
         Args:
             batch: the rows ([n, P + T] inputs, [n, T] responses).
@@ -152,16 +158,17 @@ class EchoRLModule(L.LightningModule):
         Returns:
             ``(logp, entropy)``, each [n, T] float32; entropy is detached.
         """
-        net = self.policy if model is None else model
-        out = net(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
+        return policy_response_logprobs(
+            self.policy if model is None else model,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.position_ids,
+            batch.prompt_len,
+            batch.responses,
+            temperature,
+            chunk_size=self.forward_chunk_size,
+            full_logits=self.logprob_impl == "full_logits",
         )
-        resp = batch.responses
-        logits = response_logits(out.logits, batch.prompt_len, resp.shape[1])  # [n, T, V]
-        return logprobs_and_entropy(logits, resp, temperature, chunk_size=self.forward_chunk_size)
 
     @torch.no_grad()
     def score_rollouts(

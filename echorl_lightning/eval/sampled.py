@@ -5,7 +5,9 @@ at temperature 0.6): :func:`sample_and_score` draws k completions per prompt thr
 scores them with the set's verifier (and, where the set has one, its step checker);
 :class:`SampledEvaluation` keeps the torchmetrics state per stage and set and turns it into the logged values:
 
-* ``<stage>/<set>/avg@k``, ``pass@1``, ``pass@k`` (unbiased), ``maj@k`` and ``response_length``;
+* ``<stage>/<set>/avg@k``, ``pass@1``, ``pass@k`` (unbiased), ``maj@k`` (a vote over the verifier's own parsed
+  answers, ``verifier.answer``, where the verifier has one, else the set's ``answer_fn``) and
+  ``response_length``;
 * ``<stage>/<set>/step_valid_frac`` where the set has a step checker: the share of correct samples whose every
   step is valid (samples whose steps cannot be judged are left out);
 * ``<stage>/id_avg`` / ``<stage>/ood_avg``: the mean avg@k of the sets of each group;
@@ -79,7 +81,9 @@ def sample_and_score(
     refs = [ex.reference for ex in examples for _ in range(k)]
     scores = torch.tensor([float(s or 0.0) for s in eval_set.verifier(texts, refs)])  # [P * k]
     lengths = torch.tensor([float(len(c.token_ids)) for c in flat])  # [P * k]
-    answers = [eval_set.answer_fn(text) for text in texts]
+    # maj@k votes on the answer the verifier itself judges, where it says (``answer``); else the set's rule
+    answer_fn = getattr(eval_set.verifier, "answer", None) or eval_set.answer_fn
+    answers = [answer_fn(text) for text in texts]
     step_valid = None
     if eval_set.step_checker is not None:
         judged = eval_set.step_checker(texts, [ex for ex in examples for _ in range(k)])

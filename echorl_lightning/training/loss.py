@@ -88,17 +88,3 @@ def rlvr_echo_loss(
         total = total + echo_coef * echo
     metrics["echo/loss"] = echo.detach()
     return total * scale, metrics
-
-
-def response_logits(logits: Tensor, prompt_len: int, response_len: int) -> Tensor:
-    """Slice the logits that predict the response tokens.
-
-    Args:
-        logits: [n, P + T, V] from a forward over ``prompt + response``.
-        prompt_len: P.
-        response_len: T.
-
-    Returns:
-        [n, T, V] view: position P - 1 + t predicts response token t.
-    """
-    return logits[:, prompt_len - 1 : prompt_len - 1 + response_len]
