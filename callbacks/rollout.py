@@ -24,6 +24,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from echorl_lightning.algorithms import compute_advantages
@@ -50,6 +51,8 @@ from echorl_lightning.rollout.types import SamplingConfig
 from echorl_lightning.training.contract import RolloutPolicy
 
 log = logging.getLogger(__name__)
+
+_COUNTS = ("echo/num_clips", "rollout/unjudged", "rollout/groups_kept", "rollout/num_groups")
 
 _POLICY_MEMBERS = (
     "tokenizer", "method_cfg", "echo_cfg", "device", "configure_rollout", "rollout_engine", "encode_prompts",
@@ -170,7 +173,15 @@ class RolloutCallback(L.Callback):
             self._train_t0, self._train_tokens = time.perf_counter(), 0.0
             if self._pending_metrics:
                 metrics = {k: v.to(pl_module.device) for k, v in self._pending_metrics.items()}
+                counts = {
+                    k: metrics.pop(k)
+                    for k in sorted(metrics)
+                    if k in _COUNTS or k.startswith("rollout/verifier_")
+                }
                 pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True, batch_size=1)
+                pl_module.log_dict(  # counts are global totals, not means over ranks
+                    counts, on_step=True, on_epoch=False, sync_dist=True, reduce_fx="sum", batch_size=1
+                )
                 self._pending_metrics = {}
         self._train_tokens += float(batch.response_mask.sum())
 
@@ -302,7 +313,7 @@ class RolloutCallback(L.Callback):
         rewards = scores.clone()  # (f) rewards -> advantages, EchoClips, DAPO's row filter
         if method.overlong_shaping:
             rewards = rewards + overlong_penalty(lengths, self.max_new_tokens, method.overlong_buffer)
-        advantages = compute_advantages(method.adv_estimator, rewards.view(-1, gsize)).reshape(n)  # [N]
+        advantages = self._advantages(trainer, method, rewards.view(-1, gsize)).reshape(n)  # [N]
         clip_mask, step_mask, step_end = self._echo_clips(policy, tokens, entropy, rows, epoch, rank)
         pg_mask, keep_rows = torch.ones(n), torch.ones(n, dtype=torch.bool)
         if method.dynamic_sampling:
@@ -354,6 +365,19 @@ class RolloutCallback(L.Callback):
         )
         self._pending_metrics = metrics
         log.info("epoch %d rollout: %s", epoch, {k: round(float(v), 4) for k, v in metrics.items()})
+
+    @staticmethod
+    def _advantages(trainer: L.Trainer, method: MethodConfig, rewards: Tensor) -> Tensor:
+        """(f) Advantages of this rank's groups ([B', G'] rewards), computed over the GLOBAL batch: the rewards
+        of every rank are gathered first, so estimators with batch statistics (REINFORCE++'s std) see the whole
+        batch; group-local estimators give the same values either way."""
+        if trainer.world_size == 1 or not dist.is_available() or not dist.is_initialized():
+            return compute_advantages(method.adv_estimator, rewards)
+        parts: list[Tensor | None] = [None] * trainer.world_size
+        dist.all_gather_object(parts, rewards.cpu())  # ranks may hold different B' (DAPO's extra rounds)
+        offset = sum(int(p.shape[0]) for p in parts[: trainer.global_rank])
+        full = compute_advantages(method.adv_estimator, torch.cat(parts))  # [sum B', G']
+        return full[offset : offset + rewards.shape[0]]
 
     def _verifier_deltas(self, verifier: Verifier) -> dict[str, Tensor]:
         """``rollout/verifier_*``: what the verifier counted (timeouts, memory kills, errors) since last epoch,

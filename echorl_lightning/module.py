@@ -34,6 +34,7 @@ from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, Eva
 from echorl_lightning.training.forward import policy_response_logprobs
 from echorl_lightning.training.guard import NumericalGuard, non_finite_parameters
 from echorl_lightning.training.loss import rlvr_echo_loss
+from echorl_lightning.training.step_metrics import StepMetrics
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class EchoRLModule(L.LightningModule):
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
         self._source = (model, dtype, gradient_checkpointing)
         self.guard = NumericalGuard(max_consecutive_skips)
+        self.step_metrics = StepMetrics()
         self._engine_ready = False
         self._synced_step: int | None = None  # global_step of the weights the engine holds
         self.rollout_spec: RolloutSpec | None = None  # set by the rollout callback (configure_rollout)
@@ -247,12 +249,13 @@ class EchoRLModule(L.LightningModule):
         )
         n_tokens = batch.response_mask.sum()
         metrics["actor/entropy"] = (entropy * batch.response_mask).sum() / n_tokens.clamp(min=1)
-        self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False, batch_size=len(logp))
-        self.log("actor/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+        self.step_metrics.add(metrics)  # logged once per optimizer step, over all micro-batches and ranks
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the gradient norm; skip the step (drop every gradient) when it is not finite."""
+        """Log the step's metrics and gradient norm; skip the step (drop every gradient) when it is not finite."""
+        self.log_dict(self.step_metrics.pop(self._reduce), on_step=True, on_epoch=False, batch_size=1)
+        self.log("actor/lr", optimizer.param_groups[0]["lr"], on_step=True)
         norms = grad_norm(self.policy, norm_type=2)
         if "grad_2.0_norm_total" not in norms:
             return
@@ -265,6 +268,15 @@ class EchoRLModule(L.LightningModule):
                 "step %d: non-finite gradient norm %s, optimizer step skipped", self.global_step, total
             )
         self.log("actor/skipped_steps", float(self.guard.skipped), on_step=True)
+
+    def _reduce(self, value: Tensor, op: str) -> Tensor:
+        """``value`` reduced over ranks (sum, mean or max)."""
+        if self.trainer.world_size == 1:
+            return value
+        value = value.to(self.device)
+        if op == "max":
+            return self.trainer.strategy.all_gather(value).max()
+        return self.trainer.strategy.reduce(value, reduce_op=op)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Never write non-finite weights."""
