@@ -250,3 +250,27 @@ def test_base_class_check_runs_for_the_arithmetic_task(tiny_tokenizer: PreTraine
     with pytest.raises(ValueError, match=r"ArithmeticDataModule 'train' prompts: all 16 prompts are longer than "
                        r"max_prompt_tokens=3 tokens"):  # fmt: skip
         dm.check_data(max_prompt_tokens=3)
+
+
+def test_evaluation_stages_do_not_load_training_data(tmp_path: Path) -> None:
+    math500 = _jsonl(tmp_path / "m.jsonl", MATH500_ROWS[:1])
+    options = HubEvalOptions(sets=["math500"], paths={"math500": math500})
+    # the default training source is a hub id, unreachable offline: validate/test never touch it
+    on_hub = HubPromptDataModule(eval=options, use_chat_template=False, cache_dir=str(tmp_path / "c"))
+    assert on_hub.check_data(stage="validate") == {
+        "data/skipped_rows": 0,
+        "data/skipped_too_long": 0,
+        "data/eval_prompts": 1,
+        "data/skipped_rows/math500": 0,
+    }
+    with pytest.raises(DataSourceError, match="^train: cannot load hub dataset"):
+        on_hub.check_data(stage="fit")
+    # an evaluation-only datamodule (configs/eval_math.yaml): no training source at all
+    eval_only = HubPromptDataModule(path=None, eval=options, use_chat_template=False)
+    assert eval_only.check_data(stage="test")["data/eval_prompts"] == 1
+    with pytest.raises(
+        ValueError, match=r"no training prompts: data.init_args.path is null and train_set is not set"
+    ):
+        eval_only.check_data()
+    with pytest.raises(ValueError, match="eval.val.path must be set when path is null"):
+        HubPromptDataModule(path=None, eval=HubEvalOptions(val=HubSplit(split="test")))

@@ -182,7 +182,9 @@ class PromptDataModule(L.LightningDataModule):
             self._eval_sets = sets
         return self._eval_sets
 
-    def check_data(self, max_prompt_tokens: int | None = None) -> dict[str, int]:
+    def check_data(
+        self, max_prompt_tokens: int | None = None, stage: Literal["fit", "validate", "test"] = "fit"
+    ) -> dict[str, int]:
         """Load the training prompts and every evaluation set now (before a model is loaded), so that bad
         data fails here with a message naming the file, and prompts over the token limit are dropped.
 
@@ -190,11 +192,14 @@ class PromptDataModule(L.LightningDataModule):
             max_prompt_tokens: the longest prompt kept, in tokens of the connected tokenizer
                 (``add_special_tokens=False``); the ``max_prompt_tokens`` init argument overrides it when set.
                 None with no init argument: no limit.
+            stage: ``"fit"`` checks the training prompts and the evaluation sets; ``"validate"`` and
+                ``"test"`` only the evaluation sets (an evaluation needs no training data).
 
         Returns:
             ``data/skipped_rows`` (every row left out: no prompt text, no reference, over the limit),
             ``data/skipped_rows/<set>`` per set, ``data/skipped_too_long``, ``data/train_prompts`` and
-            ``data/eval_prompts`` (kept); also stored as :attr:`skipped_counts`.
+            ``data/eval_prompts`` (kept; ``data/train_prompts`` only for ``fit``); also stored as
+            :attr:`skipped_counts`.
 
         Raises:
             ValueError: a set is empty, unreadable, or has no prompt within the limit (its source named).
@@ -208,8 +213,9 @@ class PromptDataModule(L.LightningDataModule):
         self._eval_sets = None
         for reasons in self.skipped.values():  # counted again below (a previous limit may differ)
             reasons.pop("too_long", None)
-        train, sets = self.train_prompts, self.eval_sets()
-        self.skipped_counts = skip_counts(self.skipped, len(train), sum(len(s.prompts) for s in sets))
+        train = len(self.train_prompts) if stage == "fit" else None
+        evaluation = sum(len(s.prompts) for s in self.eval_sets())
+        self.skipped_counts = skip_counts(self.skipped, train, evaluation)
         logger.info("%s: data checked: %s", type(self).__name__, self.skipped_counts)
         return self.skipped_counts
 
@@ -270,7 +276,9 @@ def prompt_token_counts(tokenizer: Any, texts: Sequence[str], batch_size: int = 
     return counts
 
 
-def skip_counts(skipped: Mapping[str, Mapping[str, int]], train: int, evaluation: int) -> dict[str, int]:
+def skip_counts(
+    skipped: Mapping[str, Mapping[str, int]], train: int | None, evaluation: int
+) -> dict[str, int]:
     """The ``data/...`` metrics of :meth:`PromptDataModule.check_data` from per-set skip counts.
 
     Example: ``{"train": {"no_prompt": 1, "too_long": 2}, "math500": {"no_reference": 1}}`` with 5 training
@@ -281,9 +289,10 @@ def skip_counts(skipped: Mapping[str, Mapping[str, int]], train: int, evaluation
     counts = {
         "data/skipped_rows": sum(sum(reasons.values()) for reasons in skipped.values()),
         "data/skipped_too_long": sum(reasons.get("too_long", 0) for reasons in skipped.values()),
-        "data/train_prompts": train,
         "data/eval_prompts": evaluation,
     }
+    if train is not None:  # None: the training prompts were not loaded
+        counts["data/train_prompts"] = train
     for source, reasons in sorted(skipped.items()):
         counts[f"data/skipped_rows/{source}"] = sum(reasons.values())
     return counts

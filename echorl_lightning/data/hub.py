@@ -117,7 +117,8 @@ class HubPromptDataModule(PromptDataModule):
     """Math prompts from a hub dataset or a local file (defaults: LUFFY's OpenR1-Math 46k set).
 
     Args:
-        path: hub dataset id, or a local ``.jsonl``/``.json``/``.parquet``/``.csv`` file or folder.
+        path: hub dataset id, or a local ``.jsonl``/``.json``/``.parquet``/``.csv`` file or folder; None (with
+            no ``train_set``): no training prompts, for evaluation-only configs.
         name: hub configuration name.
         split: training split.
         revision: hub revision (branch, tag or commit) for reproducible runs.
@@ -147,7 +148,7 @@ class HubPromptDataModule(PromptDataModule):
 
     def __init__(
         self,
-        path: str = "Elliott/Openr1-Math-46k-8192",
+        path: str | None = "Elliott/Openr1-Math-46k-8192",
         name: str | None = None,
         split: str = "train",
         revision: str | None = None,
@@ -181,6 +182,10 @@ class HubPromptDataModule(PromptDataModule):
         for key, k in (("max_train_samples", max_train_samples), ("eval.max_samples", options.max_samples)):
             if k is not None and k < 1:
                 raise ValueError(f"{key} must be >= 1 or None, got {k}")
+        if path is None and options.val is not None and options.val.path is None:
+            raise ValueError(
+                "eval.val.path must be set when path is null (there is no training source to share)"
+            )
         unknown = sorted(set(options.paths) - set(options.sets))
         if unknown:
             raise ValueError(f"eval.paths: {unknown} are not in eval.sets={options.sets}")
@@ -253,7 +258,7 @@ class HubPromptDataModule(PromptDataModule):
         if source == "train" and self.train_set is not None:
             where = self.train_set_path or BENCHMARKS.get(self.train_set).hub_id
             return f"train_set {self.train_set!r} from {where!r}"
-        if source == "train":
+        if source == "train" and self.path is not None:
             return f"train from {TableSource(self.path, self.name, self.split).describe()}"
         if source == "val" and self.eval_options.val is not None:
             return f"val from {self._val_source().describe()}"
@@ -285,6 +290,10 @@ class HubPromptDataModule(PromptDataModule):
                 label=f"train_set {self.train_set!r}",
             )
         if source == "train":
+            if self.path is None:
+                raise ValueError(
+                    f"{type(self).__name__} has no training prompts: {KEY}.path is null and train_set is not set"
+                )
             return load_rows(
                 TableSource(self.path, self.name, self.split, self.revision),
                 column_mapping(
