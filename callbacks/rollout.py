@@ -359,6 +359,11 @@ class RolloutCallback(L.Callback):
             replace(m, num_tokens=c[0], num_seqs=c[1], num_clips=c[2])
             for m, c in zip(micro, counts, strict=True)
         ]
+        metrics["perf/pad_frac"] = torch.tensor(  # positions the update spends on padding, after trimming
+            1.0
+            - sum(float(m.attention_mask.sum()) for m in micro) / sum(m.attention_mask.numel() for m in micro)
+        )
+        metrics["perf/pad_frac_batch"] = torch.tensor(tokens.pad_fraction())  # the one padded rollout batch
         dm.rollout_buffer.fill(micro, epoch)
         self.last_rollout = RolloutRecord(
             epoch, tokens, scores, entropy, step_mask, step_end, clip_mask, off_policy, gsize

@@ -120,3 +120,36 @@ def test_batch_to_device_moves_tensors_and_keeps_ints():
     moved = batch.to("cpu")
     assert moved is not batch and moved.prompt_len == batch.prompt_len and moved.ref_logp is None
     assert torch.equal(moved.input_ids, batch.input_ids)
+
+
+def test_compact_drops_prompt_columns_no_row_uses() -> None:
+    # prompts [5, 6, 7] and [8]; responses [1] and [2, 3]: P = 3, T = 2
+    tokens = pad_rollouts([[5, 6, 7], [8]], [[1], [2, 3]], pad_id=0)
+    short = tokens.rows(torch.tensor([1]))  # only the 1-token prompt: 2 left pad columns unused
+    cut = short.compact()
+    assert cut.prompt_len == 1
+    assert cut.input_ids.tolist() == [[8, 2, 3]]
+    assert cut.position_ids.tolist() == [[0, 1, 2]]
+    assert tokens.compact().input_ids.shape == (2, 5)  # both rows together use every column
+    # padding: 10 positions, 3 + 1 + 1 + 2 = 7 real -> 0.3; the compacted single row has none
+    assert tokens.pad_fraction() == pytest.approx(0.3)
+    assert cut.pad_fraction() == 0.0
+
+
+def test_micro_batches_of_a_step_are_grouped_by_length() -> None:
+    # 6 rows, lengths 1 + [4, 3, 2, 1, 4, 2]; 1 step of 3 micro-batches: sorted groups {1,2}, {2,3}, {4,4}
+    micro = make_microbatches(
+        _toy_batch(), ppo_epochs=1, num_minibatches=1, accumulate=3, generator=torch.Generator().manual_seed(0)
+    )
+    widths = sorted(m.response_mask.shape[1] for m in micro)
+    assert widths == [2, 3, 4]
+    ungrouped = make_microbatches(
+        _toy_batch(),
+        ppo_epochs=1,
+        num_minibatches=1,
+        accumulate=3,
+        generator=torch.Generator().manual_seed(0),
+        group_by_length=False,
+    )
+    assert sum(m.attention_mask.numel() for m in micro) < sum(m.attention_mask.numel() for m in ungrouped)
+    assert sorted(sum((m.advantages.tolist() for m in micro), [])) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]

@@ -102,6 +102,28 @@ class TokenBatch:
         )
         return replace(self, **cut)
 
+    def compact(self: B) -> B:
+        """The same rows without all-padding columns: prompt columns no row uses (left) and response columns
+        beyond the longest response (right). ``prompt_len`` shrinks accordingly."""
+        t_len = max(1, int(self.response_mask.sum(-1).max()))
+        batch = self.trimmed(t_len)
+        used = batch.attention_mask[:, : batch.prompt_len].sum(0) > 0  # [P] prompt columns some row uses
+        left = int(used.float().argmax())  # the first used column (P >= 1 and every prompt is non-empty)
+        if left == 0:
+            return batch
+        attention = batch.attention_mask[:, left:]
+        return replace(
+            batch,
+            input_ids=batch.input_ids[:, left:],
+            attention_mask=attention,
+            position_ids=(attention.cumsum(-1) - 1).clamp(min=0),  # [n, P' + T]
+            prompt_len=batch.prompt_len - left,
+        )
+
+    def pad_fraction(self) -> float:
+        """Share of the [n, P + T] positions a forward over this batch spends on padding."""
+        return 1.0 - float(self.attention_mask.sum()) / max(self.attention_mask.numel(), 1)
+
 
 @dataclass
 class RolloutBatch(TokenBatch):

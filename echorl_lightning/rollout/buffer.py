@@ -29,6 +29,7 @@ def make_microbatches(
     num_minibatches: int,
     accumulate: int,
     generator: torch.Generator,
+    group_by_length: bool = True,
 ) -> list[RolloutBatch]:
     """Cut a rollout batch into the micro-batches of one training epoch.
 
@@ -39,12 +40,15 @@ def make_microbatches(
         num_minibatches: optimizer steps per pass.
         accumulate: micro-batches per optimizer step (the trainer's ``accumulate_grad_batches``).
         generator: seeds the shuffles.
+        group_by_length: within each optimizer step, sort rows by length before cutting the micro-batches, so
+            rows of similar length share one (the step's gradient is the same sum either way).
 
     Returns:
         ``ppo_epochs * num_minibatches * accumulate`` micro-batches, each stamped with the LOCAL counts of
         its optimizer step (``num_tokens``: policy-gradient response tokens, ``num_seqs``: policy-gradient
-        rows, ``num_clips``: rows holding an EchoClip) and trimmed to its longest response. Raises when
-        N < num_minibatches * accumulate (a micro-batch would be empty).
+        rows, ``num_clips``: rows holding an EchoClip) and cut to the columns its rows use
+        (:meth:`~echorl_lightning.rollout.batch.TokenBatch.compact`). Raises when N < num_minibatches *
+        accumulate (a micro-batch would be empty).
     """
     n = len(batch)
     chunks = num_minibatches * accumulate
@@ -61,10 +65,12 @@ def make_microbatches(
                 "num_seqs": batch.pg_mask[rows].sum(),
                 "num_clips": batch.clip_mask[rows].any(-1).float().sum(),
             }
+            if group_by_length and accumulate > 1:
+                lengths = batch.attention_mask[rows].sum(-1)  # [rows] real tokens of each row
+                rows = rows[torch.sort(lengths, stable=True).indices]
             for micro_rows in torch.tensor_split(rows, accumulate):
-                mb = batch.rows(micro_rows)
-                t_len = max(1, int(mb.response_mask.sum(-1).max()))
-                out.append(replace(mb.trimmed(t_len), **{k: v.clone() for k, v in counts.items()}))
+                mb = batch.rows(micro_rows).compact()
+                out.append(replace(mb, **{k: v.clone() for k, v in counts.items()}))
     return out
 
 
