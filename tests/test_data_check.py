@@ -267,10 +267,12 @@ def test_evaluation_stages_do_not_load_training_data(tmp_path: Path) -> None:
         on_hub.check_data(stage="fit")
     # an evaluation-only datamodule (configs/eval_math.yaml): no training source at all
     eval_only = HubPromptDataModule(path=None, eval=options, use_chat_template=False)
+    assert not eval_only.has_train_source() and on_hub.has_train_source()
     assert eval_only.check_data(stage="test")["data/eval_prompts"] == 1
+    assert "data/train_prompts" not in eval_only.check_data()  # no stage: what the datamodule has
     with pytest.raises(
         ValueError, match=r"no training prompts: data.init_args.path is null and train_set is not set"
     ):
-        eval_only.check_data()
+        eval_only.check_data(stage="fit")
     with pytest.raises(ValueError, match="eval.val.path must be set when path is null"):
         HubPromptDataModule(path=None, eval=HubEvalOptions(val=HubSplit(split="test")))

@@ -151,6 +151,10 @@ class PromptDataModule(L.LightningDataModule):
             self._verifier = self.default_verifier()
         return self._verifier
 
+    def has_train_source(self) -> bool:
+        """Whether this datamodule is configured with training prompts (False: evaluation only)."""
+        return True
+
     def describe_source(self, source: str) -> str:
         """How messages name a set (``"train"`` or an evaluation set); subclasses name its file or hub id."""
         return f"{type(self).__name__} {source!r} prompts"
@@ -183,7 +187,7 @@ class PromptDataModule(L.LightningDataModule):
         return self._eval_sets
 
     def check_data(
-        self, max_prompt_tokens: int | None = None, stage: Literal["fit", "validate", "test"] = "fit"
+        self, max_prompt_tokens: int | None = None, stage: Literal["fit", "validate", "test"] | None = None
     ) -> dict[str, int]:
         """Load the training prompts and every evaluation set now (before a model is loaded), so that bad
         data fails here with a message naming the file, and prompts over the token limit are dropped.
@@ -193,7 +197,8 @@ class PromptDataModule(L.LightningDataModule):
                 (``add_special_tokens=False``); the ``max_prompt_tokens`` init argument overrides it when set.
                 None with no init argument: no limit.
             stage: ``"fit"`` checks the training prompts and the evaluation sets; ``"validate"`` and
-                ``"test"`` only the evaluation sets (an evaluation needs no training data).
+                ``"test"`` only the evaluation sets (an evaluation needs no training data); None checks the
+                training prompts when :meth:`has_train_source` says there are any.
 
         Returns:
             ``data/skipped_rows`` (every row left out: no prompt text, no reference, over the limit),
@@ -213,7 +218,8 @@ class PromptDataModule(L.LightningDataModule):
         self._eval_sets = None
         for reasons in self.skipped.values():  # counted again below (a previous limit may differ)
             reasons.pop("too_long", None)
-        train = len(self.train_prompts) if stage == "fit" else None
+        load_train = stage == "fit" or (stage is None and self.has_train_source())
+        train = len(self.train_prompts) if load_train else None
         evaluation = sum(len(s.prompts) for s in self.eval_sets())
         self.skipped_counts = skip_counts(self.skipped, train, evaluation)
         logger.info("%s: data checked: %s", type(self).__name__, self.skipped_counts)

@@ -253,6 +253,9 @@ class HubPromptDataModule(PromptDataModule):
         self._eval_sets = None
         self._warned_template = False
 
+    def has_train_source(self) -> bool:
+        return self.path is not None or self.train_set is not None
+
     def describe_source(self, source: str) -> str:
         """``"train"``, ``"val"`` or a benchmark name, with where its rows come from."""
         if source == "train" and self.train_set is not None:
