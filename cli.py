@@ -1,7 +1,9 @@
 """Command line entry point: ``python cli.py {fit,validate,test} --config configs/<name>.yaml``.
 
 A thin LightningCLI: the model, the datamodule, callbacks and the logger are all ``class_path`` /
-``init_args`` objects in YAML. See README.md ("Config system").
+``init_args`` objects in YAML, the rollout settings are the ``rollout:`` group. See README.md ("Config
+system"). A config value that cannot work exits with status 1 and one line per problem, before any model
+is loaded.
 
 Everything is imported under the ``__main__`` guard: verifier worker processes (spawn/forkserver) re-import
 this file, and must not pay for importing Lightning.
@@ -11,6 +13,12 @@ import os
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from echorl_lightning.cli import main
+    import sys
 
-    main()
+    from echorl_lightning.cli import main
+    from echorl_lightning.config_checks import ConfigError
+
+    try:
+        main()
+    except ConfigError as err:  # a bad config value: the message names the key, a traceback adds nothing
+        sys.exit(f"cli.py: {err}")

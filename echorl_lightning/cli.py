@@ -1,38 +1,200 @@
-"""The LightningCLI subclass behind ``cli.py``.
+"""The LightningCLI subclass behind ``cli.py``: config groups, checks before loading, and resumable runs.
 
-After the classes are instantiated, objects that need the tokenizer are bound to it
-(``datamodule.connect(model.tokenizer)``), as litgpt does: the YAML never repeats the model path.
+Config groups beside ``trainer``/``model``/``data``: ``rollout`` (the :class:`~callbacks.rollout.RolloutCallback`
+settings, e.g. ``--rollout.prompts_per_epoch=8``; added to the trainer's callbacks for models that take
+rollouts, and acting in ``fit`` only) and ``failure_report`` (:class:`~callbacks.failure_report.FailureReport`,
+on every run). ``trainer.callbacks`` keeps the other callbacks (checkpoints, export).
+
+Order of a run: (1) parse; (2) :func:`~echorl_lightning.config_checks.check_config` on the parsed values,
+before anything is instantiated (each problem names its full key); with ``--ckpt_path``, the logger is
+pointed at the version folder of the run the checkpoint came from (read from ``run.json``, which this CLI
+writes next to the checkpoints, or from a ``version_N`` folder in the checkpoint's path), so a resumed run
+continues one TensorBoard run; (3) the classes are built (the module loads its tokenizer only); (4) before
+each subcommand: ``datamodule.connect(model.tokenizer)`` (as litgpt does: the YAML never repeats the model
+path), then ``datamodule.check_data(max_prompt_tokens)`` with the model's context minus the response limit,
+its counts logged once at step 0 (``data/skipped_rows``, ...); (5) the trainer loads the weights
+(``configure_model``) and runs.
+
+Left out: loggers other than one ``class_path`` logger with a ``version`` argument are not re-pointed on
+resume; the data counts are not logged again on resume (they were logged at the start of the run).
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+import logging
+import re
+from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from callbacks.failure_report import FailureReport
+from callbacks.rollout import RolloutCallback
+from echorl_lightning.config_checks import ConfigError, check_config
+
+log = logging.getLogger(__name__)
+RUN_RECORD = "run.json"
+_ROLLOUT_CLASS = f"{RolloutCallback.__module__}.{RolloutCallback.__qualname__}"
+
+
+def _import(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def takes_rollouts(model_class_path: str | None) -> bool:
+    """Whether the model class implements the rollout contract (``configure_rollout``)."""
+    cls = _import(model_class_path) if model_class_path else None
+    return cls is not None and hasattr(cls, "configure_rollout")
+
+
+def checkpoint_dirs(callbacks: Any) -> list[Path]:
+    """The ``dirpath`` of every ModelCheckpoint in a parsed ``trainer.callbacks`` list."""
+    entries = callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []
+    dirs = []
+    for cb in entries:
+        cls = _import(cb.get("class_path", "")) if isinstance(cb, dict) else None
+        dirpath = (cb.get("init_args") or {}).get("dirpath") if isinstance(cb, dict) else None
+        if isinstance(cls, type) and issubclass(cls, ModelCheckpoint) and dirpath:
+            dirs.append(Path(dirpath))
+    return dirs
+
+
+def resumed_version(ckpt_path: str, ckpt_dirs: list[Path]) -> int | str | None:
+    """The logger version of the run a checkpoint came from: ``run.json`` in the checkpoint's folder (for
+    ``last``/``best``/``hpc``: in the config's checkpoint folders), else a ``version_N`` folder in its path."""
+    named = ckpt_path in ("last", "best", "hpc", "registry")
+    folders = ckpt_dirs if named else [Path(ckpt_path).parent]
+    for folder in folders:
+        record = folder / RUN_RECORD
+        if record.is_file():
+            return json.loads(record.read_text()).get("version")
+    if not named:
+        match = re.search(r"version_(\d+)", str(Path(ckpt_path).resolve().parent))
+        if match:
+            return int(match.group(1))
+    return None
 
 
 class EchoRLCLI(LightningCLI):
-    """LightningCLI with subclass mode for model and data, and tokenizer binding before each subcommand."""
+    """LightningCLI with subclass mode for model and data, the ``rollout`` and ``failure_report`` groups, config
+    checks before instantiation, resumable logging, and tokenizer binding + data checks before each subcommand."""
 
-    def _connect(self) -> None:
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(RolloutCallback, "rollout")
+        parser.add_lightning_class_args(FailureReport, "failure_report")
+
+    # ---- (2) before anything is built -------------------------------------------------------------------
+    def before_instantiate_classes(self) -> None:
+        sub = self.subcommand
+        config = self.config[sub] if sub else self.config
+        plain = config.as_dict()
+        model_path = (plain.get("model") or {}).get("class_path")
+        trainer = plain.get("trainer") or {}
+        problems = []
+        callbacks = trainer.get("callbacks") or []
+        for i, cb in enumerate(callbacks if isinstance(callbacks, list) else [callbacks]):
+            if isinstance(cb, dict) and cb.get("class_path") == _ROLLOUT_CLASS:
+                problems.append(
+                    f"trainer.callbacks[{i}]: the RolloutCallback is the `rollout:` config group now (always "
+                    "added for fit); move its init_args under `rollout:` and remove it from trainer.callbacks"
+                )
+        problems += check_config(
+            plain, sub or "fit", rollout_key="rollout" if takes_rollouts(model_path) else None
+        )
+        if problems:
+            raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+        ckpt_path = plain.get("ckpt_path")
+        logger = config.get("trainer.logger") if sub else None
+        if ckpt_path and sub == "fit" and hasattr(logger, "init_args") and "version" in logger.init_args:
+            if logger.init_args.version is None:
+                version = resumed_version(str(ckpt_path), checkpoint_dirs(callbacks))
+                if version is not None:
+                    logger.init_args.version = version
+                    log.info("resuming logger version %s of the run of %s", version, ckpt_path)
+
+    # ---- (3) the rollout callback only for models that take rollouts --------------------------------------
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if not hasattr(self.model, "configure_rollout"):
+            extra = [cb for cb in extra if not isinstance(cb, RolloutCallback)]
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        return self._instantiate_trainer(trainer_config, extra)
+
+    # ---- (4) before each subcommand -----------------------------------------------------------------
+    def _prepare(self, stage: str) -> None:
         tokenizer = getattr(self.model, "tokenizer", None)
         connect = getattr(self.datamodule, "connect", None)
         if tokenizer is not None and callable(connect):
             connect(tokenizer)
+        check = getattr(self.datamodule, "check_data", None)
+        if callable(check):
+            counts = check(max_prompt_tokens=self._prompt_limit(stage))
+            resumed = self.config[self.subcommand].get("ckpt_path") is not None
+            if counts and self.trainer.logger is not None and not resumed:
+                self.trainer.logger.log_metrics({k: float(v) for k, v in counts.items()}, step=0)
+        if stage == "fit" and self.trainer.is_global_zero:
+            self._write_run_record()
+
+    def _prompt_limit(self, stage: str) -> int | None:
+        """The model's context minus the longest response the stage generates (None: context unknown)."""
+        path = getattr(self.model, "hparams", {}).get("model")
+        if not isinstance(path, str):
+            return None
+        from transformers import AutoConfig
+
+        context = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+        eval_cfg = getattr(self.model, "eval_cfg", None)
+        lengths = {"model.init_args.eval.max_new_tokens": getattr(eval_cfg, "max_new_tokens", 0)}
+        if stage == "fit":
+            for cb in self.trainer.callbacks:
+                if isinstance(cb, RolloutCallback):
+                    lengths["rollout.max_new_tokens"] = cb.max_new_tokens
+        if not context:
+            return None
+        key, longest = max(lengths.items(), key=lambda kv: kv[1])
+        if longest >= context:
+            raise ConfigError(
+                f"{key}={longest}: leaves no room for a prompt in the model's context of {context} tokens "
+                f"(max_position_embeddings of {path}); must be < {context}"
+            )
+        return context - longest
+
+    def _write_run_record(self) -> None:
+        """``run.json`` next to the checkpoints: the logger version a resumed run continues."""
+        logger = self.trainer.logger
+        version = getattr(logger, "version", None)
+        if version is None:
+            return
+        for cb in self.trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+                Path(cb.dirpath).mkdir(parents=True, exist_ok=True)
+                record = {"version": version, "log_dir": getattr(logger, "log_dir", None)}
+                (Path(cb.dirpath) / RUN_RECORD).write_text(json.dumps(record) + "\n")
 
     def before_fit(self) -> None:
-        self._connect()
+        self._prepare("fit")
 
     def before_validate(self) -> None:
-        self._connect()
+        self._prepare("validate")
 
     def before_test(self) -> None:
-        self._connect()
+        self._prepare("test")
 
 
 def main(args: list[str] | None = None, run: bool = True) -> EchoRLCLI:
-    """Build (and by default run) the CLI; ``args`` as on the command line."""
+    """Build (and by default run) the CLI; ``args`` as on the command line.
+
+    Raises:
+        ConfigError: a config value that cannot work (raised before any model is loaded).
+    """
     kwargs: dict[str, Any] = dict(
         model_class=LightningModule,
         datamodule_class=LightningDataModule,

@@ -89,7 +89,7 @@ def run_config(arm: Arm, seed: int, run_dir: Path, args: argparse.Namespace) -> 
     """The base config with the arm's settings, the seed, the budget overrides and the run's paths."""
     config = yaml.safe_load(BASE_CONFIG.read_text())
     trainer, model = config["trainer"], config["model"]["init_args"]
-    rollout = trainer["callbacks"][0]["init_args"]
+    rollout = config["rollout"]
     config["seed_everything"] = seed
     trainer["default_root_dir"] = str(run_dir)
     trainer["logger"]["init_args"].update(save_dir=str(run_dir), name="tb", version=0)

@@ -2,11 +2,17 @@
 
 ``AlgorithmOverrides`` holds one optional field per independent axis of ``MethodConfig``: a method preset
 (``model.init_args.method: dapo``) is applied first, then every field set here replaces the preset's value.
+
+Each dataclass checks its fields in ``__post_init__`` (finite numbers in range; NaN and infinities from YAML's
+``.nan``/``.inf`` included), naming the key as it appears under ``model.init_args``. ``cli.py`` checks the
+same values earlier, from the parsed config (``echorl_lightning/config_checks.py``); these checks cover
+objects built in Python.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from echorl_lightning.algorithms.presets import (
     AdvEstimatorName,
@@ -16,7 +22,22 @@ from echorl_lightning.algorithms.presets import (
     PolicyLossName,
     resolve_method,
 )
+from echorl_lightning.config_checks import number_problem
 from echorl_lightning.echo.clips import ApplyTo, EchoSelectorName
+
+_PREFIX = "model.init_args"
+
+
+def _raise_on(*problems: str | None) -> None:
+    """Raise ValueError listing every non-None problem."""
+    found = [p for p in problems if p]
+    if found:
+        raise ValueError("; ".join(found))
+
+
+def _int_at_least(key: str, value: Any, low: int) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    return None if ok else f"{key}={value!r}: must be an integer >= {low}"
 
 
 @dataclass
@@ -53,6 +74,21 @@ class AlgorithmOverrides:
     off_policy: bool | None = None
     luffy_gamma: float | None = None
 
+    def __post_init__(self) -> None:
+        key = f"{_PREFIX}.algorithm"
+        _raise_on(
+            number_problem(f"{key}.clip_low", self.clip_low, low=0, low_open=True, optional=True),
+            number_problem(f"{key}.clip_high", self.clip_high, low=0, low_open=True, optional=True),
+            number_problem(f"{key}.kl_coef", self.kl_coef, low=0, optional=True),
+            number_problem(f"{key}.luffy_gamma", self.luffy_gamma, low=0, low_open=True, optional=True),
+            None
+            if self.overlong_buffer is None
+            else _int_at_least(f"{key}.overlong_buffer", self.overlong_buffer, 1),
+            None
+            if self.max_resample_rounds is None
+            else _int_at_least(f"{key}.max_resample_rounds", self.max_resample_rounds, 0),
+        )
+
     def apply(self, method: str) -> MethodConfig:
         """The preset ``method`` with every non-None field of this object substituted."""
         return resolve_method(method, **{k: v for k, v in asdict(self).items() if v is not None})
@@ -83,12 +119,13 @@ class EchoConfig:
     success_reward: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.coef < 0:
-            raise ValueError(f"echo.coef must be >= 0, got {self.coef}")
-        if self.min_step_tokens < 1:
-            raise ValueError(f"echo.min_step_tokens must be >= 1, got {self.min_step_tokens}")
-        if not self.step_delimiter:
-            raise ValueError("echo.step_delimiter must be a non-empty string")
+        key = f"{_PREFIX}.echo"
+        _raise_on(
+            number_problem(f"{key}.coef", self.coef, low=0),
+            _int_at_least(f"{key}.min_step_tokens", self.min_step_tokens, 1),
+            None if self.step_delimiter else f"{key}.step_delimiter: must be a non-empty string",
+            number_problem(f"{key}.success_reward", self.success_reward),
+        )
 
 
 @dataclass
@@ -108,3 +145,12 @@ class EvalConfig:
     top_p: float = 1.0
     max_new_tokens: int = 1024
     seed: int = 1234
+
+    def __post_init__(self) -> None:
+        key = f"{_PREFIX}.eval"
+        _raise_on(
+            _int_at_least(f"{key}.n", self.n, 1),
+            number_problem(f"{key}.temperature", self.temperature, low=0),
+            number_problem(f"{key}.top_p", self.top_p, low=0, low_open=True, high=1),
+            _int_at_least(f"{key}.max_new_tokens", self.max_new_tokens, 1),
+        )

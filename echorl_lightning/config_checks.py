@@ -1,0 +1,244 @@
+"""Checks of a parsed run config, made before any class is instantiated or any weight is loaded.
+
+``EchoRLCLI.before_instantiate_classes`` hands the subcommand's config (plain dicts, as jsonargparse parsed
+it) to :func:`check_config`, which returns one message per problem, each naming the full config key (e.g.
+``model.init_args.echo.coef``) and the values it accepts. Checked: every float coefficient finite (YAML
+``.nan``/``.inf`` included) and in range; sampling temperatures and ``top_p``; ``group_size >= 2`` (every
+advantage estimator here is group-relative); ``eval.n >= 1``; ``trainer.max_epochs >= 1`` for ``fit``; an
+engine whose Python package is missing (with the install command); a model or tokenizer path that is neither
+an existing folder nor a plausible hub id (and, offline, a hub id that is not in the local cache); batch sizes
+that do not divide (prompts per epoch by devices x nodes; rollout rows per rank by mini-batches x gradient
+accumulation).
+
+Left out: anything that needs the model or the data (context length, prompt lengths: the CLI checks those
+next, through the datamodule's ``check_data``); world sizes that are only known at launch (``devices: auto``
+or ``-1``; the rollout callback checks those at setup); models other than the RLVR module get the generic
+checks only (``lr``, ``weight_decay``, the model path).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from echorl_lightning.algorithms.presets import resolve_method
+
+# class_path of an engine -> (the package it imports, how to install it)
+ENGINE_PACKAGES: dict[str, tuple[str, str]] = {
+    "echorl_lightning.rollout.vllm_engine.VLLMEngine": ("vllm", 'pip install -e ".[vllm]"'),
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message lists every problem found, one per line."""
+
+
+def number_problem(
+    key: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> str | None:
+    """A message when ``value`` is not a finite number in the interval, else None.
+
+    ``low_open``/``high_open`` exclude the bound: ``low=0, low_open=True`` means ``> 0``.
+    Example: ``number_problem("model.init_args.lr", -1.0, low=0, low_open=True)`` ->
+    ``"model.init_args.lr=-1.0: must be a finite number > 0"``.
+    """
+    if value is None and optional:
+        return None
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    accepted = "must be a finite number" + (" " + " and ".join(parts) if parts else "")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return f"{key}={value!r}: {accepted}"
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    return f"{key}={value!r}: {accepted}" if too_low or too_high else None
+
+
+def model_path_problem(key: str, value: Any) -> str | None:
+    """A message when ``value`` is neither an existing folder nor a plausible hub id (``org/name``).
+
+    Offline (``HF_HUB_OFFLINE=1``) a hub id must also be in the local hub cache.
+    """
+    if value is None:
+        return None
+    path = str(value)
+    if os.path.isdir(path):
+        return None
+    if not _HUB_ID.match(path) or path.startswith((".", "~")):
+        return (
+            f"{key}={path!r}: no such folder (from {os.getcwd()}), and not a hub id of the form 'org/name'; "
+            "give an existing model folder or a hub id"
+        )
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(path, "config.json"), str):
+        return (
+            f"{key}={path!r}: a hub id, but HF_HUB_OFFLINE=1 and it is not in the local hub cache; "
+            "download it first or give a local model folder"
+        )
+    return None
+
+
+def engine_problem(key: str, engine: Any) -> str | None:
+    """A message when the engine's ``class_path`` needs a package that is not installed."""
+    class_path = engine.get("class_path") if isinstance(engine, Mapping) else None
+    if class_path not in ENGINE_PACKAGES:
+        return None
+    package, install = ENGINE_PACKAGES[class_path]
+    if importlib.util.find_spec(package) is not None:
+        return None
+    return (
+        f"{key}={class_path}: needs the '{package}' package, which is not installed; install it with "
+        f"`{install}`, or use echorl_lightning.rollout.hf_engine.HFGenerateEngine"
+    )
+
+
+def world_size(trainer: Mapping[str, Any]) -> int | None:
+    """devices x num_nodes when both are known before launch, else None (``auto``, ``-1``)."""
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
+    if isinstance(devices, list | tuple):
+        n = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        n = len([d for d in devices.split(",") if d.strip()])
+    else:
+        try:
+            n = int(devices)
+        except (TypeError, ValueError):
+            return None
+    return n * int(nodes) if n >= 1 else None
+
+
+def check_model(args: Mapping[str, Any], prefix: str = "model.init_args") -> list[str]:
+    """Problems in the module's init_args (the RLVR module's keys; keys absent from ``args`` are skipped)."""
+    out = [
+        number_problem(f"{prefix}.lr", args.get("lr", 1.0), low=0, low_open=True),
+        number_problem(f"{prefix}.weight_decay", args.get("weight_decay", 0.0), low=0),
+        model_path_problem(f"{prefix}.model", args.get("model")),
+        model_path_problem(f"{prefix}.tokenizer", args.get("tokenizer")),
+        engine_problem(f"{prefix}.engine", args.get("engine")),
+    ]
+    if isinstance(args.get("warmup_steps"), int) and args["warmup_steps"] < 0:
+        out.append(f"{prefix}.warmup_steps={args['warmup_steps']}: must be an integer >= 0")
+    echo = args.get("echo") or {}
+    out.append(number_problem(f"{prefix}.echo.coef", echo.get("coef", 0.0), low=0))
+    if echo.get("min_step_tokens", 1) < 1:
+        out.append(f"{prefix}.echo.min_step_tokens={echo['min_step_tokens']}: must be an integer >= 1")
+    algorithm = args.get("algorithm") or {}
+    out += [
+        number_problem(f"{prefix}.algorithm.kl_coef", algorithm.get("kl_coef"), low=0, optional=True),
+        number_problem(f"{prefix}.algorithm.clip_low", algorithm.get("clip_low"), low=0, low_open=True, optional=True),
+        number_problem(f"{prefix}.algorithm.clip_high", algorithm.get("clip_high"), low=0, low_open=True, optional=True),
+        number_problem(f"{prefix}.algorithm.luffy_gamma", algorithm.get("luffy_gamma"), low=0, low_open=True, optional=True),
+    ]  # fmt: skip
+    if "eval" in args:
+        ev = args.get("eval") or {}
+        if not isinstance(ev.get("n", 1), int) or ev.get("n", 1) < 1:
+            out.append(
+                f"{prefix}.eval.n={ev.get('n')!r}: must be an integer >= 1 (samples per prompt, k of avg@k)"
+            )
+        if ev.get("max_new_tokens", 1) < 1:
+            out.append(f"{prefix}.eval.max_new_tokens={ev['max_new_tokens']}: must be an integer >= 1")
+        out.append(number_problem(f"{prefix}.eval.temperature", ev.get("temperature", 0.6), low=0))
+        out.append(number_problem(f"{prefix}.eval.top_p", ev.get("top_p", 1.0), low=0, low_open=True, high=1))
+    skips = args.get("max_consecutive_skips", 1)
+    if isinstance(skips, int) and skips < 1:
+        out.append(f"{prefix}.max_consecutive_skips={skips}: must be an integer >= 1")
+    return [p for p in out if p]
+
+
+def check_rollout(
+    rollout: Mapping[str, Any],
+    model_args: Mapping[str, Any],
+    trainer: Mapping[str, Any],
+    prefix: str = "rollout",
+) -> list[str]:
+    """Problems in the rollout settings, and batch sizes that do not divide (fit only)."""
+    out = [
+        number_problem(f"{prefix}.temperature", rollout.get("temperature", 1.0), low=0, low_open=True),
+        number_problem(f"{prefix}.top_p", rollout.get("top_p", 1.0), low=0, low_open=True, high=1),
+    ]
+    for key in ("prompts_per_epoch", "max_new_tokens", "ppo_epochs", "num_minibatches", "logprob_batch_size"):
+        value = rollout.get(key, 1)
+        if not isinstance(value, int) or value < 1:
+            out.append(f"{prefix}.{key}={value!r}: must be an integer >= 1")
+    group = rollout.get("group_size", 2)
+    if not isinstance(group, int) or group < 2:
+        out.append(
+            f"{prefix}.group_size={group!r}: must be an integer >= 2; every advantage estimator here is "
+            "group-relative (grpo, dr_grpo, rloo, reinforce_pp_baseline), so a group of 1 gives zero advantages"
+        )
+    try:
+        algorithm = {k: v for k, v in (model_args.get("algorithm") or {}).items() if v is not None}
+        method = resolve_method(model_args.get("method", "grpo"), **algorithm)
+    except (KeyError, ValueError, TypeError):
+        method = None  # reported by the module itself
+    world = world_size(trainer)
+    prompts, accumulate = rollout.get("prompts_per_epoch", 1), trainer.get("accumulate_grad_batches", 1) or 1
+    if world and isinstance(prompts, int) and prompts >= 1 and prompts % world:
+        out.append(
+            f"{prefix}.prompts_per_epoch={prompts}: must be divisible by trainer.devices x trainer.num_nodes = "
+            f"{world} (each rank takes whole groups)"
+        )
+    elif world and isinstance(prompts, int) and isinstance(group, int) and group >= 2 and method is not None:
+        rows = prompts // world * (group + int(method.off_policy))
+        chunks = rollout.get("num_minibatches", 1) * accumulate
+        if (method.dynamic_sampling and rows < chunks) or (not method.dynamic_sampling and rows % chunks):
+            out.append(
+                f"{prefix}.num_minibatches={rollout.get('num_minibatches', 1)} x trainer.accumulate_grad_batches="
+                f"{accumulate} = {chunks} micro-batches must divide the {rows} rollout rows per rank per epoch "
+                f"({prompts} prompts / {world} ranks x {group + int(method.off_policy)} rows per group)"
+            )
+    if (
+        method is not None
+        and method.overlong_shaping
+        and method.overlong_buffer > rollout.get("max_new_tokens", 1)
+    ):
+        out.append(
+            f"model.init_args.algorithm.overlong_buffer={method.overlong_buffer}: must be <= "
+            f"{prefix}.max_new_tokens={rollout.get('max_new_tokens')}"
+        )
+    return [p for p in out if p]
+
+
+def check_trainer(trainer: Mapping[str, Any], subcommand: str) -> list[str]:
+    """``max_epochs`` must allow training in ``fit`` (None: Lightning's default; -1: no epoch limit)."""
+    epochs = trainer.get("max_epochs")
+    if subcommand == "fit" and epochs is not None and epochs != -1 and epochs < 1:
+        return [
+            f"trainer.max_epochs={epochs}: must be >= 1 for fit (or -1 for no epoch limit); 0 trains nothing"
+        ]
+    return []
+
+
+def check_config(
+    config: Mapping[str, Any], subcommand: str, *, rollout_key: str | None = "rollout"
+) -> list[str]:
+    """Every problem of one subcommand's parsed config (``model``, ``trainer``, ``rollout`` keys).
+
+    Args:
+        config: the subcommand's config as nested dicts (``namespace.as_dict()``).
+        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
+        rollout_key: where the rollout callback's settings are; None when the model takes no rollouts.
+    """
+    model = config.get("model") or {}
+    model_args = (model.get("init_args") or {}) if isinstance(model, Mapping) else {}
+    trainer = config.get("trainer") or {}
+    problems = check_trainer(trainer, subcommand) + check_model(model_args)
+    if rollout_key and subcommand == "fit":
+        problems += check_rollout(config.get(rollout_key) or {}, model_args, trainer, prefix=rollout_key)
+    return problems
