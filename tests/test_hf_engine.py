@@ -12,9 +12,9 @@ import math
 
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2ForCausalLM
 
-from echorl_lightning.rollout import Completion, HFGenerateEngine, RolloutEngine, SamplingConfig
+from echorl_lightning.rollout import Completion, HFGenerateEngine, RolloutEngine, SamplingConfig, hf_engine
 from echorl_lightning.rollout.hf_engine import cut_at_eos, generation_config, special_token_ids
 
 EOS, PAD = 256, 257
@@ -96,11 +96,67 @@ def test_cut_at_eos_hand_computed() -> None:
 def test_generation_config_neutralises_every_processor() -> None:
     sampled = generation_config(SamplingConfig(max_new_tokens=7, temperature=0.7, top_p=0.9), EOS, PAD, True)
     assert (sampled.do_sample, sampled.temperature, sampled.top_p, sampled.top_k) == (True, 0.7, 0.9, 0)
-    assert (sampled.repetition_penalty, sampled.min_p, sampled.typical_p) == (1.0, 0.0, 1.0)
+    assert (sampled.repetition_penalty, sampled.min_p, sampled.typical_p) == (1.0, None, 1.0)
     assert (sampled.max_new_tokens, sampled.eos_token_id, sampled.pad_token_id) == (7, EOS, PAD)
     assert sampled.use_cache is True
     greedy = generation_config(SamplingConfig(temperature=0.0), EOS, PAD, False)
     assert greedy.do_sample is False and greedy.repetition_penalty == 1.0 and greedy.use_cache is False
+    # a checkpoint min_p would fill the None: it is overridden by the neutral 0.0 instead
+    sampled = generation_config(SamplingConfig(), EOS, PAD, True, GenerationConfig(min_p=0.3))
+    assert sampled.min_p == 0.0
+
+
+def logits_processors(model: Qwen2ForCausalLM, config: GenerationConfig) -> list[str]:
+    """Names of the processors ``generate`` builds for ``config`` after merging the model's defaults."""
+    merged, _ = model._prepare_generation_config(config)
+    processors = model._get_logits_processor(
+        generation_config=merged, input_ids_seq_length=3, encoder_input_ids=None,
+        prefix_allowed_tokens_fn=None, logits_processor=None, device="cpu",
+    )  # fmt: skip
+    return [type(processor).__name__ for processor in processors]
+
+
+def test_no_op_processors_are_not_built(tiny_random_model) -> None:
+    model = copy.deepcopy(tiny_random_model)
+    # T = 1, top_p = 1: the exact distribution needs no processor at all (a MinPLogitsWarper at min_p = 0
+    # used to run a softmax, a max and a top-k on every token for nothing)
+    config = generation_config(
+        SamplingConfig(temperature=1.0, top_p=1.0), EOS, PAD, True, model.generation_config
+    )
+    assert logits_processors(model, config) == []
+    # the ones that change sampling are still built
+    config = generation_config(
+        SamplingConfig(temperature=0.5, top_p=0.9), EOS, PAD, True, model.generation_config
+    )
+    assert logits_processors(model, config) == ["TemperatureLogitsWarper", "TopPLogitsWarper"]
+    # a checkpoint min_p = 0.3 is neutralised by min_p = 0.0 (that warper, removing nothing, is the price)
+    model.generation_config.min_p = 0.3
+    config = generation_config(SamplingConfig(), EOS, PAD, True, model.generation_config)
+    assert logits_processors(model, config) == ["MinPLogitsWarper"]
+
+
+def test_no_op_min_p_removal_keeps_tokens(tiny_random_model, tiny_tokenizer, monkeypatch) -> None:
+    # the same seed samples the same tokens with the old no-op MinPLogitsWarper(min_p=0) as without it:
+    # min_p = 0 removes the tokens with probability < 0 * max probability, i.e. none
+    prompts = random_prompts([5, 2, 7], seed=6)
+    sampling = SamplingConfig(n=4, max_new_tokens=12, seed=5)
+    engine = engine_for(tiny_random_model, tiny_tokenizer, batch_size=8)
+    without = engine.generate(prompts, sampling)
+
+    def patched(**overrides: float) -> None:
+        def config(*args: object) -> GenerationConfig:
+            built = generation_config(sampling, EOS, PAD, True)
+            built.update(**overrides)
+            return built
+
+        monkeypatch.setattr(hf_engine, "generation_config", config)
+
+    patched(min_p=0.0)
+    assert logits_processors(tiny_random_model, hf_engine.generation_config()) == ["MinPLogitsWarper"]
+    assert engine.generate(prompts, sampling) == without
+    # the comparison can fail: a warper that does change the distribution changes the tokens
+    patched(min_p=0.5)
+    assert engine.generate(prompts, sampling) != without
 
 
 def test_chain_model_greedy_hand_computed(tiny_random_model, tiny_tokenizer) -> None:

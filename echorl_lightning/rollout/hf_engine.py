@@ -73,13 +73,21 @@ def validate_request(prompt_token_ids: Sequence[Sequence[int]], sampling: Sampli
 
 
 def generation_config(
-    sampling: SamplingConfig, eos_id: int, pad_id: int, use_cache: bool
+    sampling: SamplingConfig,
+    eos_id: int,
+    pad_id: int,
+    use_cache: bool,
+    model_defaults: GenerationConfig | None = None,
 ) -> GenerationConfig:
     """The complete ``GenerationConfig`` of one engine call.
 
-    ``generate`` fills every field left ``None`` from the model's own generation config and then from
-    transformers' global defaults (``top_k=50``), so each processor that would change the sampling
-    distribution is set to its neutral value here.
+    ``generate`` fills every field left ``None`` from the model's own generation config (``model_defaults``)
+    and then from transformers' global defaults (``top_k=50``), so each processor that would change the
+    sampling distribution is set to its neutral value here, and none that would change nothing is built:
+    ``top_k=0``, ``top_p=1``, ``typical_p=1``, ``temperature=1`` and cutoffs of 0 build no processor, but any
+    ``min_p`` that is not ``None`` builds a ``MinPLogitsWarper`` (a softmax, a max and a top-k per token),
+    which at ``min_p=0`` removes nothing. So ``min_p`` stays ``None`` (no warper, the same tokens) unless
+    ``model_defaults`` sets one, which ``min_p=0.0`` then overrides.
     """
     common: dict[str, Any] = dict(
         max_new_tokens=sampling.max_new_tokens,
@@ -99,7 +107,7 @@ def generation_config(
         temperature=sampling.temperature,
         top_p=sampling.top_p,
         top_k=0,
-        min_p=0.0,
+        min_p=None if getattr(model_defaults, "min_p", None) is None else 0.0,
         typical_p=1.0,
         epsilon_cutoff=0.0,
         eta_cutoff=0.0,
@@ -166,7 +174,9 @@ class HFGenerateEngine:
         model, n = self.model, sampling.n
         rows = [(index, sample) for index in range(len(prompt_token_ids)) for sample in range(n)]
         rows.sort(key=lambda row: len(prompt_token_ids[row[0]]))  # stable: a prompt's samples stay in order
-        config = generation_config(sampling, self.eos_id, self.pad_id, self.use_cache)
+        config = generation_config(
+            sampling, self.eos_id, self.pad_id, self.use_cache, getattr(model, "generation_config", None)
+        )
         device = next(model.parameters()).device
         cuda_devices: list[int] = []
         if device.type == "cuda":
