@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from typing import Any
 
 import lightning.pytorch as L
@@ -46,6 +46,7 @@ from echorl_lightning.rollout.batch import (
     pad_rollouts,
 )
 from echorl_lightning.rollout.buffer import RolloutBuffer, make_microbatches
+from echorl_lightning.rollout.collect import ScoredRows, generate_and_score
 from echorl_lightning.rollout.stats import rollout_metrics
 from echorl_lightning.rollout.types import SamplingConfig
 from echorl_lightning.training.contract import RolloutPolicy
@@ -58,24 +59,6 @@ _POLICY_MEMBERS = (
     "tokenizer", "method_cfg", "echo_cfg", "device", "configure_rollout", "rollout_engine", "encode_prompts",
     "score_rollouts",
 )  # fmt: skip
-
-
-@dataclass
-class _Rows:
-    """Generated and scored rows, G' per prompt, contiguous (G' = G, or G + 1 with an expert)."""
-
-    prompts: list[list[int]] = field(default_factory=list)
-    responses: list[list[int]] = field(default_factory=list)
-    truncated: list[bool] = field(default_factory=list)
-    off_policy: list[bool] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    num_unjudged: int = 0
-
-    def extend(self, other: _Rows) -> None:
-        """Append another round's rows."""
-        for name in ("prompts", "responses", "truncated", "off_policy", "scores"):
-            getattr(self, name).extend(getattr(other, name))
-        self.num_unjudged += other.num_unjudged
 
 
 class RolloutCallback(L.Callback):
@@ -210,12 +193,9 @@ class RolloutCallback(L.Callback):
 
     def _generate(
         self, policy: RolloutPolicy, examples: list[PromptExample], verifier: Verifier, seed: int
-    ) -> _Rows:
+    ) -> ScoredRows:
         """(a), (c), (d) for one round: sync the engine, generate G rollouts per prompt (plus LUFFY's expert
         row), and score them."""
-        engine = policy.rollout_engine()
-        tok = policy.tokenizer
-        prompt_ids = policy.encode_prompts([ex.prompt for ex in examples])
         sampling = SamplingConfig(
             n=self.group_size,
             max_new_tokens=self.max_new_tokens,
@@ -223,36 +203,24 @@ class RolloutCallback(L.Callback):
             top_p=self.top_p,
             seed=seed,
         )
-        groups = engine.generate(prompt_ids, sampling)
-        rows = _Rows()
-        for ex, p_ids, group in zip(examples, prompt_ids, groups, strict=True):
-            members = [(c.token_ids, c.truncated, False) for c in group]
-            if policy.method_cfg.off_policy:
-                if not ex.expert:
-                    raise ValueError(
-                        f"LUFFY needs an expert solution for every prompt; prompt {ex.uid!r} has none"
-                    )
-                expert = tok(ex.expert, add_special_tokens=False)["input_ids"][: self.max_new_tokens - 1]
-                members.append((expert + [tok.eos_token_id], False, True))
-            for ids, trunc, off in members:
-                rows.prompts.append(p_ids)
-                rows.responses.append(list(ids))
-                rows.truncated.append(trunc)
-                rows.off_policy.append(off)
-        texts = tok.batch_decode(rows.responses, skip_special_tokens=True)
-        per_prompt = len(rows.responses) // len(examples)
-        raw = verifier(texts, [ex.reference for ex in examples for _ in range(per_prompt)])
-        rows.num_unjudged = sum(s is None for s in raw)
-        rows.scores = [float(s) if s is not None else 0.0 for s in raw]
-        return rows
+        prompt_ids = policy.encode_prompts([ex.prompt for ex in examples])
+        return generate_and_score(
+            policy.rollout_engine(),
+            policy.tokenizer,
+            examples,
+            prompt_ids,
+            sampling,
+            verifier,
+            with_expert=policy.method_cfg.off_policy,
+        )
 
-    def _sample(self, trainer: L.Trainer, policy: RolloutPolicy, dm: PromptDataModule) -> _Rows:
+    def _sample(self, trainer: L.Trainer, policy: RolloutPolicy, dm: PromptDataModule) -> ScoredRows:
         """(a)-(d), with DAPO's extra rounds until this rank has ``b_local`` mixed-reward groups."""
         method = policy.method_cfg
         epoch, rank, world = trainer.current_epoch, trainer.global_rank, trainer.world_size
         rounds = 1 + (method.max_resample_rounds if method.dynamic_sampling else 0)
         pool = dm.train_prompts
-        rows = _Rows()
+        rows = ScoredRows()
         for r in range(rounds):
             idx = self._draw(len(pool), epoch, r, rank, world)
             seed = self.seed * 7919 + epoch * 104_729 + r * 31 + rank
@@ -265,7 +233,13 @@ class RolloutCallback(L.Callback):
         return rows
 
     def _echo_clips(
-        self, policy: RolloutPolicy, tokens: TokenBatch, entropy: Tensor, rows: _Rows, epoch: int, rank: int
+        self,
+        policy: RolloutPolicy,
+        tokens: TokenBatch,
+        entropy: Tensor,
+        rows: ScoredRows,
+        epoch: int,
+        rank: int,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(f) EchoClips from verifier successes: ``(clip_mask [N, T] bool, step_mask [N, T], step_end [N, T])``;
         an all-False clip mask when EchoRL is off."""

@@ -36,7 +36,8 @@ class Probe(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.clips += float(batch.clip_mask.any(-1).sum())
-        self._handle = pl_module.policy.register_forward_hook(
+        # the decoder runs once per pass, whichever path computes the log-probs (hidden states or full logits)
+        self._handle = pl_module.policy.get_decoder().register_forward_hook(
             lambda *_: setattr(self, "forwards", self.forwards + 1)
         )
 

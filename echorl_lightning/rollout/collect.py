@@ -1,0 +1,94 @@
+"""One generation round of RLVR: G sampled rollouts per prompt (plus, for LUFFY, the prompt's expert solution
+as an off-policy member of its group), decoded and scored by the verifier.
+
+Rows come out prompt-major and group-contiguous (G' = G rows per prompt, or G + 1 with the expert row last), as
+every group-relative estimator expects (EchoRL, arXiv 2605.31228; ECHORL.md). Left out: anything after scoring
+(padding, log-probs, advantages: the rollout callback's later steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from echorl_lightning.data.types import PromptExample, Verifier
+from echorl_lightning.rollout.types import RolloutEngine, SamplingConfig
+
+
+@dataclass
+class ScoredRows:
+    """Generated and scored rows, G' per prompt, contiguous.
+
+    Attributes:
+        prompts: N prompt token-id lists.
+        responses: N response token-id lists (EOS kept where the response stopped).
+        truncated: N flags, cut at the length limit without EOS.
+        off_policy: N flags, the expert row of a group (LUFFY).
+        scores: N verifier scores (0.0 where the verifier could not judge).
+        num_unjudged: how many items the verifier could not judge.
+    """
+
+    prompts: list[list[int]] = field(default_factory=list)
+    responses: list[list[int]] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    off_policy: list[bool] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    num_unjudged: int = 0
+
+    def extend(self, other: ScoredRows) -> None:
+        """Append another round's rows."""
+        for name in ("prompts", "responses", "truncated", "off_policy", "scores"):
+            getattr(self, name).extend(getattr(other, name))
+        self.num_unjudged += other.num_unjudged
+
+
+def generate_and_score(
+    engine: RolloutEngine,
+    tokenizer: Any,
+    examples: Sequence[PromptExample],
+    prompt_ids: Sequence[list[int]],
+    sampling: SamplingConfig,
+    verifier: Verifier,
+    *,
+    with_expert: bool = False,
+) -> ScoredRows:
+    """Generate ``sampling.n`` rollouts per prompt and score them.
+
+    Args:
+        engine: the rollout engine, holding the current policy weights.
+        tokenizer: decodes responses (special tokens skipped) and encodes expert solutions.
+        examples: the prompts' examples (references, expert solutions, uids).
+        prompt_ids: their token ids.
+        sampling: G = ``sampling.n`` and the sampling settings.
+        verifier: scores the decoded responses against the references.
+        with_expert: add each prompt's expert solution (cut to ``max_new_tokens - 1`` tokens, then EOS) as
+            the last member of its group; raises when a prompt has none.
+
+    Returns:
+        The rows, ``len(examples) * (G + with_expert)`` of them.
+    """
+    rows = ScoredRows()
+    groups = engine.generate(prompt_ids, sampling)
+    for ex, p_ids, group in zip(examples, prompt_ids, groups, strict=True):
+        members = [(c.token_ids, c.truncated, False) for c in group]
+        if with_expert:
+            if not ex.expert:
+                raise ValueError(
+                    f"LUFFY needs an expert solution for every prompt; prompt {ex.uid!r} has none"
+                )
+            expert = tokenizer(ex.expert, add_special_tokens=False)["input_ids"][
+                : sampling.max_new_tokens - 1
+            ]
+            members.append((expert + [tokenizer.eos_token_id], False, True))
+        for ids, truncated, off in members:
+            rows.prompts.append(list(p_ids))
+            rows.responses.append(list(ids))
+            rows.truncated.append(truncated)
+            rows.off_policy.append(off)
+    texts = tokenizer.batch_decode(rows.responses, skip_special_tokens=True)
+    per_prompt = len(rows.responses) // len(examples)
+    raw = verifier(texts, [ex.reference for ex in examples for _ in range(per_prompt)])
+    rows.num_unjudged = sum(s is None for s in raw)
+    rows.scores = [float(s) if s is not None else 0.0 for s in raw]
+    return rows
