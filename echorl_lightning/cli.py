@@ -26,7 +26,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -129,14 +129,14 @@ class EchoRLCLI(LightningCLI):
         return self._instantiate_trainer(trainer_config, extra)
 
     # ---- (4) before each subcommand -----------------------------------------------------------------
-    def _prepare(self, stage: str) -> None:
+    def _prepare(self, stage: Literal["fit", "validate", "test"]) -> None:
         tokenizer = getattr(self.model, "tokenizer", None)
         connect = getattr(self.datamodule, "connect", None)
         if tokenizer is not None and callable(connect):
             connect(tokenizer)
         check = getattr(self.datamodule, "check_data", None)
         if callable(check):
-            counts = check(max_prompt_tokens=self._prompt_limit(stage))
+            counts = check(max_prompt_tokens=self._prompt_limit(stage), stage=stage)
             resumed = self.config[self.subcommand].get("ckpt_path") is not None
             if counts and self.trainer.logger is not None and not resumed:
                 self.trainer.logger.log_metrics({k: float(v) for k, v in counts.items()}, step=0)
