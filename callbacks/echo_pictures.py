@@ -95,10 +95,11 @@ def log_echo_pictures(
 
 
 def _prompt_text(record: RolloutRecord, row: int, decode: Callable[[list[int]], str]) -> str:
-    """The row's prompt (its real, left-padded tokens), cut to 120 characters."""
+    """The row's prompt (its real, left-padded tokens), surrounding whitespace stripped, cut to 120
+    characters."""
     p = record.tokens.prompt_len
     ids = record.tokens.input_ids[row, :p][record.tokens.attention_mask[row, :p].bool()].tolist()
-    text = decode(ids)
+    text = decode(ids).strip()
     return text if len(text) <= 120 else text[:119] + "…"
 
 
@@ -128,7 +129,7 @@ class EchoPictures(L.Callback):
         self.max_groups = max_groups
         self.max_step_chars = max_step_chars
         self._rollout: RolloutCallback | None = None
-        self._writer: SummaryWriter | None = None
+        self._logger: TensorBoardLogger | None = None
         self._first_epoch: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -146,21 +147,19 @@ class EchoPictures(L.Callback):
             )
         self._rollout = rollouts[0]
         tb = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        self._writer = None
+        self._logger = tb[0] if tb else None
         if not tb:
             rank_zero_warn(
                 "EchoPictures writes to TensorBoard only and the trainer has no TensorBoardLogger "
                 f"(loggers: {[type(lg).__name__ for lg in trainer.loggers]}): no EchoClip pictures"
             )
-        elif trainer.is_global_zero:
-            self._writer = tb[0].experiment
         self._first_epoch = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         if self._first_epoch is None:
             self._first_epoch = epoch
-        if self._writer is None or self._rollout is None or not trainer.is_global_zero:
+        if self._logger is None or self._rollout is None or not trainer.is_global_zero:
             return
         if epoch % self.every_n_epochs and epoch != self._first_epoch:
             return
@@ -170,7 +169,7 @@ class EchoPictures(L.Callback):
         tokenizer = pl_module.tokenizer  # checked at setup (Decoding)
         with torch.no_grad():
             log_echo_pictures(
-                self._writer,
+                self._logger.experiment,  # the SummaryWriter (rank 0)
                 record,
                 lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
                 trainer.global_step,

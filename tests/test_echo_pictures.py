@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugin_util import markdown_to_safe_html
 from torch.utils.tensorboard import SummaryWriter
 
-from callbacks.echo_pictures import EchoPictures, log_echo_pictures
+from callbacks.echo_pictures import TAGS, EchoPictures, log_echo_pictures
 from callbacks.rollout import RolloutCallback
 from echorl_lightning.echo import (
     delimiter_token_ids,
@@ -204,6 +204,8 @@ def test_log_echo_pictures_writes_the_four_records(tiny_tokenizer, tmp_path: Pat
     assert rows == [0]  # group 1 holds a clip but is not degenerate
     acc = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0, "images": 0, "histograms": 0})
     acc.Reload()
+    tags = acc.Tags()
+    assert set(tags["tensors"] + tags["images"] + tags["histograms"]) == set(TAGS)
     (text_event,) = acc.Tensors("echo/clips")
     text = text_event.tensor_proto.string_val[0].decode()
     assert text_event.step == 11
@@ -245,7 +247,7 @@ def test_setup_needs_a_rollout_callback_and_warns_without_tensorboard(tmp_path: 
     )
     with pytest.warns(UserWarning, match="no TensorBoardLogger"):
         pictures.setup(trainer, module, "fit")
-    assert pictures._writer is None
+    assert pictures._logger is None
     with pytest.raises(ValueError, match="every_n_epochs must be >= 1"):
         EchoPictures(every_n_epochs=0)
 
