@@ -132,11 +132,9 @@ def test_problems_respect_difficulty_and_are_solved_by_their_trace() -> None:
 
 
 def test_ood_knobs() -> None:
-    # default: 3-4 numbers in 1..10, targets up to 99, intermediates up to 200, traces up to 20 lines
-    assert (more_numbers(DEFAULT_DIFFICULTY).min_numbers, more_numbers(DEFAULT_DIFFICULTY).max_numbers) == (
-        5,
-        5,
-    )
+    # default: 3 numbers in 1..10, targets up to 99, intermediates up to 200, traces up to 20 lines
+    more = more_numbers(DEFAULT_DIFFICULTY)
+    assert (more.min_numbers, more.max_numbers) == (4, 4)
     assert more_numbers(DEFAULT_DIFFICULTY).max_steps == 24
     large = larger_numbers(DEFAULT_DIFFICULTY)
     assert (large.max_number, large.max_target, large.max_intermediate) == (25, 199, 400)
@@ -157,7 +155,7 @@ def test_datamodule_sets_verifier_and_step_checker() -> None:
     assert [(s.name, s.group, len(s.prompts)) for s in sets] == [
         ("id", "id", 3), ("ood_numbers", "ood", 3), ("ood_large", "ood", 3),
     ]  # fmt: skip
-    assert all(len(parse_reference(ex.reference)[0]) == 5 for ex in sets[1].prompts)
+    assert all(len(parse_reference(ex.reference)[0]) == 4 for ex in sets[1].prompts)
     assert isinstance(sets[0].step_checker, CountdownStepChecker)
     assert len(dm.train_prompts) == 5 and dm.train_prompts[0].expert is not None
     ex = sets[0].prompts[0]

@@ -43,7 +43,9 @@ ARROW = " -> "
 
 @dataclass(frozen=True)
 class CountdownDifficulty:
-    """How hard the generated problems are.
+    """How hard the generated problems are. The defaults are the in-distribution setting of the shipped
+    model (3 numbers in 1..10, targets 10..99); :func:`more_numbers` and :func:`larger_numbers` derive the
+    out-of-distribution ones (4 numbers; numbers up to 25 and targets up to 199).
 
     Attributes:
         min_numbers: fewest given numbers (>= 3).
@@ -61,7 +63,7 @@ class CountdownDifficulty:
     """
 
     min_numbers: int = 3
-    max_numbers: int = 4
+    max_numbers: int = 3
     min_number: int = 1
     max_number: int = 10
     min_target: int = 10
