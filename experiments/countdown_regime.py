@@ -1,0 +1,259 @@
+"""Is the warm-started Countdown policy in the regime issue 14 asks for? Measures it and writes the report.
+
+For every evaluation set of the Countdown datamodule (held-out ``val`` problems: ``id``, ``ood_numbers``,
+``ood_large``) it samples G completions per prompt at temperature T with the shipped model
+(``echorl_lightning/assets/tiny-countdown``) and reports pass@1, the share of all-success and all-fail groups,
+EOS rate, lines per response, distinct correct answers per prompt and the share of correct rollouts whose every
+step is valid (:class:`~echorl_lightning.rewards.countdown.CountdownStepChecker`). Inside successful rollouts
+it measures step entropy as EchoRL does (arXiv 2605.31228): token entropy at T from one forward pass
+(:func:`echorl_lightning.ops.logprobs_and_entropy`), steps split at newline tokens, EOS excluded
+(:func:`echorl_lightning.echo.steps.split_steps`), and reports its distribution, its spread inside one rollout
+and which kind of line holds each rollout's peak. It also describes the task itself on the ``id`` set: solver
+trace lengths and distinct solutions per problem. Target (issue 14): pass@1 0.3-0.6, all-success >= 20%,
+all-fail <= 25% on ``id``. Left out: greedy decoding and any training.
+
+    python experiments/countdown_regime.py [--num 256] [--samples 8] [--warmstart-time /tmp/time.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, make_problem  # noqa: E402
+from echorl_lightning.data.countdown_dm import countdown_prompts, default_eval_specs  # noqa: E402
+from echorl_lightning.data.countdown_solver import count_solutions  # noqa: E402
+from echorl_lightning.echo.steps import delimiter_token_ids, split_steps, step_end_mask_from_tokens  # noqa: E402
+from echorl_lightning.ops import logprobs_and_entropy  # noqa: E402
+from echorl_lightning.rewards.countdown import CountdownStepChecker, CountdownVerifier  # noqa: E402
+from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
+from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
+
+TARGET = "pass@1 0.3-0.6, all-success groups >= 20%, all-fail groups <= 25% (id set, T = 1, 8 samples)"
+
+
+def line_kind(line: str) -> str:
+    """``move``, ``no`` (a missed last move), ``back``, ``answer`` or ``other``."""
+    if line.startswith("Answer:"):
+        return "answer"
+    if line == "back":
+        return "back"
+    if line.endswith("(no)"):
+        return "no"
+    return "move" if re.fullmatch(r"\d+[-+*/]\d+=\d+", line) else "other"
+
+
+@torch.no_grad()
+def step_entropies(model, prompt_ids: list[list[int]], completions: list[list[int]], newline_ids: list[int],
+                   temperature: float) -> list[list[float]]:  # fmt: skip
+    """Per completion the mean token entropy of each step (EOS excluded), from one forward pass."""
+    out: list[list[float]] = []
+    for start in range(0, len(completions), 64):
+        rows = [
+            (p, c)
+            for p, c in zip(prompt_ids[start : start + 64], completions[start : start + 64], strict=True)
+        ]
+        width = max(len(p) + len(c) for p, c in rows)
+        t = max(max(len(c) for _, c in rows), 1)
+        ids = torch.full((len(rows), width), 0, dtype=torch.long)  # [n, L] right-padded
+        attn = torch.zeros_like(ids)  # [n, L]
+        tokens = torch.zeros((len(rows), t), dtype=torch.long)  # [n, T]
+        mask = torch.zeros((len(rows), t), dtype=torch.bool)  # [n, T]
+        index = torch.zeros((len(rows), t), dtype=torch.long)  # [n, T] position predicting token j
+        for i, (p, c) in enumerate(rows):
+            ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+            attn[i, : len(p) + len(c)] = 1
+            tokens[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            mask[i, : len(c)] = True
+            index[i] = (len(p) - 1 + torch.arange(t)).clamp(max=width - 1)
+        logits = model(input_ids=ids, attention_mask=attn).logits  # [n, L, V]
+        logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # [n, T, V]
+        _, entropy = logprobs_and_entropy(logits.float(), tokens, temperature)  # [n, T]
+        steps = split_steps(entropy, mask, step_end_mask_from_tokens(tokens, newline_ids))
+        for i in range(len(rows)):
+            k = int(steps.num_steps[i])
+            out.append(steps.entropy[i, :k].tolist())
+    return out
+
+
+def quantiles(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    q = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
+    return f"p10 {q[0]:.3f}, median {statistics.median(values):.3f}, p90 {q[8]:.3f} (n = {len(values)})"
+
+
+def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new_tokens: int,
+                 newline_ids: list[int], seed: int) -> dict:  # fmt: skip
+    verifier, checker = CountdownVerifier(), CountdownStepChecker()
+    prompt_ids = tok([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
+    completions: list[list[int]] = []
+    ended: list[bool] = []
+    for start in range(0, len(examples), 64):
+        torch.manual_seed(seed + start)
+        comp, end = sample_completions(model, prompt_ids[start : start + 64], samples, max_new_tokens,
+                                       temperature, tok.eos_token_id, tok.pad_token_id)  # fmt: skip
+        completions += comp
+        ended += end.tolist()
+    texts = tok.batch_decode(completions)
+    flat_examples = [ex for ex in examples for _ in range(samples)]
+    scores = [s or 0.0 for s in verifier(texts, [ex.reference for ex in flat_examples])]
+    valid = checker(texts, flat_examples)
+    groups = [scores[i * samples : (i + 1) * samples] for i in range(len(examples))]
+    ok = [i for i, s in enumerate(scores) if s == 1.0]
+    stats: dict = {
+        "pass@1": sum(scores) / len(scores),
+        "all_success": sum(all(g) for g in groups) / len(groups),
+        "all_fail": sum(not any(g) for g in groups) / len(groups),
+        "eos_rate": sum(ended) / len(ended),
+        "lines": statistics.mean(len([ln for ln in t.split("\n") if ln.strip()]) for t in texts),
+        "lines_ok": statistics.mean(len([ln for ln in texts[i].split("\n") if ln.strip()]) for i in ok)
+        if ok
+        else 0.0,
+        "step_valid_frac": sum(bool(valid[i]) for i in ok) / len(ok) if ok else float("nan"),
+        "num_ok": len(ok),
+    }
+    distinct = [len({texts[i * samples + j].strip().split("\n")[-1] for j in range(samples)
+                     if groups[i][j]}) for i in range(len(examples)) if any(groups[i])]  # fmt: skip
+    stats["distinct_correct"] = Counter(distinct)
+    entropies = step_entropies(model, [prompt_ids[i // samples] for i in ok], [completions[i] for i in ok],
+                               newline_ids, temperature)  # fmt: skip
+    all_steps = [e for row in entropies for e in row]
+    spread = [max(row) - min(row) for row in entropies if len(row) > 1]
+    ratio = [max(row) / max(statistics.median(row), 1e-6) for row in entropies if len(row) > 1]
+    peak_kind: Counter[str] = Counter()
+    for i, row in zip(ok, entropies, strict=True):
+        lines = texts[i].split("\n")
+        if row and len(lines) == len(row):
+            peak_kind[line_kind(lines[row.index(max(row))])] += 1
+    stats.update(step_entropy=quantiles(all_steps), spread=quantiles(spread), peak_ratio=quantiles(ratio),
+                 peak_kind=peak_kind)  # fmt: skip
+    return stats
+
+
+def task_stats(num: int) -> dict:
+    """Solver trace lengths and distinct solutions per problem on the ``id`` val problems."""
+    lengths, solutions = [], []
+    for i in range(num):
+        problem = make_problem("val", i, 0, DEFAULT_DIFFICULTY)
+        lengths.append(len(problem.solution.split("\n")))
+        solutions.append(
+            count_solutions(problem.numbers, problem.target, DEFAULT_DIFFICULTY.max_intermediate)
+        )
+    return {"lengths": lengths, "solutions": solutions}
+
+
+def cpu_minutes(time_file: str | None) -> str:
+    """User + system CPU minutes from a ``/usr/bin/time -v`` report, or ``not measured``."""
+    if not time_file or not Path(time_file).exists():
+        return "not measured"
+    text = Path(time_file).read_text()
+    user = float(re.search(r"User time \(seconds\): ([\d.]+)", text).group(1))
+    system = float(re.search(r"System time \(seconds\): ([\d.]+)", text).group(1))
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text).group(1)
+    return f"{(user + system) / 60:.1f} CPU-minutes (user {user:.0f} s + system {system:.0f} s; wall {wall})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=TINY_COUNTDOWN_PATH)
+    parser.add_argument("--num", type=int, default=256, help="held-out prompts of the id set")
+    parser.add_argument("--num-ood", type=int, default=128, help="held-out prompts of each ood set")
+    parser.add_argument("--notes", default=None, help="a markdown file appended to the report")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--sets", nargs="+", default=["id", "ood_numbers", "ood_large"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmstart-time", default=None, help="/usr/bin/time -v output of the warm-start")
+    parser.add_argument("--out", default=str(REPO / "experiments/results/countdown_regime.md"))
+    args = parser.parse_args()
+
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    newline_ids = delimiter_token_ids(tok)
+    results = {}
+    for spec in default_eval_specs(DEFAULT_DIFFICULTY):
+        if spec.name in args.sets:
+            num = args.num if spec.group == "id" else args.num_ood
+            examples = countdown_prompts(spec.split, num, 0, spec.difficulty)
+            results[spec.name] = evaluate_set(model, tok, examples, args.samples, args.temperature,
+                                              args.max_new_tokens, newline_ids, args.seed)  # fmt: skip
+            print(spec.name, {k: v for k, v in results[spec.name].items()}, flush=True)
+    task = task_stats(args.num)
+    n_params = sum(p.numel() for p in model.parameters())
+    write_report(Path(args.out), args, results, task, n_params)
+
+
+def write_report(path: Path, args: argparse.Namespace, results: dict, task: dict, n_params: int) -> None:
+    sets = list(results)
+    rows = [
+        ("pass@1", lambda s: f"{s['pass@1']:.3f}"),
+        ("all-success groups", lambda s: f"{s['all_success']:.3f}"),
+        ("all-fail groups", lambda s: f"{s['all_fail']:.3f}"),
+        ("EOS rate", lambda s: f"{s['eos_rate']:.3f}"),
+        ("lines per response (all / correct)", lambda s: f"{s['lines']:.1f} / {s['lines_ok']:.1f}"),
+        ("correct rollouts with every step valid", lambda s: f"{s['step_valid_frac']:.3f} of {s['num_ok']}"),
+    ]
+    lines = [
+        "# Countdown warm-start: the regime check",
+        "",
+        f"Written by `experiments/countdown_regime.py` (model `{Path(args.model).name}`, {n_params:,} parameters;"
+        f" {args.num} held-out `val` prompts in `id`, {args.num_ood} in each ood set, {args.samples} samples at T = {args.temperature},"
+        f" at most {args.max_new_tokens} new tokens). Target (issue 14): {TARGET}.",
+        "",
+        f"Warm-start cost (`configs/warmstart_countdown.yaml`, one thread): {cpu_minutes(args.warmstart_time)}.",
+        "",
+        "| | " + " | ".join(f"`{s}`" for s in sets) + " |",
+        "|---|" + "---|" * len(sets),
+    ]
+    lines += [f"| {name} | " + " | ".join(fn(results[s]) for s in sets) + " |" for name, fn in rows]
+    lines += ["", "## Distinct correct answers per prompt (prompts with at least one success)", ""]
+    for s in sets:
+        counts = results[s]["distinct_correct"]
+        lines.append(f"- `{s}`: " + ", ".join(f"{k} distinct: {counts[k]}" for k in sorted(counts)))
+    lines += ["", "## Step entropy inside successful rollouts (nats, mean over each step's tokens)", ""]
+    for s in sets:
+        r = results[s]
+        lines += [
+            f"- `{s}`: every step: {r['step_entropy']}",
+            f"  - spread inside one rollout (max - min step entropy): {r['spread']}",
+            f"  - peak step / median step of the same rollout: {r['peak_ratio']}",
+            "  - line holding the peak (EchoRL's clip end): "
+            + ", ".join(f"{k} {v}" for k, v in r["peak_kind"].most_common()),
+        ]
+    sol = Counter(min(n, 10) for n in task["solutions"])
+    length = Counter(task["lengths"])
+    lines += [
+        "",
+        f"## The task itself (`id` val problems 0..{args.num - 1})",
+        "",
+        "- solver trace lines (Answer included): "
+        + ", ".join(f"{k}: {length[k]}" for k in sorted(length))
+        + f" (mean {statistics.mean(task['lengths']):.1f})",
+        "- distinct solutions per problem (exhaustive search, operands of + and * unordered; 10 = 10 or more): "
+        + ", ".join(f"{k}: {sol[k]}" for k in sorted(sol))
+        + f" (median {statistics.median(task['solutions'])})",
+        "",
+    ]
+    if args.notes:
+        lines += [Path(args.notes).read_text()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
