@@ -30,6 +30,7 @@ import lightning.pytorch as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from echorl_lightning.data.answers import extract_boxed
+from echorl_lightning.data.eval_batches import EvalBatch, RankBatches
 from echorl_lightning.data.rows import log_skips
 from echorl_lightning.data.types import PromptExample, StepChecker, Verifier, VerifierFn
 
@@ -249,7 +250,7 @@ class PromptDataModule(L.LightningDataModule):
         return kept
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, list):  # evaluation prompts are text: nothing to move
+        if isinstance(batch, (list, EvalBatch)):  # evaluation prompts are text: nothing to move
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
@@ -261,9 +262,14 @@ class PromptDataModule(L.LightningDataModule):
         return DataLoader(self.rollout_buffer, batch_size=None)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """One DataLoader per evaluation set (a list when there are several; an empty one when none)."""
+        """One DataLoader per evaluation set (a list when there are several; an empty one when none), serving
+        this rank's whole :class:`~echorl_lightning.data.eval_batches.EvalBatch` es (each prompt once over all
+        ranks, in the same batch on any number of ranks)."""
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         loaders = [
-            DataLoader(s.prompts, batch_size=self.val_batch_size, collate_fn=list) for s in self.eval_sets()
+            DataLoader(RankBatches(s.prompts, self.val_batch_size, i, rank, world), batch_size=None)
+            for i, s in enumerate(self.eval_sets())
         ]
         if not loaders:
             return DataLoader([], batch_size=self.val_batch_size, collate_fn=list)
