@@ -1,0 +1,125 @@
+"""A run killed with ``kill -9`` right after a checkpoint, resumed with ``--ckpt_path last``, ends where an
+uninterrupted run ends (issue 11 item 1): same weights and optimizer state, the same logged scalars (every
+tag and step; ``perf/*`` timings excluded), one TensorBoard version folder, and no (tag, step) logged twice by
+one process. Both runs go through ``python cli.py`` with the demo config at tiny sizes.
+
+Not compared: scalars that the killed process logged after its last checkpoint are written again by the
+resumed process (same values: asserted); TensorBoard shows the resumed run's points for those steps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from echorl_lightning.tiny import TINY_MODEL_PATH
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def tiny_demo(out: Path, *extra: str) -> list[str]:
+    """The demo config at tiny sizes: 2 epochs of 4 prompts x 4 rollouts of <= 48 tokens (long enough to earn rewards), a checkpoint after
+    every epoch, validation (4 prompts x 4 samples) before training and after epoch 1."""
+    return [
+        sys.executable, "cli.py", "fit", "--config", "configs/demo.yaml",
+        "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=2",
+        f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.callbacks.init_args.dirpath={out / 'checkpoints'}", "--trainer.callbacks.init_args.every_n_epochs=1",
+        "--data.init_args.num_val=4", "--data.init_args.num_train=64", "--model.init_args.eval.max_new_tokens=48",
+        "--rollout.prompts_per_epoch=4", "--rollout.group_size=4", "--rollout.max_new_tokens=48",
+        *extra,
+    ]  # fmt: skip
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+
+
+def run(cmd: list[str], log: Path) -> None:
+    with log.open("w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env(), stdout=f, stderr=subprocess.STDOUT, timeout=600)
+    assert proc.returncode == 0, log.read_text()[-5000:]
+
+
+def per_file_scalars(run_dir: Path) -> list[dict[str, list[tuple[int, float]]]]:
+    """Every event file's scalars, tag -> [(step, value)], in file order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = []
+    for ev in sorted(run_dir.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
+        acc.Reload()
+        out.append({tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]})
+    return out
+
+
+def merged(files: list[dict[str, list[tuple[int, float]]]]) -> dict[str, dict[int, float]]:
+    """tag -> step -> value over the files, later files win; asserts that a re-logged value is unchanged."""
+    out: dict[str, dict[int, float]] = {}
+    for scalars in files:
+        for tag, points in scalars.items():
+            if tag.startswith("perf/"):
+                continue
+            for step, value in points:
+                before = out.setdefault(tag, {}).get(step)
+                assert before is None or before == value, f"{tag} step {step}: {before} then {value}"
+                out[tag][step] = value
+    return out
+
+
+def test_kill_9_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run(tiny_demo(full), tmp_path / "full.log")
+
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = subprocess.Popen(tiny_demo(killed), cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
+        last = killed / "checkpoints" / "last.ckpt"
+        deadline = time.monotonic() + 400
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)  # right after the first checkpoint (epoch 0) appeared
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    assert last.resolve().name == "epoch=0-step=1.ckpt", sorted(p.name for p in last.parent.iterdir())
+    run(tiny_demo(killed, "--ckpt_path=last"), tmp_path / "resumed.log")
+
+    a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    b = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 2
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    shipped = load_file(str(Path(TINY_MODEL_PATH) / "model.safetensors"))
+    changed = [k for k, v in shipped.items() if not torch.equal(v, a["state_dict"][f"policy.{k}"])]
+    assert len(changed) > len(shipped) // 2, "training changed too little for the comparison to mean much"
+    adam_a, adam_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert all(torch.equal(adam_a[i]["exp_avg_sq"], adam_b[i]["exp_avg_sq"]) for i in adam_a)
+
+    assert [p.name for p in (killed / "tb").iterdir()] == ["version_0"]  # one TensorBoard run
+    files = per_file_scalars(killed)
+    assert len(files) == 2  # the killed process's and the resumed process's event files, same folder
+    for scalars in files:  # no process logs a (tag, step) twice (sanity pass, hp_metric, rollouts)
+        for tag, points in scalars.items():
+            if tag == "epoch":
+                continue  # Lightning adds "epoch" to every log call, several per step
+            steps = [s for s, _ in points]
+            assert len(steps) == len(set(steps)), (tag, steps)
+    assert "hp_metric" not in files[0] and "hp_metric" not in files[1]
+    assert "val/accuracy" not in files[1] or 0 not in dict(
+        files[1]["val/accuracy"]
+    )  # sanity pass not re-logged
+    assert "data/skipped_rows" in files[0] and "data/skipped_rows" not in files[1]
+    uninterrupted, resumed = merged(per_file_scalars(full)), merged(files)
+    assert sorted(uninterrupted) == sorted(resumed)
+    for tag, points in uninterrupted.items():
+        assert resumed[tag] == points, tag
+    assert sorted(resumed["reward/mean"]) == [0, 1]  # one rollout batch per epoch
+    assert len(resumed["val/accuracy"]) == 2  # before training and after epoch 1
