@@ -135,10 +135,10 @@ def test_degenerate_clip_rows() -> None:
 
 
 def test_escape_markdown_renders_literally() -> None:
-    text = "a*b_c|d <think> & x\\y\n`z` #1 [l](u)"
+    text = "a*b_c|d <think> & x\\y\n`z` #1 [l](u) -2.5+~3!"
     html = markdown_to_safe_html(f"| t |\n|---|\n| {escape_markdown(text)} |")
     # TensorBoard's own renderer shows every character as text: no emphasis, no extra cell, no tag
-    assert "<td>a*b_c|d &lt;think&gt; &amp; x\\y↵`z` #1 [l](u)</td>" in html
+    assert "<td>a*b_c|d &lt;think&gt; &amp; x\\y↵`z` #1 [l](u) -2.5+~3!</td>" in html
     assert "<em>" not in html and "<code>" not in html and "<a" not in html
 
 

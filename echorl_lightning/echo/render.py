@@ -27,7 +27,7 @@ from torch import Tensor
 
 from echorl_lightning.echo.clip_view import ClipView
 
-_MD_SPECIAL = set("\\`*_{}[]()#+-.!|~")
+_MD_SPECIAL = set("\\`*_{}[]()#+-.!|")  # what Python-Markdown (with its tables extension) unescapes
 
 
 def escape_markdown(text: str) -> str:
