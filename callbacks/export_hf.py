@@ -1,11 +1,17 @@
 """Callback that exports the trained policy as a Hugging Face folder at the end of ``fit``.
 
-Implements :class:`ExportHFModel`: ``pl_module.policy.save_pretrained(output_dir)`` (safetensors, config,
-generation config) and ``pl_module.tokenizer.save_pretrained(output_dir)`` on global rank 0, so the folder
-loads with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` and can serve as the
-starting policy of an EchoRL run (EchoRL, arXiv 2605.31228). Every module of the project names its network
-``policy`` (the RL module and the SFT warm-start alike). Leaves out sharded/FSDP state gathering and LoRA
-merging (the module's ``policy`` must hold full weights).
+Implements :class:`ExportHFModel`: the folder loads with ``AutoModelForCausalLM.from_pretrained`` /
+``AutoTokenizer.from_pretrained`` and can serve as the starting policy of an EchoRL run (EchoRL, arXiv
+2605.31228). Every module of the project names its network ``policy`` (the RL module and the SFT warm-start
+alike).
+
+- Unsharded policy (one process, DDP): ``policy.save_pretrained(output_dir)`` on global rank 0.
+- FSDP2-sharded policy (``ModelParallelStrategy`` / ``training.sharding.FSDP2Strategy``): every rank takes
+  part in :func:`~echorl_lightning.training.sharding.save_hf_streamed`, which gathers one tensor at a time
+  and lets rank 0 write safetensors files of at most ``max_shard_bytes``, so no rank holds a second full
+  copy of the model.
+
+The tokenizer is saved by rank 0 with ``save_pretrained``. Left out: LoRA merging, FSDP1.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as L
 from torch import nn
+
+from echorl_lightning.training.sharding import is_fsdp2, save_hf_streamed
 
 
 @runtime_checkable
@@ -26,14 +34,16 @@ class HFExportable(Protocol):
 
 
 class ExportHFModel(L.Callback):
-    """Save ``pl_module.policy`` and ``pl_module.tokenizer`` with ``save_pretrained`` when training ends.
+    """Save ``pl_module.policy`` and ``pl_module.tokenizer`` as a Hugging Face folder when training ends.
 
     Args:
         output_dir: the folder to write (created if missing; existing files are overwritten).
+        max_shard_bytes: size of one safetensors file of a sharded (FSDP2) policy's export.
     """
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(self, output_dir: str, max_shard_bytes: int = 2 * 1024**3) -> None:
         self.output_dir = output_dir
+        self.max_shard_bytes = max_shard_bytes
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail before training, not after it, when the module cannot be exported."""
@@ -44,9 +54,15 @@ class ExportHFModel(L.Callback):
             )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            path = Path(self.output_dir)
+        path = Path(self.output_dir)
+        policy = pl_module.policy
+        if is_fsdp2(policy):  # a collective: every rank gathers, rank 0 writes
+            save_hf_streamed(
+                policy, path, is_writer=trainer.is_global_zero, max_shard_bytes=self.max_shard_bytes
+            )
+        elif trainer.is_global_zero:
             path.mkdir(parents=True, exist_ok=True)
-            pl_module.policy.save_pretrained(path)
+            policy.save_pretrained(path)
+        if trainer.is_global_zero:
             pl_module.tokenizer.save_pretrained(path)
         trainer.strategy.barrier("export_hf")

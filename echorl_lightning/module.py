@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
-from lightning.pytorch.utilities import grad_norm
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
@@ -34,6 +33,14 @@ from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, Eva
 from echorl_lightning.training.forward import policy_response_logprobs
 from echorl_lightning.training.guard import NumericalGuard, non_finite_parameters
 from echorl_lightning.training.loss import rlvr_echo_loss
+from echorl_lightning.training.sharding import (
+    apply_fsdp2,
+    call_through_root,
+    is_fsdp2,
+    reshard,
+    sharding_config,
+    total_grad_norm,
+)
 from echorl_lightning.training.step_metrics import StepMetrics
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
@@ -115,17 +122,23 @@ class EchoRLModule(L.LightningModule):
 
     # ---- the networks -----------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        """Load the policy (and, with a KL term, the frozen reference model) once."""
-        if "policy" in self._modules:
-            return
-        model, dtype, gradient_checkpointing = self._source
-        policy = load_policy(model, dtype).train()
-        if gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
-        self.policy = policy
-        self.ref_policy = None
-        if self.method_cfg.kl_coef > 0:
-            self.ref_policy = load_policy(model, dtype).eval().requires_grad_(False)
+        """Load the policy (and, with a KL term, the frozen reference model) once; under a strategy with a
+        device mesh (``ModelParallelStrategy``, ``training.sharding.FSDP2Strategy``) shard both with FSDP2."""
+        if "policy" not in self._modules:
+            model, dtype, gradient_checkpointing = self._source
+            policy = load_policy(model, dtype).train()
+            if gradient_checkpointing:  # non-reentrant: composes with FSDP2's hooks and needs no input grads
+                policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.policy = policy
+            self.ref_policy = None
+            if self.method_cfg.kl_coef > 0:
+                self.ref_policy = load_policy(model, dtype).eval().requires_grad_(False)
+        mesh = self.device_mesh
+        if mesh is not None and not is_fsdp2(self.policy):
+            config = sharding_config(getattr(self._trainer, "strategy", None))
+            for net in (self.policy, self.ref_policy):
+                if net is not None:
+                    apply_fsdp2(net, mesh, config)
 
     def __getattr__(self, name: str) -> Any:
         if name in ("policy", "ref_policy") and "_source" in self.__dict__ and "policy" not in self._modules:
@@ -160,17 +173,24 @@ class EchoRLModule(L.LightningModule):
         Returns:
             ``(logp, entropy)``, each [n, T] float32; entropy is detached.
         """
-        return policy_response_logprobs(
-            self.policy if model is None else model,
-            batch.input_ids,
-            batch.attention_mask,
-            batch.position_ids,
-            batch.prompt_len,
-            batch.responses,
-            temperature,
-            chunk_size=self.forward_chunk_size,
-            full_logits=self.logprob_impl == "full_logits",
-        )
+        net = self.policy if model is None else model
+        full_logits = self.logprob_impl == "full_logits"
+
+        def forward() -> tuple[Tensor, Tensor]:
+            return policy_response_logprobs(
+                net,
+                batch.input_ids,
+                batch.attention_mask,
+                batch.position_ids,
+                batch.prompt_len,
+                batch.responses,
+                temperature,
+                chunk_size=self.forward_chunk_size,
+                full_logits=full_logits,
+            )
+
+        # FSDP2: the hidden path skips the root's forward, so it runs as the root's forward (sharding.py)
+        return forward() if full_logits else call_through_root(net, forward)
 
     @torch.no_grad()
     def score_rollouts(
@@ -203,6 +223,8 @@ class EchoRLModule(L.LightningModule):
                     ents.append(ent.float().cpu())
         finally:
             net.train(was_training)
+            if reference:
+                reshard(net)  # FSDP2: the reference root's gathered weights are not needed until next epoch
         return torch.cat(logps), torch.cat(ents)
 
     def rollout_engine(self) -> RolloutEngine:
@@ -256,10 +278,9 @@ class EchoRLModule(L.LightningModule):
         """Log the step's metrics and gradient norm; skip the step (drop every gradient) when it is not finite."""
         self.log_dict(self.step_metrics.pop(self._reduce), on_step=True, on_epoch=False, batch_size=1)
         self.log("actor/lr", optimizer.param_groups[0]["lr"], on_step=True)
-        norms = grad_norm(self.policy, norm_type=2)
-        if "grad_2.0_norm_total" not in norms:
+        total = total_grad_norm(self.policy.parameters())  # FSDP2: the full gradient's norm on every rank
+        if total is None:
             return
-        total = norms["grad_2.0_norm_total"]
         self.log("actor/grad_norm", total, on_step=True)
         if self.guard.check(float(total), self.global_step, self.lr):
             for p in self.policy.parameters():
