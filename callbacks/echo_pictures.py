@@ -94,6 +94,11 @@ def log_echo_pictures(
     return rows
 
 
+def logs_at(epoch: int, first_epoch: int, every_n_epochs: int) -> bool:
+    """Whether pictures are written at ``epoch``: epochs 0, N, 2N, ... and the first epoch of the fit."""
+    return epoch % every_n_epochs == 0 or epoch == first_epoch
+
+
 def _prompt_text(record: RolloutRecord, row: int, decode: Callable[[list[int]], str]) -> str:
     """The row's prompt (its real, left-padded tokens), surrounding whitespace stripped, cut to 120
     characters."""
@@ -161,7 +166,7 @@ class EchoPictures(L.Callback):
             self._first_epoch = epoch
         if self._logger is None or self._rollout is None or not trainer.is_global_zero:
             return
-        if epoch % self.every_n_epochs and epoch != self._first_epoch:
+        if not logs_at(epoch, self._first_epoch, self.every_n_epochs):
             return
         record = self._rollout.last_rollout
         if record is None or record.epoch != epoch:

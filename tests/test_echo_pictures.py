@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugin_util import markdown_to_safe_html
 from torch.utils.tensorboard import SummaryWriter
 
-from callbacks.echo_pictures import TAGS, EchoPictures, log_echo_pictures
+from callbacks.echo_pictures import TAGS, EchoPictures, log_echo_pictures, logs_at
 from callbacks.rollout import RolloutCallback
 from echorl_lightning.echo import (
     delimiter_token_ids,
@@ -250,6 +250,14 @@ def test_setup_needs_a_rollout_callback_and_warns_without_tensorboard(tmp_path: 
     assert pictures._logger is None
     with pytest.raises(ValueError, match="every_n_epochs must be >= 1"):
         EchoPictures(every_n_epochs=0)
+
+
+def test_logs_at_every_n_epochs_and_the_first_epoch_of_a_fit() -> None:
+    # a fresh fit, N = 5: epochs 0, 5, 10
+    assert [e for e in range(12) if logs_at(e, 0, 5)] == [0, 5, 10]
+    # resumed at epoch 7: 7 (first of this fit), then 10
+    assert [e for e in range(7, 12) if logs_at(e, 7, 5)] == [7, 10]
+    assert [e for e in range(4) if logs_at(e, 0, 1)] == [0, 1, 2, 3]
 
 
 # ---- the real thing: a training run, served by tensorboard ------------------------------------------------
