@@ -46,7 +46,7 @@ from echorl_lightning.rollout.batch import (
     pad_rollouts,
 )
 from echorl_lightning.rollout.buffer import RolloutBuffer, make_microbatches
-from echorl_lightning.rollout.collect import ScoredRows, generate_and_score
+from echorl_lightning.rollout.collect import ScoredRows, generate_and_score, pad_per_token
 from echorl_lightning.rollout.stats import rollout_metrics
 from echorl_lightning.rollout.types import SamplingConfig
 from echorl_lightning.training.contract import RolloutPolicy
@@ -74,6 +74,10 @@ class RolloutCallback(L.Callback):
         num_minibatches: optimizer steps per pass (each of ``trainer.accumulate_grad_batches`` micro-batches).
         logprob_batch_size: rows per forward in the no-grad old-log-prob pass.
         seed: seeds prompt draws, sampling and shuffles (offset by epoch and rank).
+        on_policy_shortcut: when the update is exactly on-policy (``ppo_epochs`` = ``num_minibatches`` = 1, no
+            KL reference, no expert rows) and the engine returns token entropies (the HF engine does), skip the
+            no-grad old-log-prob pass: pi_old is the update's own forward, detached (ratio 1), and EchoClips are
+            chosen from the engine's entropies. Still zero extra forwards for EchoRL.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class RolloutCallback(L.Callback):
         num_minibatches: int = 1,
         logprob_batch_size: int = 64,
         seed: int = 0,
+        on_policy_shortcut: bool = True,
     ) -> None:
         for key, value in dict(
             prompts_per_epoch=prompts_per_epoch,
@@ -109,6 +114,7 @@ class RolloutCallback(L.Callback):
         self.num_minibatches = num_minibatches
         self.logprob_batch_size = logprob_batch_size
         self.seed = seed
+        self.on_policy_shortcut = on_policy_shortcut
         self._pending_metrics: dict[str, torch.Tensor] = {}
         self.last_rollout: RolloutRecord | None = None
         self._verifier_stats: dict[str, float] = {}
@@ -202,6 +208,7 @@ class RolloutCallback(L.Callback):
             temperature=self.temperature,
             top_p=self.top_p,
             seed=seed,
+            return_entropy=self._on_policy(policy.method_cfg),
         )
         prompt_ids = policy.encode_prompts([ex.prompt for ex in examples])
         return generate_and_score(
@@ -278,7 +285,13 @@ class RolloutCallback(L.Callback):
         lengths = tokens.response_mask.sum(-1).long()  # [N]
 
         t1 = time.perf_counter()  # (e) old log-probs and token entropy (and reference log-probs), no grad
-        old_logp, entropy = policy.score_rollouts(tokens, batch_size=self.logprob_batch_size)
+        old_logp: Tensor | None
+        if self._on_policy(method) and rows.entropy is not None:
+            # exactly on-policy: pi_old is the update's own forward (detached), and the engine already gave the
+            # token entropies from its logits: no separate pass
+            old_logp, entropy = None, pad_per_token(rows.entropy, tokens.responses.shape[1])
+        else:
+            old_logp, entropy = policy.score_rollouts(tokens, batch_size=self.logprob_batch_size)
         ref_logp = None
         if method.kl_coef > 0:
             ref_logp, _ = policy.score_rollouts(tokens, batch_size=self.logprob_batch_size, reference=True)
@@ -368,6 +381,12 @@ class RolloutCallback(L.Callback):
         deltas = {f"rollout/{k}": torch.tensor(v - self._verifier_stats.get(k, 0.0)) for k, v in now.items()}
         self._verifier_stats = now
         return deltas
+
+    def _on_policy(self, method: MethodConfig) -> bool:
+        """Whether the update is exactly on-policy (one optimizer step per rollout batch, no reference model),
+        so the no-grad old-log-prob pass can be skipped (``on_policy_shortcut``)."""
+        single_step = self.ppo_epochs == 1 and self.num_minibatches == 1
+        return self.on_policy_shortcut and single_step and method.kl_coef == 0 and not method.off_policy
 
     def _group_rows(self, method: MethodConfig) -> int:
         """G', the rows of one group: G rollouts, plus LUFFY's expert row."""

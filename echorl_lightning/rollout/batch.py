@@ -130,7 +130,9 @@ class RolloutBatch(TokenBatch):
     """One training micro-batch.
 
     Attributes (besides :class:`TokenBatch`'s):
-        old_logp: [n, T] float32 log-probs of the response tokens under the rollout policy (no grad).
+        old_logp: [n, T] float32 log-probs of the response tokens under the rollout policy (no grad), or None
+            for an exactly on-policy update (one optimizer step per rollout batch, the rollout policy's own
+            weights): the update then takes its own forward's log-probs, detached, as pi_old.
         advantages: [n] per-sequence advantages.
         pg_mask: [n] float, 1 where the row takes part in the policy-gradient term (0: a row kept only for
             its EchoClip, or padding rows of DAPO's filter).
@@ -142,7 +144,7 @@ class RolloutBatch(TokenBatch):
         ref_logp: [n, T] float32 reference-model log-probs when the method has a KL term, else None.
     """
 
-    old_logp: Tensor
+    old_logp: Tensor | None
     advantages: Tensor
     pg_mask: Tensor
     clip_mask: Tensor

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from echorl_lightning.data.types import PromptExample, Verifier
 from echorl_lightning.rollout.types import RolloutEngine, SamplingConfig
 
@@ -27,6 +30,8 @@ class ScoredRows:
         off_policy: N flags, the expert row of a group (LUFFY).
         scores: N verifier scores (0.0 where the verifier could not judge).
         num_unjudged: how many items the verifier could not judge.
+        entropy: N per-token entropy lists from the engine (``SamplingConfig.return_entropy``), or None when
+            the engine gave none for some row (expert rows never have one).
     """
 
     prompts: list[list[int]] = field(default_factory=list)
@@ -35,12 +40,17 @@ class ScoredRows:
     off_policy: list[bool] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     num_unjudged: int = 0
+    entropy: list[list[float]] | None = field(default_factory=list)
 
     def extend(self, other: ScoredRows) -> None:
         """Append another round's rows."""
         for name in ("prompts", "responses", "truncated", "off_policy", "scores"):
             getattr(self, name).extend(getattr(other, name))
         self.num_unjudged += other.num_unjudged
+        if self.entropy is None or other.entropy is None:
+            self.entropy = None
+        else:
+            self.entropy.extend(other.entropy)
 
 
 def generate_and_score(
@@ -72,6 +82,10 @@ def generate_and_score(
     groups = engine.generate(prompt_ids, sampling)
     for ex, p_ids, group in zip(examples, prompt_ids, groups, strict=True):
         members = [(c.token_ids, c.truncated, False) for c in group]
+        if rows.entropy is not None and all(c.entropy is not None for c in group) and not with_expert:
+            rows.entropy.extend(list(c.entropy) for c in group)
+        else:
+            rows.entropy = None
         if with_expert:
             if not ex.expert:
                 raise ValueError(
@@ -92,3 +106,11 @@ def generate_and_score(
     rows.num_unjudged = sum(s is None for s in raw)
     rows.scores = [float(s) if s is not None else 0.0 for s in raw]
     return rows
+
+
+def pad_per_token(values: Sequence[Sequence[float]], width: int) -> Tensor:
+    """Per-token values of N responses, right-padded with 0 to ``width`` columns: [N, width] float32."""
+    out = torch.zeros(len(values), width)
+    for i, row in enumerate(values):
+        out[i, : len(row)] = torch.tensor(list(row), dtype=torch.float32)
+    return out

@@ -12,6 +12,11 @@ Temperature 0 means greedy decoding. A completion is cut just after its first EO
 within ``max_new_tokens`` is marked truncated. The tokenizer's EOS is the only stop token, as in
 :mod:`echorl_lightning.rollout.vllm_engine`.
 
+With ``sampling.return_entropy`` each completion also carries the entropy of every sampled token's
+distribution at the sampling temperature, computed from the raw logits during decoding (a logits processor that
+records and changes nothing), so an exactly on-policy update needs no separate no-grad pass for EchoRL's token
+entropies.
+
 Left out: beam search, stop strings, per-prompt sampling settings, speculative decoding, static caches.
 Part of echorl-lightning, the implementation of EchoRL (arXiv 2605.31228), whose rollouts this engine samples.
 """
@@ -19,10 +24,11 @@ Part of echorl-lightning, the implementation of EchoRL (arXiv 2605.31228), whose
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from echorl_lightning.rollout.types import Completion, SamplingConfig
 
@@ -127,6 +133,25 @@ def cut_at_eos(token_ids: Sequence[int], eos_id: int, max_new_tokens: int) -> Co
     return Completion(token_ids=row, truncated=True)
 
 
+class EntropyRecorder(LogitsProcessor):
+    """Records, at each decoding step, the entropy of ``softmax(logits / temperature)`` of every row
+    (``H = -sum_v p_v log p_v``); returns the scores unchanged. Runs before the sampling warpers, on the raw
+    logits."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.steps: list[torch.Tensor] = []  # one [rows] float32 tensor per decoding step
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)  # [rows, V]
+        self.steps.append(-(logp.exp() * logp).sum(-1).cpu())
+        return scores
+
+    def per_row(self) -> torch.Tensor:
+        """[rows, steps] entropies."""
+        return torch.stack(self.steps, dim=1)
+
+
 class HFGenerateEngine:
     """Colocated rollout engine on ``model.generate`` (see the module docstring).
 
@@ -199,12 +224,24 @@ class HFGenerateEngine:
                     chunk = rows[start : start + self.batch_size]
                     prompts = [prompt_token_ids[index] for index, _ in chunk]
                     input_ids, attention_mask = self._left_pad(prompts, device)  # [rows, P] each
+                    recorder = None
+                    if sampling.return_entropy and sampling.temperature > 0:
+                        recorder = EntropyRecorder(sampling.temperature)
                     output = model.generate(
-                        input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        generation_config=config,
+                        logits_processor=LogitsProcessorList([recorder] if recorder else []),
                     )  # [rows, P + new]
                     new_tokens = output[:, input_ids.shape[1] :].tolist()
-                    for (index, sample), row in zip(chunk, new_tokens, strict=True):
-                        results[index][sample] = cut_at_eos(row, self.eos_id, sampling.max_new_tokens)
+                    entropies = recorder.per_row().tolist() if recorder else None  # [rows, new]
+                    for i, ((index, sample), row) in enumerate(zip(chunk, new_tokens, strict=True)):
+                        completion = cut_at_eos(row, self.eos_id, sampling.max_new_tokens)
+                        if entropies is not None:
+                            completion = replace(
+                                completion, entropy=entropies[i][: len(completion.token_ids)]
+                            )
+                        results[index][sample] = completion
         finally:
             model.train(was_training)
         assert all(completion is not None for samples in results for completion in samples)

@@ -23,6 +23,8 @@ class SamplingConfig:
         temperature: softmax temperature (1.0 = the policy's distribution).
         top_p: nucleus sampling mass (1.0 = off).
         seed: base seed for reproducible sampling, or None.
+        return_entropy: also return each sampled token's full-vocabulary entropy at ``temperature`` (before
+            top-p), where the engine can (``Completion.entropy``; None where it cannot).
     """
 
     n: int = 1
@@ -30,6 +32,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    return_entropy: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,13 @@ class Completion:
     Attributes:
         token_ids: response token ids, cut just after the first EOS (EOS kept), at most max_new_tokens.
         truncated: True when no EOS was produced within max_new_tokens.
+        entropy: per token of ``token_ids``, the entropy of the distribution it was sampled from (at the
+            sampling temperature, before top-p), when requested and the engine computes it; else None.
     """
 
     token_ids: list[int]
     truncated: bool
+    entropy: list[float] | None = None
 
 
 @runtime_checkable
