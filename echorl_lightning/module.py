@@ -254,7 +254,7 @@ class EchoRLModule(L.LightningModule):
         scale = float(self.trainer.world_size * self.trainer.accumulate_grad_batches)
         loss, metrics = rlvr_echo_loss(
             logp,
-            batch.old_logp,
+            logp.detach() if batch.old_logp is None else batch.old_logp,  # None: exactly on-policy
             batch.advantages,
             batch.response_mask,
             batch.pg_mask,
