@@ -24,11 +24,11 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from echorl_lightning.algorithms.presets import MethodConfig, MethodName
-from echorl_lightning.data.types import PromptExample
-from echorl_lightning.eval.sampled import EvalStage, SampledEvaluation, sample_and_score
+from echorl_lightning.eval.hooks import SampledEvalHooks
+from echorl_lightning.eval.sampled import SampledEvaluation
 from echorl_lightning.rollout.batch import RolloutBatch, RolloutSpec, TokenBatch
 from echorl_lightning.rollout.hf_engine import HFGenerateEngine
-from echorl_lightning.rollout.types import RolloutEngine, SamplingConfig
+from echorl_lightning.rollout.types import RolloutEngine
 from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig
 from echorl_lightning.training.forward import policy_response_logprobs
 from echorl_lightning.training.guard import NumericalGuard, non_finite_parameters
@@ -55,7 +55,7 @@ def load_policy(path: str, dtype: DTypeName, **kwargs: Any) -> PreTrainedModel:
         raise ValueError(f"model: cannot load {path!r} (hub id or local folder): {err}") from err
 
 
-class EchoRLModule(L.LightningModule):
+class EchoRLModule(SampledEvalHooks, L.LightningModule):
     """RLVR post-training of a causal LM with an optional EchoRL term.
 
     Args:
@@ -307,70 +307,6 @@ class EchoRLModule(L.LightningModule):
                 f"refusing to checkpoint non-finite weights at step {self.global_step} ({len(bad)} parameters, "
                 f"e.g. {bad[:3]})"
             )
-
-    # ---- evaluation ---------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        """Create the metrics of every evaluation set of the datamodule for this stage."""
-        if stage == "predict" or not hasattr(self.trainer.datamodule, "eval_sets"):
-            return
-        prefix: EvalStage = "test" if stage == "test" else "val"
-        self.evaluation.prepare(prefix, self.trainer.datamodule.eval_sets(), self.device)
-
-    def _evaluate(self, batch: list[PromptExample], stage: EvalStage, dataloader_idx: int) -> None:
-        """Sample k completions per prompt of one batch of evaluation set ``dataloader_idx`` and score them."""
-        eval_set = self.trainer.datamodule.eval_sets()[dataloader_idx]
-        cfg = self.eval_cfg
-        sampling = SamplingConfig(
-            n=cfg.n,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            seed=cfg.seed + self.global_rank,
-        )
-        prompt_ids = self.encode_prompts([ex.prompt for ex in batch])
-        samples = sample_and_score(
-            self.rollout_engine(), self.tokenizer, prompt_ids, batch, eval_set, sampling
-        )
-        self.evaluation.update(stage, eval_set, samples, self.device)
-
-    def _log_eval(self, stage: EvalStage) -> None:
-        results = self.evaluation.compute(stage, self.trainer.datamodule.eval_sets())
-        if f"{stage}/accuracy" not in results:
-            return
-        accuracy = results.pop(f"{stage}/accuracy")
-        self.log(f"{stage}/accuracy", accuracy, prog_bar=stage == "val")
-        self.log_dict(results)
-        self.print(f"[{stage}] step {self.global_step}: accuracy {float(accuracy):.4f}")
-        k = self.eval_cfg.n
-        per_set = [
-            f"{name.split('/')[1]} {float(value):.4f}"
-            for name, value in results.items()
-            if name.endswith(f"/avg@{k}")
-        ]
-        if len(per_set) > 1:
-            self.print(f"[{stage}] step {self.global_step}: avg@{k} " + ", ".join(per_set))
-        if (
-            stage == "val"
-            and self.trainer.sanity_checking
-            and self.global_step == 0
-            and self.logger is not None
-        ):
-            # the sanity pass is not logged by Lightning: record it as the accuracy before training (once: a
-            # resumed run's sanity pass is not logged again)
-            results["val/accuracy"] = accuracy
-            self.logger.log_metrics({name: float(v) for name, v in results.items()}, step=self.global_step)
-
-    def validation_step(self, batch: list[PromptExample], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluate(batch, "val", dataloader_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_eval("val")
-
-    def test_step(self, batch: list[PromptExample], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluate(batch, "test", dataloader_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
 
     # ---- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
