@@ -24,10 +24,8 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
-from echorl_lightning.algorithms import compute_advantages
 from echorl_lightning.algorithms.dapo import dynamic_sampling_keep, dynamic_sampling_rows, overlong_penalty
 from echorl_lightning.algorithms.presets import MethodConfig
 from echorl_lightning.data.base import PromptDataModule
@@ -47,11 +45,16 @@ from echorl_lightning.rollout.batch import (
 )
 from echorl_lightning.rollout.buffer import RolloutBuffer, make_microbatches
 from echorl_lightning.rollout.collect import ScoredRows, generate_and_score, pad_per_token
+from echorl_lightning.rollout.seeds import derive_seed
 from echorl_lightning.rollout.stats import rollout_metrics
 from echorl_lightning.rollout.types import SamplingConfig
 from echorl_lightning.training.contract import RolloutPolicy
+from echorl_lightning.training.distributed import global_advantages
 
 log = logging.getLogger(__name__)
+
+# what each derived seed is for: derive_seed(seed, purpose, epoch, ...) never collides across them
+_DRAW, _SAMPLE, _CLIPS, _SHUFFLE = range(4)
 
 _COUNTS = ("echo/num_clips", "rollout/unjudged", "rollout/groups_kept", "rollout/num_groups")
 
@@ -192,7 +195,9 @@ class RolloutCallback(L.Callback):
             raise ValueError(
                 f"RolloutCallback.prompts_per_epoch={self.prompts_per_epoch} exceeds the {pool_size} training prompts"
             )
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 1_009 + round_idx)
+        g = torch.Generator().manual_seed(
+            derive_seed(self.seed, _DRAW, epoch, round_idx)
+        )  # rank-free: one order
         order = torch.randperm(pool_size, generator=g)[: self.prompts_per_epoch]
         per_rank = self.prompts_per_epoch // world
         return order[rank * per_rank : (rank + 1) * per_rank].tolist()
@@ -230,7 +235,7 @@ class RolloutCallback(L.Callback):
         rows = ScoredRows()
         for r in range(rounds):
             idx = self._draw(len(pool), epoch, r, rank, world)
-            seed = self.seed * 7919 + epoch * 104_729 + r * 31 + rank
+            seed = derive_seed(self.seed, _SAMPLE, epoch, r, rank)
             rows.extend(self._generate(policy, [pool[i] for i in idx], dm.verifier, seed))
             if not method.dynamic_sampling:
                 break
@@ -263,7 +268,7 @@ class RolloutCallback(L.Callback):
             apply_to=echo.apply_to, selector=echo.selector, success_reward=echo.success_reward,
             min_step_tokens=echo.min_step_tokens,
             truncated=torch.tensor(rows.truncated) | torch.tensor(rows.off_policy),
-            generator=torch.Generator().manual_seed(self.seed + epoch * 13 + rank),
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, _CLIPS, epoch, rank)),
         )  # fmt: skip
         return clip_mask, step_mask, step_end
 
@@ -300,7 +305,9 @@ class RolloutCallback(L.Callback):
         rewards = scores.clone()  # (f) rewards -> advantages, EchoClips, DAPO's row filter
         if method.overlong_shaping:
             rewards = rewards + overlong_penalty(lengths, self.max_new_tokens, method.overlong_buffer)
-        advantages = self._advantages(trainer, method, rewards.view(-1, gsize)).reshape(n)  # [N]
+        advantages = global_advantages(
+            method.adv_estimator, rewards.view(-1, gsize), trainer.global_rank, trainer.world_size
+        ).reshape(n)  # [N]
         clip_mask, step_mask, step_end = self._echo_clips(policy, tokens, entropy, rows, epoch, rank)
         pg_mask, keep_rows = torch.ones(n), torch.ones(n, dtype=torch.bool)
         if method.dynamic_sampling:
@@ -338,7 +345,7 @@ class RolloutCallback(L.Callback):
             ppo_epochs=self.ppo_epochs,
             num_minibatches=self.num_minibatches,
             accumulate=trainer.accumulate_grad_batches,
-            generator=torch.Generator().manual_seed(self.seed + epoch * 17 + rank),
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, _SHUFFLE, epoch, rank)),
         )
         counts = torch.stack([torch.stack([m.num_tokens, m.num_seqs, m.num_clips]) for m in micro])  # [M, 3]
         counts = trainer.strategy.reduce(counts.to(policy.device), reduce_op="sum").cpu()  # [M, 3] global
@@ -357,19 +364,6 @@ class RolloutCallback(L.Callback):
         )
         self._pending_metrics = metrics
         log.info("epoch %d rollout: %s", epoch, {k: round(float(v), 4) for k, v in metrics.items()})
-
-    @staticmethod
-    def _advantages(trainer: L.Trainer, method: MethodConfig, rewards: Tensor) -> Tensor:
-        """(f) Advantages of this rank's groups ([B', G'] rewards), computed over the GLOBAL batch: the rewards
-        of every rank are gathered first, so estimators with batch statistics (REINFORCE++'s std) see the whole
-        batch; group-local estimators give the same values either way."""
-        if trainer.world_size == 1 or not dist.is_available() or not dist.is_initialized():
-            return compute_advantages(method.adv_estimator, rewards)
-        parts: list[Tensor | None] = [None] * trainer.world_size
-        dist.all_gather_object(parts, rewards.cpu())  # ranks may hold different B' (DAPO's extra rounds)
-        offset = sum(int(p.shape[0]) for p in parts[: trainer.global_rank])
-        full = compute_advantages(method.adv_estimator, torch.cat(parts))  # [sum B', G']
-        return full[offset : offset + rewards.shape[0]]
 
     def _verifier_deltas(self, verifier: Verifier) -> dict[str, Tensor]:
         """``rollout/verifier_*``: what the verifier counted (timeouts, memory kills, errors) since last epoch,

@@ -54,12 +54,13 @@ class Probe(L.Callback):
         with torch.no_grad():
             logp, _ = pl_module.response_logprobs(batch, pl_module.rollout_spec.temperature)
         mask = batch.response_mask * batch.pg_mask[:, None]  # [n, T]
-        log_ratio = (logp - batch.old_logp) * mask  # [n, T]
+        old = logp if batch.old_logp is None else batch.old_logp  # None: the on-policy shortcut (ratio 1)
+        log_ratio = (logp - old) * mask  # [n, T]
         seq = (log_ratio.sum(-1) / mask.sum(-1).clamp(min=1)).exp()  # [n]
         rows = batch.pg_mask.bool()
         self.seq_ratio_max.append(float(seq[rows].max()))
         self.token_ratio_max.append(float(log_ratio.exp()[mask.bool()].max()))
-        self.ratios.append((logp - batch.old_logp).exp())
+        self.ratios.append((logp - old).exp())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
