@@ -7,8 +7,8 @@ Usage (from the repository root, venv active; see benchmarks/README.md):
     python benchmarks/step_memory.py --device cuda              # on a GPU (peak allocated memory)
 
 The model is a randomly initialised Qwen2 with Qwen2.5's vocabulary (V = 151,936, untied head), hidden 256,
-4 layers, intermediate 1,536: 83.6M parameters, so float32 weights + grads + AdamW's two moments take
-16 bytes x 83.6M = 1.34 GB. One epoch of the flagship setting (``configs/qwen_grpo_echo.yaml`` scaled to
+4 layers, intermediate 1,536: 83.3M parameters, so float32 weights + grads + AdamW's two moments take
+16 bytes x 83.3M = 1.33 GB. One epoch of the flagship setting (``configs/qwen_grpo_echo.yaml`` scaled to
 one group: G = 8 rollouts of one prompt, ``logprob_batch_size: 8``, micro-batches of 4 rows, gradient
 checkpointing, temperature 1.0), in float32 on CPU:
 
@@ -24,7 +24,7 @@ what ``EchoRLModule.response_logprobs`` did before issue 10) and ``hidden`` (the
 ``logprobs_and_entropy_from_hidden`` over the T response positions). Each (variant, T) runs in its own
 fresh subprocess, one at a time. The baseline is the process's resident set after imports and a warm-up on
 a tiny model, before the policy is built; a phase's peak is the peak resident set size (VmHWM, reset through
-/proc/self/clear_refs at the phase's start) minus that baseline, so the epoch's peak includes the 1.34 GB of
+/proc/self/clear_refs at the phase's start) minus that baseline, so the epoch's peak includes the 1.33 GB of
 weights, gradients and AdamW state. On CUDA it is ``torch.cuda.max_memory_allocated`` minus the memory
 allocated at the baseline. A variant is skipped when its rough estimate exceeds the available memory.
 
