@@ -121,7 +121,7 @@ class OneLinear(nn.Module):
         self.proj = nn.Linear(2, 2)
 
 
-def test_merged_weight_hand_computed_and_restored_exactly() -> None:
+def test_merged_weight_hand_computed_then_released() -> None:
     net = OneLinear()
     with torch.no_grad():
         net.proj.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
@@ -136,8 +136,10 @@ def test_merged_weight_hand_computed_and_restored_exactly() -> None:
     name, merged = next(stream)
     assert name == "proj.weight"
     assert torch.equal(merged, torch.tensor([[2.0, 1.0], [7.0, 0.0]]))
-    assert next(stream)[0] == "proj.bias"  # asking for the next item restores W in place
-    assert torch.equal(layer.base_layer.weight, torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    assert torch.equal(layer.base_layer.weight, torch.tensor([[1.0, 2.0], [3.0, 4.0]]))  # W only read
+    name, bias = next(stream)  # taking the next item empties the merged copy: a late reader gets no stale W
+    assert name == "proj.bias" and bias is layer.base_layer.bias
+    assert merged.shape == (0,)
     assert list(stream) == []
 
 
@@ -171,16 +173,32 @@ def test_streamed_weights_for_vllm_are_merged_in_engine_dtype_without_adapter_na
     assert all(t.dtype == torch.bfloat16 and torch.equal(t, want[n].bfloat16()) for n, t in got.items())
 
 
-def test_an_abandoned_stream_leaves_the_base_exact(tiny_random_model: PreTrainedModel) -> None:
+def test_bf16_base_with_fp32_adapters_matches_peft_merge_bit_for_bit(
+    tiny_random_model: PreTrainedModel,
+) -> None:
+    policy = lora_policy(copy.deepcopy(tiny_random_model).bfloat16())  # peft keeps adapters in fp32
+    assert (
+        policy.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight.dtype
+        == torch.float32
+    )
+    want = copy.deepcopy(policy).merge_and_unload().state_dict()  # W += delta: fp32 sum, rounded once to bf16
+    got = {name: t.clone() for name, t in merged_named_weights(policy)}
+    assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k]) for k in want)
+    layer = policy.base_model.model.model.layers[0].self_attn.q_proj
+    naive = layer.base_layer.weight + layer.get_delta_weight("default").bfloat16()  # rounds twice
+    assert not torch.equal(naive, want["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_names_and_an_abandoned_stream(tiny_random_model: PreTrainedModel) -> None:
     policy = lora_policy(tiny_random_model)
     start = {k: v.clone() for k, v in policy.state_dict().items()}
     with pytest.raises(RuntimeError, match="engine failed"), merged_weights(policy) as view:
-        stream = streamed_weights(view, torch.float32)
-        for index, (name, _) in enumerate(stream):
-            if name.endswith("q_proj.weight"):  # stop while a layer is merged in place
+        for index, (name, _) in enumerate(streamed_weights(view, torch.float32)):
+            if name.endswith("q_proj.weight"):  # stop while a merged copy is out
                 raise RuntimeError(f"engine failed at item {index}")
     assert all(torch.equal(v, start[k]) for k, v in policy.state_dict().items())
     assert is_adapter_name("model.layers.0.self_attn.q_proj.lora_B.default.weight")
+    assert not is_adapter_name("model.layers.0.self_attn.q_proj.base_layer.weight")
     assert (
         checkpoint_name("model.layers.0.mlp.up_proj.base_layer.weight") == "model.layers.0.mlp.up_proj.weight"
     )
