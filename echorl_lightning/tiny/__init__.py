@@ -2,9 +2,10 @@
 shipped warm-started model (``TINY_MODEL_PATH``) that the CPU demo and the end-to-end tests run EchoRL
 (arXiv 2605.31228) on.
 
-``TINY_MODEL_PATH`` is a Hugging Face folder (config, generation config, safetensors, tokenizer) loadable
-with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``; regenerate it with the
-command in ``configs/warmstart_sft.yaml``.
+``TINY_MODEL_PATH`` (the arithmetic task) and ``TINY_COUNTDOWN_PATH`` (the Countdown task, a wider
+policy of the same family) are Hugging Face folders (config, generation config, safetensors, tokenizer)
+loadable with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``; regenerate them
+with the commands in ``configs/warmstart_sft.yaml`` and ``configs/warmstart_countdown.yaml``.
 """
 
 from __future__ import annotations
@@ -12,5 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 TINY_MODEL_PATH: str = str(Path(__file__).resolve().parent.parent / "assets" / "tiny-arith")
+TINY_COUNTDOWN_PATH: str = str(Path(__file__).resolve().parent.parent / "assets" / "tiny-countdown")
 
-__all__ = ["TINY_MODEL_PATH"]
+__all__ = ["TINY_COUNTDOWN_PATH", "TINY_MODEL_PATH"]
