@@ -22,14 +22,16 @@ from echorl_lightning.tiny import TINY_MODEL_PATH
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
-ROLLOUT = (
-    '{"class_path": "callbacks.rollout.RolloutCallback", "init_args": {"prompts_per_epoch": %(p)d, '
-    '"group_size": 4, "max_new_tokens": 48, "num_minibatches": 1, "seed": 0}}'
-)
 CKPT = (
-    '{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", '
-    '"init_args": {"dirpath": "%(d)s", "save_last": true, "save_top_k": 0}}'
+    '{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "%(d)s", '
+    '"every_n_epochs": 1, "save_on_train_epoch_end": true, "save_top_k": 1, "save_last": "link"}}'
 )
+
+
+def rollout_args(prompts: int) -> list[str]:
+    """The rollout group at test sizes: ``prompts`` x 4 rollouts of <= 48 tokens, one optimizer step."""
+    return [f"--rollout.prompts_per_epoch={prompts}", "--rollout.group_size=4", "--rollout.max_new_tokens=48",
+            "--rollout.num_minibatches=1", "--rollout.seed=0"]  # fmt: skip
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -43,8 +45,9 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def small_demo_args(out: Path, epochs: int, prompts: int = 8, extra_callbacks: str = "") -> list[str]:
-    callbacks = f"[{ROLLOUT % {'p': prompts}}, {CKPT % {'d': out / 'checkpoints'}}{extra_callbacks}]"
+    callbacks = f"[{CKPT % {'d': out / 'checkpoints'}}{extra_callbacks}]"
     return [
+        *rollout_args(prompts),
         "--config", "configs/demo.yaml",
         f"--trainer.max_epochs={epochs}",
         f"--trainer.default_root_dir={out}",
@@ -131,13 +134,12 @@ def test_qwen_config_runs_one_epoch_with_local_overrides(tmp_path: Path) -> None
         "--model.init_args.gradient_checkpointing=false",
         "--model.init_args.eval.max_new_tokens=32",
         f"--data.init_args.path={data}",
-        "--data.init_args.val_path=null",
-        "--data.init_args.val_split=null",
-        "--data.init_args.eval_sets=null",
+        "--data.init_args.eval.sets=[]",
         "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
         "--trainer.precision=32-true", "--trainer.max_epochs=1", "--trainer.accumulate_grad_batches=2",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--trainer.callbacks=[{ROLLOUT % {'p': 4}}]",
+        f"--trainer.callbacks.init_args.dirpath={tmp_path / 'checkpoints'}",
+        *rollout_args(4),
     )  # fmt: skip
     logged = scalars(tmp_path)
     assert [s for s, _ in logged["actor/pg_loss"]] == [0]  # 2 accumulated micro-batches, 1 optimizer step
