@@ -15,7 +15,8 @@ within ``max_new_tokens`` is marked truncated. The tokenizer's EOS is the only s
 With ``sampling.return_entropy`` each completion also carries the entropy of every sampled token's
 distribution at the sampling temperature, computed from the raw logits during decoding (a logits processor that
 records and changes nothing), so an exactly on-policy update needs no separate no-grad pass for EchoRL's token
-entropies.
+entropies. An optional ``progress`` callable hears after each chunk how many rows it held and how many response
+tokens they came to (progress displays, ``echorl_lightning.rollout.progress``).
 
 Left out: beam search, stop strings, per-prompt sampling settings, speculative decoding, static caches.
 Part of echorl-lightning, the implementation of EchoRL (arXiv 2605.31228), whose rollouts this engine samples.
@@ -23,7 +24,7 @@ Part of echorl-lightning, the implementation of EchoRL (arXiv 2605.31228), whose
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -182,9 +183,13 @@ class HFGenerateEngine:
         self.model = model
 
     def generate(
-        self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[list[Completion]]:
-        """``sampling.n`` completions for each prompt, in prompt order.
+        """``sampling.n`` completions for each prompt, in prompt order; ``progress(rows, tokens)``, when given, is
+        called after each generated chunk with its row count and response token count (EOS included).
 
         With ``sampling.seed`` set the result is reproducible (for a fixed ``batch_size`` and device) and the
         caller's global RNG state is restored afterwards; with ``None`` sampling draws from, and advances,
@@ -235,6 +240,7 @@ class HFGenerateEngine:
                     )  # [rows, P + new]
                     new_tokens = output[:, input_ids.shape[1] :].tolist()
                     entropies = recorder.per_row().tolist() if recorder else None  # [rows, new]
+                    chunk_tokens = 0
                     for i, ((index, sample), row) in enumerate(zip(chunk, new_tokens, strict=True)):
                         completion = cut_at_eos(row, self.eos_id, sampling.max_new_tokens)
                         if entropies is not None:
@@ -242,6 +248,9 @@ class HFGenerateEngine:
                                 completion, entropy=entropies[i][: len(completion.token_ids)]
                             )
                         results[index][sample] = completion
+                        chunk_tokens += len(completion.token_ids)
+                    if progress is not None:
+                        progress(len(chunk), chunk_tokens)
         finally:
             model.train(was_training)
         assert all(completion is not None for samples in results for completion in samples)
