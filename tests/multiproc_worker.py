@@ -100,6 +100,7 @@ def fit(
     epochs: int = 1,
     checkpoint_dir: Path | None = None,
     ckpt_path: str | None = None,
+    accelerator: str = "cpu",
 ) -> EchoRLModule:
     """Train on ``batches`` (this rank's micro-batches; accumulated into one optimizer step per epoch), export
     the policy to ``out/export`` and write rank 0's last logged metrics to ``out/metrics.json``."""
@@ -112,7 +113,7 @@ def fit(
             )
         )
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=devices,
         strategy=strategy,
         precision="32-true",
@@ -140,16 +141,18 @@ def fit(
 
 def _strategy(name: str) -> Any:
     if name == "ddp":
-        return L.strategies.DDPStrategy(process_group_backend="gloo")
+        return L.strategies.DDPStrategy()
     return FSDP2Strategy(data_parallel_size=2, param_dtype="float32")  # a ModelParallelStrategy
 
 
 def worker(rank: int, world: int, port: int, job: dict[str, Any]) -> None:
-    """One rank of a job: ``job = {"strategy": "ddp" | "fsdp2", "buffer": path, "out": dir, "resume": bool}``.
+    """One rank of a job: ``job = {"strategy": "ddp" | "fsdp2", "buffer": path, "out": dir, "resume": bool,
+    "accelerator": "cpu" | "cuda", "plain": bool}``.
 
-    Runs one epoch (one update) on this rank's half of the buffer into ``out/fit``; with ``resume``, saves
-    a (distributed) checkpoint there and then, in a fresh Trainer and module, resumes from it for a second
-    epoch into ``out/resumed``.
+    Runs one epoch (one update) on this rank's half of the buffer (the whole buffer on 1 process) into
+    ``out/fit``; with ``resume``, saves a (distributed) checkpoint there and then, in a fresh Trainer and
+    module, resumes from it for a second epoch into ``out/resumed``; with ``plain``, also runs the update
+    unsharded on one device into ``out/plain``.
     """
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
@@ -158,9 +161,13 @@ def worker(rank: int, world: int, port: int, job: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     batches = torch.load(job["buffer"], weights_only=False)
     out = Path(job["out"])
-    mine = [batches[rank]]
+    mine = [batches[rank]] if world > 1 else batches
+    accelerator = job.get("accelerator", "cpu")
     ckpt_dir = out / "checkpoints" if job.get("resume") else None
-    fit(mine, out / "fit", strategy=_strategy(job["strategy"]), devices=world, checkpoint_dir=ckpt_dir)
+    strategy = _strategy(job["strategy"])
+    fit(mine, out / "fit", strategy=strategy, devices=world, checkpoint_dir=ckpt_dir, accelerator=accelerator)
+    if job.get("plain"):
+        fit(mine, out / "plain", devices=1, accelerator=accelerator)
     if ckpt_dir is not None:
         (ckpt,) = sorted(ckpt_dir.glob("*.ckpt"))
         fit(
