@@ -154,8 +154,8 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
     def _spec(self) -> RolloutSpec:
         if self.rollout_spec is None:
             raise RuntimeError(
-                "EchoRLModule has no rollout settings: training needs callbacks.rollout.RolloutCallback "
-                "(it calls configure_rollout in setup)"
+                "EchoRLModule has no rollout settings: training needs the rollout callback (cli.py's `rollout:` "
+                "config group, or callbacks.rollout.RolloutCallback in Trainer(callbacks=...))"
             )
         return self.rollout_spec
 

@@ -247,7 +247,7 @@ def write_report(
     arm_of = {a.name: a for a in arms}
 
     trainer, model = base_config["trainer"], base_config["model"]["init_args"]
-    rollout, data = trainer["callbacks"][0]["init_args"], base_config["data"]["init_args"]
+    rollout, data = base_config["rollout"], base_config["data"]["init_args"]
     steps, prompts, group = trainer["max_epochs"], rollout["prompts_per_epoch"], rollout["group_size"]
     seeds = sorted({r["seed"] for r in records})
     lines = [
