@@ -12,7 +12,8 @@ The buffer is filled when the training loop asks for an epoch's first batch (``R
 hook), once per epoch: Lightning requests the first batch of a run before ``on_train_epoch_start`` and, on
 resume, after it has restored the epoch counter, so each epoch's rollouts are generated exactly once, for the
 right epoch. The last rollout batch stays readable as :attr:`RolloutCallback.last_rollout` (for observers
-such as the EchoClip pictures).
+such as the EchoClip pictures); a ``rollout.progress.RolloutObserver`` among the trainer's callbacks hears
+each phase's progress. ``perf/train_s`` ends with the epoch's last training batch (validation excluded).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import lightning.pytorch as L
 import torch
 from torch import Tensor
 
+import echorl_lightning.rollout.progress as progress
 from echorl_lightning.algorithms.dapo import dynamic_sampling_keep, dynamic_sampling_rows, overlong_penalty
 from echorl_lightning.algorithms.presets import MethodConfig
 from echorl_lightning.data.base import PromptDataModule
@@ -48,6 +50,7 @@ from echorl_lightning.rollout.collect import ScoredRows, generate_and_score, pad
 from echorl_lightning.rollout.seeds import derive_seed
 from echorl_lightning.rollout.stats import rollout_metrics
 from echorl_lightning.rollout.types import SamplingConfig
+from echorl_lightning.rollout.verifier_counts import VerifierCounts
 from echorl_lightning.training.contract import RolloutPolicy
 from echorl_lightning.training.distributed import global_advantages
 
@@ -120,10 +123,10 @@ class RolloutCallback(L.Callback):
         self.on_policy_shortcut = on_policy_shortcut
         self._pending_metrics: dict[str, torch.Tensor] = {}
         self.last_rollout: RolloutRecord | None = None
-        self._verifier_stats: dict[str, float] = {}
+        self._verifier_counts = VerifierCounts()
         self._delimiters: list[int] | None = None
         self._train_t0: float | None = None
-        self._train_tokens = 0.0
+        self._train_s, self._train_tokens = 0.0, 0.0
 
     # ---- Lightning hooks ----------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -177,10 +180,14 @@ class RolloutCallback(L.Callback):
                 self._pending_metrics = {}
         self._train_tokens += float(batch.response_mask.sum())
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._train_t0 is not None:  # the clock stops at the end of the last batch: validation excluded
+            self._train_s = time.perf_counter() - self._train_t0
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._train_t0 is None:
             return
-        train_s = time.perf_counter() - self._train_t0
+        train_s = self._train_s
         metrics = {
             "perf/train_s": torch.tensor(train_s),
             "perf/train_tokens_per_s": torch.tensor(self._train_tokens / max(train_s, 1e-9)),
@@ -203,8 +210,9 @@ class RolloutCallback(L.Callback):
         return order[rank * per_rank : (rank + 1) * per_rank].tolist()
 
     def _generate(
-        self, policy: RolloutPolicy, examples: list[PromptExample], verifier: Verifier, seed: int
-    ) -> ScoredRows:
+        self, policy: RolloutPolicy, examples: list[PromptExample], verifier: Verifier, seed: int,
+        observer: progress.RolloutObserver | None = None,
+    ) -> ScoredRows:  # fmt: skip
         """(a), (c), (d) for one round: sync the engine, generate G rollouts per prompt (plus LUFFY's expert
         row), and score them."""
         sampling = SamplingConfig(
@@ -216,13 +224,14 @@ class RolloutCallback(L.Callback):
             return_entropy=self._on_policy(policy.method_cfg),
         )
         prompt_ids = policy.encode_prompts([ex.prompt for ex in examples])
+        observer = observer or progress.NullObserver()
         return generate_and_score(
-            policy.rollout_engine(),
+            progress.ObservedEngine(policy.rollout_engine(), observer),
             policy.tokenizer,
             examples,
             prompt_ids,
             sampling,
-            verifier,
+            progress.observed_verifier(verifier, observer),
             with_expert=policy.method_cfg.off_policy,
         )
 
@@ -236,7 +245,8 @@ class RolloutCallback(L.Callback):
         for r in range(rounds):
             idx = self._draw(len(pool), epoch, r, rank, world)
             seed = derive_seed(self.seed, _SAMPLE, epoch, r, rank)
-            rows.extend(self._generate(policy, [pool[i] for i in idx], dm.verifier, seed))
+            observer = progress.find_observer(trainer.callbacks)
+            rows.extend(self._generate(policy, [pool[i] for i in idx], dm.verifier, seed, observer))
             if not method.dynamic_sampling:
                 break
             scores = torch.tensor(rows.scores).view(-1, self._group_rows(method))  # [B', G']
@@ -279,6 +289,8 @@ class RolloutCallback(L.Callback):
         method = policy.method_cfg
         epoch, rank, world = trainer.current_epoch, trainer.global_rank, trainer.world_size
         gsize = self._group_rows(method)
+        observer = progress.find_observer(trainer.callbacks)
+        observer.rollout_start(epoch, self.prompts_per_epoch // world * gsize)
         rows = self._sample(trainer, policy, dm)  # (a)-(d)
         gen_s = time.perf_counter() - t0
 
@@ -296,10 +308,14 @@ class RolloutCallback(L.Callback):
             # token entropies from its logits: no separate pass
             old_logp, entropy = None, pad_per_token(rows.entropy, tokens.responses.shape[1])
         else:
-            old_logp, entropy = policy.score_rollouts(tokens, batch_size=self.logprob_batch_size)
+            with progress.observed_phase(observer, "old log-probs", n, int(lengths.sum())):
+                old_logp, entropy = policy.score_rollouts(tokens, batch_size=self.logprob_batch_size)
         ref_logp = None
         if method.kl_coef > 0:
-            ref_logp, _ = policy.score_rollouts(tokens, batch_size=self.logprob_batch_size, reference=True)
+            with progress.observed_phase(observer, "ref log-probs", n, int(lengths.sum())):
+                ref_logp, _ = policy.score_rollouts(
+                    tokens, batch_size=self.logprob_batch_size, reference=True
+                )
         logp_s = time.perf_counter() - t1
 
         rewards = scores.clone()  # (f) rewards -> advantages, EchoClips, DAPO's row filter
@@ -324,7 +340,7 @@ class RolloutCallback(L.Callback):
         metrics.update(
             {k: v.detach().float() for k, v in echo_metrics(entropy, step_mask, step_end, clip_mask).items()}
         )
-        metrics.update(self._verifier_deltas(dm.verifier))
+        metrics.update(self._verifier_counts.deltas(dm.verifier))
         metrics.update({
             "rollout/unjudged": torch.tensor(float(rows.num_unjudged)),
             "rollout/groups_kept": pg_mask.view(-1, gsize)[:, 0].sum(),
@@ -363,18 +379,8 @@ class RolloutCallback(L.Callback):
             epoch, tokens, scores, entropy, step_mask, step_end, clip_mask, off_policy, gsize
         )
         self._pending_metrics = metrics
+        observer.rollout_end(metrics)
         log.info("epoch %d rollout: %s", epoch, {k: round(float(v), 4) for k, v in metrics.items()})
-
-    def _verifier_deltas(self, verifier: Verifier) -> dict[str, Tensor]:
-        """``rollout/verifier_*``: what the verifier counted (timeouts, memory kills, errors) since last epoch,
-        for verifiers that keep such counters (``stats()``)."""
-        stats = getattr(verifier, "stats", None)
-        if not callable(stats):
-            return {}
-        now = {k: float(v) for k, v in stats().items()}
-        deltas = {f"rollout/{k}": torch.tensor(v - self._verifier_stats.get(k, 0.0)) for k, v in now.items()}
-        self._verifier_stats = now
-        return deltas
 
     def _on_policy(self, method: MethodConfig) -> bool:
         """Whether the update is exactly on-policy (one optimizer step per rollout batch, no reference model),
