@@ -122,7 +122,7 @@ class RolloutProgress(L.Callback):
             return
         self._epoch, self._durations = epoch, {}
         if self._use_rich():
-            from rich.console import get_console
+            from rich import get_console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._live = Progress(
@@ -197,7 +197,7 @@ class RolloutProgress(L.Callback):
         if self.plain:
             return False
         try:
-            from rich.console import get_console
+            from rich import get_console
         except ImportError:  # rich comes with transformers; without it, plain lines
             return False
         return self.plain is False or get_console().is_terminal
@@ -206,7 +206,7 @@ class RolloutProgress(L.Callback):
         if self._live is not None:
             self._live.console.print(text, markup=False, highlight=False)
         elif self._use_rich():
-            from rich.console import get_console
+            from rich import get_console
 
             get_console().print(text, markup=False, highlight=False)
         else:

@@ -126,6 +126,7 @@ def test_rich_display_runs(capsys: pytest.CaptureFixture[str]) -> None:
     bar = RolloutProgress(plain=False)
     bar.rollout_start(epoch=0, rows=2)
     bar.phase_start("generate", 2)
+    assert bar._live is not None  # a rich Progress, even with stdout captured
     bar.phase_advance(2, 10)
     bar.phase_end()
     bar.rollout_end({"reward/mean": torch.tensor(1.0)})
