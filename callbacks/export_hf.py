@@ -11,7 +11,12 @@ alike).
   and lets rank 0 write safetensors files of at most ``max_shard_bytes``, so no rank holds a second full
   copy of the model.
 
-The tokenizer is saved by rank 0 with ``save_pretrained``. Left out: LoRA merging, FSDP1.
+- LoRA policy (peft): the merged model, written by
+  :func:`~echorl_lightning.training.lora_merge.save_merged_pretrained` one file at a time without touching
+  the base weights; with ``export_adapter`` also the adapter alone (peft's ``save_pretrained``) in
+  ``output_dir/adapter``, loadable with ``peft.PeftModel.from_pretrained(base, output_dir/adapter)``.
+
+The tokenizer is saved by rank 0 with ``save_pretrained``. Left out: FSDP1, LoRA under FSDP2.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 import lightning.pytorch as L
 from torch import nn
 
+from echorl_lightning.training.lora import is_lora
+from echorl_lightning.training.lora_merge import save_merged_pretrained
 from echorl_lightning.training.sharding import is_fsdp2, save_hf_streamed
 
 
@@ -38,12 +45,16 @@ class ExportHFModel(L.Callback):
 
     Args:
         output_dir: the folder to write (created if missing; existing files are overwritten).
-        max_shard_bytes: size of one safetensors file of a sharded (FSDP2) policy's export.
+        max_shard_bytes: size of one safetensors file of a sharded (FSDP2) or LoRA policy's export.
+        export_adapter: LoRA policy: also write the adapter alone to ``output_dir/adapter``.
     """
 
-    def __init__(self, output_dir: str, max_shard_bytes: int = 2 * 1024**3) -> None:
+    def __init__(
+        self, output_dir: str, max_shard_bytes: int = 2 * 1024**3, export_adapter: bool = False
+    ) -> None:
         self.output_dir = output_dir
         self.max_shard_bytes = max_shard_bytes
+        self.export_adapter = export_adapter
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail before training, not after it, when the module cannot be exported."""
@@ -60,6 +71,10 @@ class ExportHFModel(L.Callback):
             save_hf_streamed(
                 policy, path, is_writer=trainer.is_global_zero, max_shard_bytes=self.max_shard_bytes
             )
+        elif trainer.is_global_zero and is_lora(policy):
+            save_merged_pretrained(policy, path, max_shard_bytes=self.max_shard_bytes)
+            if self.export_adapter:
+                policy.save_pretrained(path / "adapter")
         elif trainer.is_global_zero:
             path.mkdir(parents=True, exist_ok=True)
             policy.save_pretrained(path)

@@ -8,8 +8,13 @@ reference model, and the echo NLL on the EchoClip tokens, all from that one forw
 :class:`~echorl_lightning.training.contract.RolloutPolicy` protocol the callback is typed against.
 
 Validation and test sample ``eval.n`` = k completions per prompt through the same rollout engine for every
-evaluation set of the datamodule (``echorl_lightning.eval.sampled``). Left out here: LoRA/PEFT and
-FSDP-specific model sharding (DDP is the supported multi-GPU strategy).
+evaluation set of the datamodule (``echorl_lightning.eval.sampled``).
+
+With ``lora`` set (``echorl_lightning.training.lora``) the policy carries LoRA adapters and only they train:
+the KL reference is the policy with its adapters disabled (no second copy), engines that hold their own
+weights are synced with the merged weights streamed one layer at a time (``training.lora_merge``; the HF
+engine samples from the adapted policy itself), and checkpoints hold the adapters only. Left out: LoRA
+together with FSDP2 sharding (refused in ``configure_model``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,15 @@ from echorl_lightning.rollout.types import RolloutEngine
 from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig
 from echorl_lightning.training.forward import policy_response_logprobs
 from echorl_lightning.training.guard import NumericalGuard, non_finite_parameters
+from echorl_lightning.training.lora import (
+    LoraConfig,
+    is_lora,
+    reference_model,
+    trainable_state_dict,
+    with_frozen_weights,
+    wrap_lora,
+)
+from echorl_lightning.training.lora_merge import merged_weights
 from echorl_lightning.training.loss import rlvr_echo_loss
 from echorl_lightning.training.sharding import (
     apply_fsdp2,
@@ -79,6 +93,7 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
             the hidden path does not know, and for reference).
         max_consecutive_skips: optimizer steps with a non-finite loss or gradient are skipped (nothing
             applied, counted in ``actor/skipped_steps``); this many in a row stop the run.
+        lora: LoRA adapters on the policy (r, alpha, dropout, target_modules); None trains every weight.
 
     The policy (and the reference model) are loaded in :meth:`configure_model`, when the trainer starts (or on
     the first access to ``policy``), so a run checks its config and data before it spends time loading weights.
@@ -101,6 +116,7 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
         forward_chunk_size: int | None = None,
         logprob_impl: Literal["hidden", "full_logits"] = "hidden",
         max_consecutive_skips: int = 3,
+        lora: LoraConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["engine"])
@@ -113,6 +129,7 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
         self.logprob_impl = logprob_impl
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
         self._source = (model, dtype, gradient_checkpointing)
+        self.lora_cfg = lora
         self.guard = NumericalGuard(max_consecutive_skips)
         self.step_metrics = StepMetrics()
         self._engine_ready = False
@@ -129,11 +146,15 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
             policy = load_policy(model, dtype).train()
             if gradient_checkpointing:  # non-reentrant: composes with FSDP2's hooks and needs no input grads
                 policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.lora_cfg is not None:  # after checkpointing is enabled; only the adapters train
+                policy = wrap_lora(policy, self.lora_cfg)
             self.policy = policy
             self.ref_policy = None
-            if self.method_cfg.kl_coef > 0:
+            if self.method_cfg.kl_coef > 0 and self.lora_cfg is None:  # LoRA: the base, adapters disabled
                 self.ref_policy = load_policy(model, dtype).eval().requires_grad_(False)
         mesh = self.device_mesh
+        if mesh is not None and is_lora(self.policy):
+            raise NotImplementedError("model.init_args.lora with FSDP2 sharding is not supported; use DDP")
         if mesh is not None and not is_fsdp2(self.policy):
             config = sharding_config(getattr(self._trainer, "strategy", None))
             for net in (self.policy, self.ref_policy):
@@ -207,6 +228,9 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
         Returns:
             ``(logp, entropy)``, each [N, T] float32 on the CPU.
         """
+        if reference and is_lora(self.policy):  # the reference is the base: the policy, adapters disabled
+            with reference_model(self.policy):
+                return self.score_rollouts(batch, batch_size=batch_size)
         net = self.ref_policy if reference else self.policy
         if net is None:
             raise ValueError("score_rollouts(reference=True) needs a reference model (kl_coef > 0)")
@@ -233,7 +257,11 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
             self.engine.setup(self.policy, self.tokenizer)
             self._engine_ready = True
         if self._synced_step != self.global_step:
-            self.engine.load_weights(self.policy)
+            if is_lora(self.policy) and not isinstance(self.engine, HFGenerateEngine):
+                with merged_weights(self.policy) as merged:  # one merged layer at a time, base untouched
+                    self.engine.load_weights(merged)
+            else:  # the HF engine samples from the policy itself (LoRA: adapters applied unmerged)
+                self.engine.load_weights(self.policy)
             self._synced_step = self.global_step
         return self.engine
 
@@ -319,12 +347,16 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Checkpoint the policy only (the reference model is reloaded from ``model``)."""
+        """Checkpoint the policy only (the reference model is reloaded from ``model``); with LoRA, only the
+        adapters (the frozen base is reloaded from ``model``)."""
         sd = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in sd.items() if not k.startswith("ref_policy.")}
+        sd = {k: v for k, v in sd.items() if not k.startswith("ref_policy.")}
+        return trainable_state_dict(sd, self.policy, "policy.") if is_lora(self.policy) else sd
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         self.configure_model()
+        if is_lora(self.policy):
+            state_dict = with_frozen_weights(state_dict, self.policy, "policy.")
         if self.ref_policy is not None:
             state_dict = dict(state_dict)
             state_dict.update({f"ref_policy.{k}": v for k, v in self.ref_policy.state_dict().items()})

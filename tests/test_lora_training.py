@@ -3,10 +3,7 @@ the arithmetic task, KL to the reference (the base with adapters disabled), a vL
 weights through ``weight_stream.streamed_weights``, adapter-only checkpoints, exact resume, and an export
 (merged model and adapter alone) that loads.
 
-``LoraEchoRLModule`` is ``EchoRLModule`` with the LoRA patch proposed for ``module.py`` (configure_model,
-score_rollouts, rollout_engine, state_dict, load_state_dict) and ``LoraExport`` the one proposed for
-``callbacks/export_hf.py``, so the pieces of ``echorl_lightning.training.lora`` / ``lora_merge`` are proven
-to work together before the patch lands.
+``EchoRLModule(lora=LoraConfig(...))`` and ``ExportHFModel(export_adapter=True)`` as a user configures them.
 """
 
 from __future__ import annotations
@@ -21,14 +18,14 @@ import peft
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import Tensor, nn
+from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from callbacks.export_hf import ExportHFModel
 from callbacks.rollout import RolloutCallback
 from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
 from echorl_lightning.module import EchoRLModule, load_policy
-from echorl_lightning.rollout.batch import TokenBatch, pad_rollouts
+from echorl_lightning.rollout.batch import pad_rollouts
 from echorl_lightning.rollout.hf_engine import HFGenerateEngine
 from echorl_lightning.rollout.types import Completion, SamplingConfig
 from echorl_lightning.rollout.weight_stream import streamed_weights
@@ -37,71 +34,14 @@ from echorl_lightning.training.config import AlgorithmOverrides
 from echorl_lightning.training.lora import (
     LoraConfig,
     is_lora,
-    reference_model,
-    trainable_state_dict,
-    with_frozen_weights,
-    wrap_lora,
 )
 from echorl_lightning.training.lora_merge import (
     checkpoint_name,
     is_adapter_name,
-    merged_weights,
-    save_merged_pretrained,
 )
 from tests.test_lora import logprobs
 
 pytestmark = pytest.mark.slow
-
-
-class LoraEchoRLModule(EchoRLModule):
-    """``EchoRLModule`` with the proposed ``module.py`` LoRA patch applied (``lora`` init arg)."""
-
-    def __init__(self, *args: Any, lora: LoraConfig | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lora = lora
-
-    def configure_model(self) -> None:
-        if "policy" in self._modules:
-            return
-        model, dtype, gradient_checkpointing = self._source
-        policy = load_policy(model, dtype).train()
-        if gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
-        self.policy = wrap_lora(policy, self.lora) if self.lora is not None else policy
-        self.ref_policy = None
-        if self.method_cfg.kl_coef > 0 and self.lora is None:
-            self.ref_policy = load_policy(model, dtype).eval().requires_grad_(False)
-
-    def score_rollouts(
-        self, batch: TokenBatch, *, batch_size: int, reference: bool = False
-    ) -> tuple[Tensor, Tensor]:
-        if reference and is_lora(self.policy):
-            with reference_model(self.policy):
-                return super().score_rollouts(batch, batch_size=batch_size)
-        return super().score_rollouts(batch, batch_size=batch_size, reference=reference)
-
-    def rollout_engine(self) -> Any:
-        if not self._engine_ready:
-            self.engine.setup(self.policy, self.tokenizer)
-            self._engine_ready = True
-        if self._synced_step != self.global_step:
-            if is_lora(self.policy) and not isinstance(self.engine, HFGenerateEngine):
-                with merged_weights(self.policy) as merged:
-                    self.engine.load_weights(merged)
-            else:
-                self.engine.load_weights(self.policy)
-            self._synced_step = self.global_step
-        return self.engine
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        sd = super().state_dict(*args, **kwargs)
-        return trainable_state_dict(sd, self.policy, "policy.") if is_lora(self.policy) else sd
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        self.configure_model()
-        if is_lora(self.policy):
-            state_dict = with_frozen_weights(state_dict, self.policy, "policy.")
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 class CopyEngine:
@@ -133,17 +73,6 @@ class CopyEngine:
         return self.inner.generate(prompt_token_ids, sampling)
 
 
-class LoraExport(ExportHFModel):
-    """The proposed ``callbacks/export_hf.py`` change: the merged model, and the adapter alone beside it."""
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            save_merged_pretrained(pl_module.policy, self.output_dir)
-            pl_module.policy.save_pretrained(Path(self.output_dir) / "adapter")
-            pl_module.tokenizer.save_pretrained(self.output_dir)
-        trainer.strategy.barrier("export_hf")
-
-
 class KLProbe(L.Callback):
     def __init__(self) -> None:
         self.kl: list[float] = []
@@ -152,9 +81,9 @@ class KLProbe(L.Callback):
         self.kl.append(float(trainer.callback_metrics["actor/kl"]))
 
 
-def run(tmp: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[LoraEchoRLModule, KLProbe]:
+def run(tmp: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[EchoRLModule, KLProbe]:
     L.seed_everything(0)
-    module = LoraEchoRLModule(
+    module = EchoRLModule(
         model=TINY_MODEL_PATH,
         lr=1e-3,
         algorithm=AlgorithmOverrides(kl_coef=0.05),
@@ -170,7 +99,7 @@ def run(tmp: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[LoraE
         callbacks=[
             RolloutCallback(prompts_per_epoch=4, group_size=4, max_new_tokens=40, seed=0),
             ModelCheckpoint(dirpath=tmp / "ckpt", filename="{epoch}", save_top_k=-1, every_n_epochs=1),
-            LoraExport(str(tmp / "export")),
+            ExportHFModel(str(tmp / "export"), export_adapter=True),
             probe,
         ],
         logger=False,
