@@ -71,26 +71,41 @@ def test_verifier_scores() -> None:
 
 
 def test_step_checker_valid_trace() -> None:
-    # pool {25, 5, 3, 7}: 25-5=20 -> {20, 3, 7}; 20*3=60 -> {60, 7}; 60+7=67 (no) tried, not applied;
-    # back -> {25, 5, 3, 7}; 25+5=30 -> {30, 3, 7}; 30-3=27 reaches the target; Answer follows it
-    trace = "25-5=20\n20*3=60\n60+7=67 (no)\nback\nback\n25+5=30\n30-3=27\nAnswer: 25+5-3"
+    # pool {25, 5, 3, 7}: 25-5=20 -> {20, 3, 7}; 20*3=60 -> {60, 7}; 60+7=67 (no) tried, not applied, pool
+    # still {60, 7}; back -> {20, 3, 7}; back -> {25, 5, 3, 7}; 25+5=30 -> {30, 3, 7}; 30-3=27 -> {27, 7}
+    # reaches the target; Answer follows it. Each line's [pool] is the multiset after it (order free).
+    trace = (
+        "25-5=20 [20 3 7]\n20*3=60 [60 7]\n60+7=67 (no) [60 7]\nback [20 3 7]\nback [25 5 3 7]\n"
+        "25+5=30 [30 3 7]\n30-3=27 [27 7]\nAnswer: 25+5-3"
+    )
     assert check_trace(trace, [25, 5, 3, 7], 27) is True
-    assert check_trace("25-5=20\n20+7=27", [25, 5, 3, 7], 27) is True  # no Answer yet: steps fine
+    assert check_trace("25-5=20 [3 20 7]\n20+7=27 [3 27]", [25, 5, 3, 7], 27) is True  # no Answer yet
 
 
 @pytest.mark.parametrize(
     ("trace", "fault"),
     [
-        ("25-5=21\n21+6=27\nAnswer: 25-5+6", "wrong arithmetic: 25-5 is 20"),
-        ("25-5=20\n20+5=25 (no)\n20+7=27\nAnswer: 25-5+7", "5 was used by the first move"),
-        ("25-5=20\nback\n20+7=27\nAnswer: 25-5+7", "20 was undone by back"),
-        ("back\n25-5=20\n20+7=27\nAnswer: 25-5+7", "back with nothing to undo"),
-        ("3-7=4\n25-4=21 (no)\n25+7=32 (no)\nAnswer: 25", "7-3 written backwards: 3-7 is not 4"),
-        ("7/3=2 (no)\n25-5=20\n20+7=27\nAnswer: 25-5+7", "inexact division"),
-        ("25-5=20\n20+7=27 (no)\nAnswer: 25-5+7", "(no) on a move that reaches the target"),
-        ("25-5=20\n20*3=60\nAnswer: 25-5+7", "Answer not right after reaching the target"),
-        ("25-5=20\nI think 20+7=27\nAnswer: 25-5+7", "a line that is no step"),
-        ("25 - 5 = 20\n20+7=27\nAnswer: 25-5+7", "spaces are not in the step grammar"),
+        ("25-5=21 [21 3 7]\n21+6=27 [27 3 7]\nAnswer: 25-5+6", "wrong arithmetic: 25-5 is 20"),
+        (
+            "25-5=20 [20 3 7]\n20+5=25 (no) [20 3 7]\n20+7=27 [27 3]\nAnswer: 25-5+7",
+            "5 was used by the first move",
+        ),
+        ("25-5=20 [20 3 7]\nback [25 5 3 7]\n20+7=27 [27 25 5 3]\nAnswer: 25-5+7", "20 was undone by back"),
+        ("back [25 5 3 7]\n25-5=20 [20 3 7]\n20+7=27 [27 3]\nAnswer: 25-5+7", "back with nothing to undo"),
+        ("3-7=4 [4 25 5]\n25-4=21 (no) [4 25 5]\nAnswer: 25", "7-3 written backwards: 3-7 is not 4"),
+        ("7/3=2 (no) [25 5 3 7]\n25-5=20 [20 3 7]\n20+7=27 [27 3]\nAnswer: 25-5+7", "inexact division"),
+        ("25-5=20 [20 3 7]\n20+7=27 (no) [20 3 7]\nAnswer: 25-5+7", "(no) on a move that reaches the target"),
+        ("25-5=20 [20 3 7]\n20*3=60 [60 7]\nAnswer: 25-5+7", "Answer not right after reaching the target"),
+        ("25-5=20 [20 3 7]\nI think 20+7=27 [27 3]\nAnswer: 25-5+7", "a line that is no step"),
+        ("25 - 5 = 20 [20 3 7]\n20+7=27 [27 3]\nAnswer: 25-5+7", "spaces are not in the step grammar"),
+        ("25-5=20\n20+7=27\nAnswer: 25-5+7", "the pool is part of every move line"),
+        ("25-5=20 [20 3 8]\n20+7=27 [27 3]\nAnswer: 25-5+7", "written pool: 8 is not in it, 7 is"),
+        ("25-5=20 [20 3 7]\n20+7=27 [27 3 3]\nAnswer: 25-5+7", "written pool: one 3 too many"),
+        ("25-5=20 [20 3 7]\n20*3=60 [60 7]\n60+7=67 (no) [60 7 3]\nAnswer: 25", "(no) keeps the pool: no 3"),
+        (
+            "25-5=20 [20 3 7]\n20*3=60 [60 7]\nback [25 5 3 7]\nAnswer: 25",
+            "back restores [20 3 7], not the start",
+        ),
     ],
 )
 def test_step_checker_faulty_traces(trace: str, fault: str) -> None:
@@ -100,6 +115,10 @@ def test_step_checker_faulty_traces(trace: str, fault: str) -> None:
 def test_step_checker_batch_and_unjudgeable() -> None:
     checker = CountdownStepChecker()
     examples = [PromptExample("Q: 25 5 3 7 -> 27\n", REF)] * 2 + [PromptExample("Q: ?", "garbage")]
-    assert checker(["25-5=20\n20+7=27\nAnswer: 25-5+7", "\n\n", "Answer: 1"], examples) == [True, None, None]
+    assert checker(["25-5=20 [20 3 7]\n20+7=27 [27 3]\nAnswer: 25-5+7", "\n\n", "Answer: 1"], examples) == [
+        True,
+        None,
+        None,
+    ]
     with pytest.raises(ValueError, match="1 completions but 3 examples"):
         checker(["x"], examples)

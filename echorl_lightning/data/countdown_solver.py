@@ -15,13 +15,17 @@ Implements:
 - :func:`search_trace`: a randomised depth-first search written out one line per step, the response the
   warm-start imitates::
 
-      25-5=20            a move: 25 and 5 leave the pool, 20 enters it
-      20*3=60
-      60+7=67 (no)       a final move (two numbers were left) that misses the target: not applied
-      back               undo the latest applied move
+      25-5=20 [20 3 7]          a move: 25 and 5 leave the pool, 20 enters it; the pool after it
+      20*3=60 [60 7]
+      60+7=67 (no) [60 7]       a final move (two numbers were left) that misses the target: not applied
+      back [20 3 7]             undo the latest applied move; the pool it restores
       ...
-      20+7=27            reaches the target
-      Answer: 25-5+7     the expression of the result, minimal parentheses
+      20+7=27 [27 3]            reaches the target
+      Answer: 25-5+7            the expression of the result, minimal parentheses
+
+  Every line but ``Answer`` ends with the pool it leaves (:func:`format_pool`: the new result first, then
+  the untouched numbers in their order), so the next move's operands are copied from the line above
+  instead of being tracked across the whole trace.
 
   Children of a node are tried in random order; a node with three or more numbers tries at most
   ``inner_tries`` of them before backtracking; a node with two numbers tries all of its moves. The search
@@ -42,9 +46,16 @@ from functools import lru_cache
 OPS = "+-*/"
 NO_MARK = " (no)"
 BACK = "back"
+POOL_OPEN = " ["
+POOL_CLOSE = "]"
 ANSWER_PREFIX = "Answer: "
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _ATOM = 3
+
+
+def format_pool(values: Sequence[int]) -> str:
+    """The pool suffix of a trace line: ``" [20 3 7]"``."""
+    return POOL_OPEN + " ".join(str(v) for v in values) + POOL_CLOSE
 
 
 def apply_op(a: int, op: str, b: int) -> int | None:
@@ -163,28 +174,29 @@ def _search_once(
             raise _OverBudget
 
     def dfs(pool: list[Term]) -> bool:
-        options = moves([t.value for t in pool], cap)
+        values = [t.value for t in pool]
+        options = moves(values, cap)
         rng.shuffle(options)
         leaf = len(pool) == 2
         for tries, (a, op, b, result) in enumerate(options):
             if not leaf and tries == inner_tries:
                 break
             step = f"{a}{op}{b}={result}"
-            values = [t.value for t in pool]
             ia = values.index(a)
             ib = next(i for i, v in enumerate(values) if v == b and i != ia)
             term = Term(result, combine_text(pool[ia], op, pool[ib]), _PREC[op])
+            child = [term] + [t for k, t in enumerate(pool) if k not in (ia, ib)]
             if result == target:
-                lines.append(step)
+                lines.append(step + format_pool([t.value for t in child]))
                 answer.append(term.text)
                 return True
             if leaf:
-                emit(step + NO_MARK)
+                emit(step + NO_MARK + format_pool(values))
                 continue
-            emit(step)
-            if dfs([t for k, t in enumerate(pool) if k not in (ia, ib)] + [term]):
+            emit(step + format_pool([t.value for t in child]))
+            if dfs(child):
                 return True
-            emit(BACK)
+            emit(BACK + format_pool(values))
         return False
 
     try:

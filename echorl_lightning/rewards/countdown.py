@@ -13,10 +13,12 @@ Implements:
   given ones and its value equals the target; 0.0 otherwise (also for completions longer than
   ``max_chars``); None when the reference is not ``"<numbers> -> <target>"``.
 - :class:`CountdownStepChecker`: replays the search trace against the problem. Valid steps are a move
-  ``a op b=c`` (``a`` and ``b`` available at that point of the search, ``c`` the exact result and a
-  positive integer), the same with `` (no)`` (then ``c`` must not be the target, and the move is not
-  applied), and ``back`` (undoes the latest applied move; invalid when there is none). The ``Answer`` line,
-  when present, must directly follow an applied move whose result is the target.
+  ``a op b=c [pool]`` (``a`` and ``b`` available at that point of the search, ``c`` the exact result and a
+  positive integer), the same with `` (no)`` before the pool (then ``c`` must not be the target, and the
+  move is not applied), and ``back [pool]`` (undoes the latest applied move; invalid when there is none).
+  Every such line must end with the pool it leaves, equal as a multiset to the replayed one (its order is
+  not checked). The ``Answer`` line, when present, must directly follow an applied move whose result is
+  the target.
 - :func:`countdown_answer`: the canonical value of the ``Answer`` expression (what maj@k votes on).
 
 The verifiable reward of RLVR as used by EchoRL (arXiv 2605.31228): r = 1 for a verified-correct answer.
@@ -38,7 +40,10 @@ MAX_EXPRESSION_CHARS = 128
 MAX_DIGITS = 6
 MAX_COMPLETION_CHARS = 4096
 _TOKEN = re.compile(r"\s*(?:(0|[1-9][0-9]*)|([-+*/()]))")
-_MOVE = re.compile(r"(0|[1-9][0-9]*)([-+*/])(0|[1-9][0-9]*)=(0|[1-9][0-9]*)( \(no\))?")
+_INT = r"(?:0|[1-9][0-9]*)"
+_POOL = rf" \[({_INT}(?: {_INT})*)\]"
+_MOVE = re.compile(rf"({_INT})([-+*/])({_INT})=({_INT})( \(no\))?{_POOL}")
+_BACK = re.compile(rf"{BACK}{_POOL}")
 
 
 class ExpressionError(ValueError):
@@ -215,10 +220,13 @@ def check_trace(completion: str, numbers: Sequence[int], target: int) -> bool | 
             last_hit = False
             continue
         last_hit = False
-        if line == BACK:
+        back = _BACK.fullmatch(line)
+        if back is not None:
             if not history:
                 return False
             pool = history.pop()
+            if _written_pool(back.group(1)) != pool:
+                return False
             continue
         match = _MOVE.fullmatch(line)
         if match is None:
@@ -228,13 +236,20 @@ def check_trace(completion: str, numbers: Sequence[int], target: int) -> bool | 
         if need - pool or apply_op(a, op, b) != c:
             return False
         if match.group(5) == NO_MARK:
-            if c == target:
+            if c == target or _written_pool(match.group(6)) != pool:
                 return False
             continue
         history.append(pool)
         pool = pool - need + Counter([c])
+        if _written_pool(match.group(6)) != pool:
+            return False
         last_hit = c == target
     return True
+
+
+def _written_pool(text: str) -> Counter[int]:
+    """The multiset of a line's pool, ``"20 3 7"`` -> ``Counter({20: 1, 3: 1, 7: 1})``."""
+    return Counter(int(item) for item in text.split(" "))
 
 
 class CountdownStepChecker:
