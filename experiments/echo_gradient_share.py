@@ -4,7 +4,9 @@ Builds one rollout batch exactly as training does (the harness's config through 
 ``RolloutCallback`` fill: rollouts, verifier, old log-probs, advantages, EchoClips), then takes, over that
 batch's micro-batches, the gradient of the policy-gradient term ``L_RLVR`` and of the echo term ``L_echo``
 separately and prints their norms, the ratio ``lambda * |grad L_echo| / |grad L_RLVR|`` for several lambda and
-their cosine. Left out: Adam's per-parameter scaling (the update direction is what the ratio bounds).
+their cosine, and the lambda that would make that ratio 5% and 10% (issue 14 asks for an arm there). A
+harness config's ``harness:`` section (experiments/configs/echo_forking.yaml) is dropped before parsing.
+Left out: Adam's per-parameter scaling (the update direction is what the ratio bounds).
 
     python experiments/echo_gradient_share.py [--seeds 0 1 2] [--config experiments/configs/echo_vs_base.yaml]
 """
@@ -22,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from callbacks.rollout import RolloutCallback  # noqa: E402
 from echorl_lightning.cli import main as build_cli  # noqa: E402
@@ -66,12 +69,16 @@ def main() -> None:
     parser.add_argument("--prompts-per-epoch", type=int, help="prompts in the batch (default: the config's)")
     args = parser.parse_args()
     print("| rollout seed | all-success groups (clips) | L_echo | norm of grad L_RLVR | norm of grad L_echo | cosine | "
-          "0.001 x ratio | 0.01 x ratio | 0.1 x ratio |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "0.001 x ratio | 0.01 x ratio | 0.1 x ratio | lambda for 5% | lambda for 10% |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="echo_gradient_share_") as scratch:  # the trainer's root dir
+            config = yaml.safe_load(Path(args.config).read_text())
+            config.pop("harness", None)  # the harness's own settings are no trainer/model keys
+            config_path = Path(scratch) / "config.yaml"
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             cli = build_cli(
-                ["--config", args.config, "--trainer.max_steps", "0", "--trainer.num_sanity_val_steps", "0",
+                ["--config", str(config_path), "--trainer.max_steps", "0", "--trainer.num_sanity_val_steps", "0",
                  "--trainer.logger", "false", "--trainer.default_root_dir", scratch, f"--seed_everything={seed}"],
                 run=False,
             )  # fmt: skip
@@ -85,7 +92,8 @@ def main() -> None:
             s = gradient_norms(cli.model, list(cli.datamodule.rollout_buffer))
         ratio = s["echo_norm"] / max(s["pg_norm"], 1e-12)
         print(f"| {seed} | {s['clips']:.0f} | {s['echo_loss']:.4f} | {s['pg_norm']:.4f} | {s['echo_norm']:.4f} | "
-              f"{s['cosine']:+.3f} | {0.001 * ratio:.5f} | {0.01 * ratio:.4f} | {0.1 * ratio:.3f} |", flush=True)  # fmt: skip
+              f"{s['cosine']:+.3f} | {0.001 * ratio:.5f} | {0.01 * ratio:.4f} | {0.1 * ratio:.3f} | "
+              f"{0.05 / max(ratio, 1e-12):.3g} | {0.1 / max(ratio, 1e-12):.3g} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@ again with the same settings, so an interrupted sweep resumes. :mod:`experiments
     python experiments/echo_vs_base.py            # the full sweep: 11 arms x 3 seeds (measured 78 min, 2 cores)
     python experiments/echo_vs_base.py --quick    # one seed of GRPO vs GRPO + EchoRL (measured 6 min)
     python experiments/echo_vs_base.py --report-only   # rebuild the table and plot from finished runs
+    python experiments/echo_vs_base.py --config experiments/configs/echo_forking.yaml [--quick]   # Countdown
+
+``--config`` names another base config; its optional top-level ``harness:`` mapping (removed from every
+run's config) sets the report name, the task's label, the runs folder, the default arms and seeds and the
+``--quick`` budget (``quick_epochs``, ``quick_num_val``), so one harness serves every task.
 
 Runs execute ``--jobs`` at a time, each with ``--threads`` torch threads (2 x 1 fills a 2-core machine).
 """
@@ -38,6 +43,7 @@ from experiments.report import commit_id, write_report  # noqa: E402
 from experiments.scalars import read_scalars  # noqa: E402
 
 BASE_CONFIG = REPO / "experiments/configs/echo_vs_base.yaml"
+HARNESS_KEYS = {"name", "task", "runs_dir", "seeds", "arms", "quick_arms", "quick_epochs", "quick_num_val"}
 
 
 @dataclass(frozen=True)
@@ -78,16 +84,32 @@ SELECTOR_ARMS = [
     Arm(f"grpo+echo[{s}]", "selector", "grpo", True, selector=s) for s in ("lowest", "random", "full")
 ]
 COEF_ARMS = [Arm(f"grpo+echo[coef={c:g}]", "coef", "grpo", True, coef=c) for c in (0.01, 0.1)]
+# the coefficient sweep of the other preset, for configs whose arms ask for it (experiments/configs/echo_forking)
+DAPO_COEF_ARMS = [Arm(f"dapo+echo[coef={c:g}]", "coef", "dapo", True, coef=c) for c in (0.01, 0.1)]
 # outside the default sweep (its 90-minute budget): run with --arms grpo grpo+echo grpo+echo[success]
 EXTRA_ARMS = [Arm("grpo+echo[success]", "eligibility", "grpo", True, apply_to="success")]
-ARMS = {arm.name: arm for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS + EXTRA_ARMS}
+ARMS = {arm.name: arm for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS + DAPO_COEF_ARMS + EXTRA_ARMS}
 DEFAULT_ARMS = [arm.name for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS]
 QUICK_ARMS = ["grpo", "grpo+echo"]
 
 
+def load_base(path: str | Path) -> tuple[dict, dict]:
+    """``(run config, harness settings)`` of a base config: its ``harness:`` mapping split off (empty when
+    absent); unknown harness keys raise, naming the known ones."""
+    config = yaml.safe_load(Path(path).read_text())
+    harness = config.pop("harness", None) or {}
+    unknown = set(harness) - HARNESS_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown harness keys {sorted(unknown)}; known: {sorted(HARNESS_KEYS)}")
+    for name in [*harness.get("arms", []), *harness.get("quick_arms", [])]:
+        if name not in ARMS:
+            raise ValueError(f"{path}: unknown arm {name!r} in harness; known: {', '.join(sorted(ARMS))}")
+    return config, harness
+
+
 def run_config(arm: Arm, seed: int, run_dir: Path, args: argparse.Namespace) -> dict:
     """The base config with the arm's settings, the seed, the budget overrides and the run's paths."""
-    config = yaml.safe_load(BASE_CONFIG.read_text())
+    config, _ = load_base(args.config)
     trainer, model = config["trainer"], config["model"]["init_args"]
     rollout = config["rollout"]
     config["seed_everything"] = seed
@@ -155,12 +177,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--config", default=str(BASE_CONFIG), help="base config (with an optional harness:)")
     parser.add_argument("--quick", action="store_true", help="one seed of GRPO vs GRPO + EchoRL")
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="a subset of the arms")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; --quick: 0)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--runs-dir", default=str(REPO / "runs/echo_vs_base"))
+    parser.add_argument("--runs-dir", help="default: the harness's runs_dir, else runs/echo_vs_base")
     parser.add_argument("--out", default=str(REPO / "experiments/results"), help="results folder")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs")
     budget = parser.add_argument_group("budget overrides (default: the base config's)")
@@ -169,10 +192,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--prompts-per-epoch", type=int, help="prompts per rollout batch")
     budget.add_argument("--num-val", type=int, help="prompts per evaluation set")
     args = parser.parse_args(argv)
+    _, harness = load_base(args.config)
+    args.harness = harness
+    if args.runs_dir is None:
+        args.runs_dir = str(REPO / harness.get("runs_dir", "runs/echo_vs_base"))
     if args.arms is None:
-        args.arms = QUICK_ARMS if args.quick else DEFAULT_ARMS
+        args.arms = harness.get("quick_arms", QUICK_ARMS) if args.quick else harness.get("arms", DEFAULT_ARMS)
     if args.seeds is None:
-        args.seeds = [0] if args.quick else [0, 1, 2]
+        args.seeds = [0] if args.quick else harness.get("seeds", [0, 1, 2])
+    if args.quick:  # the config's quick budget, unless given on the command line
+        if args.epochs is None:
+            args.epochs = harness.get("quick_epochs")
+        if args.num_val is None:
+            args.num_val = harness.get("quick_num_val")
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
     return args
@@ -214,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
             "reused": len(jobs) - trained,
         }))  # fmt: skip
     sweep = json.loads(sweep_file.read_text()) if sweep_file.exists() else None
-    name = "echo_vs_base_quick" if args.quick else "echo_vs_base"
+    name = args.harness.get("name", "echo_vs_base") + ("_quick" if args.quick else "")
     md, png = write_report(
         records,
         [ARMS[r["arm"]] for r in records],
@@ -224,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         command=command,
         sweep=sweep,
         hand_written=not args.quick,
+        task=args.harness.get("task", "the embedded task"),
     )
     print(f"wrote {md} and {png}", flush=True)
 

@@ -1,6 +1,8 @@
 """The results file and plot of :mod:`experiments.echo_vs_base`: per-arm mean +- std over seeds of held-out
-accuracy (ID and OOD sets), all-success / all-fail fractions and EchoClip statistics, paired differences of
-each EchoRL arm against its base method, and curves of accuracy and all-success fraction against step.
+accuracy (ID and OOD sets), step correctness where the task has a step checker (``val/<set>/step_valid_frac``),
+all-success / all-fail fractions and EchoClip statistics, paired differences of each EchoRL arm against its
+base method, a power estimate (:func:`experiments.power.power_estimate`: how many evaluation prompts x samples make a 2-point
+difference stand out of the paired seed spread), and curves of accuracy and all-success fraction against step.
 
 Every figure is computed from the runs' ``scalars.json`` records; nothing here is typed in by hand apart from
 the two optional hand-written sections read from ``<out>/<name>_regime.md`` (how the task and budget were
@@ -17,6 +19,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from experiments.power import power_lines
 
 TAIL = 5  # rollout fractions are averaged over the last (first) TAIL steps: one step holds only 64 groups
 STUDIES = {
@@ -41,15 +45,28 @@ def eval_tags(record: dict) -> tuple[list[str], list[str]]:
     return per_set, groups
 
 
+def step_tags(record: dict) -> list[str]:
+    """Per-set step-correctness tags (``val/<set>/step_valid_frac``) present in a run, ID first."""
+    return sorted(
+        (t for t in record["scalars"] if t.startswith("val/") and t.endswith("/step_valid_frac")),
+        key=lambda t: (not t.startswith("val/id"), t),
+    )
+
+
 def run_summary(record: dict) -> dict[str, float]:
     """The per-run numbers of the tables (NaN-free: a missing statistic is left out)."""
     out: dict[str, float] = {}
     per_set, groups = eval_tags(record)
-    for tag in per_set + groups:
+    for tag in per_set + groups + step_tags(record):
         values = _series(record, tag)
         out[f"{tag}:start"] = values[0][1]
         out[f"{tag}:final"] = values[-1][1]
-    for tag in ("rollout/frac_all_success", "rollout/frac_all_fail", "reward/mean"):
+    for tag in (
+        "rollout/frac_all_success",
+        "rollout/frac_all_fail",
+        "reward/mean",
+        "rollout/step_valid_frac",
+    ):
         values = [v for _, v in _series(record, tag)]
         if values:
             out[f"{tag}:start"] = statistics.fmean(values[:TAIL])
@@ -78,7 +95,13 @@ def _fmt(values: Sequence[float], digits: int = 3) -> str:
 
 
 def _difficulty(d: dict) -> str:
-    """``{min_operands: 3, max_operands: 4, ...}`` -> ``3-4 operands, +/- operands of 1-1 digits, ops +-*``."""
+    """``{min_operands: 3, max_operands: 4, ...}`` -> ``3-4 operands, +/- operands of 1-1 digits, ops +-*``;
+    a Countdown difficulty (``min_numbers``, ...) -> ``3-3 numbers in 1..10, targets 10..99, 6-20 lines``."""
+    if "min_numbers" in d:
+        return (
+            f"Countdown, {d['min_numbers']}-{d['max_numbers']} numbers in {d['min_number']}..{d['max_number']},"
+            f" targets {d['min_target']}..{d['max_target']}, {d['min_steps']}-{d['max_steps']} trace lines"
+        )
     ops = "-".join(str(d[k]) for k in ("min_operands", "max_operands"))
     digits = "-".join(str(d[k]) for k in ("min_digits", "max_digits"))
     return (
@@ -88,8 +111,9 @@ def _difficulty(d: dict) -> str:
 
 
 def _short(tag: str) -> str:
-    """``val/ood_steps/avg@4`` -> ``ood_steps``, ``val/ood_avg`` -> ``ood_avg``."""
-    return tag.split("/")[1]
+    """``val/ood_steps/avg@4`` -> ``ood_steps``, ``val/ood_avg`` -> ``ood_avg``,
+    ``val/id/step_valid_frac`` -> ``id steps ok``."""
+    return tag.split("/")[1] + (" steps ok" if tag.endswith("/step_valid_frac") else "")
 
 
 def _label(key: str) -> str:
@@ -98,10 +122,17 @@ def _label(key: str) -> str:
     return _short(tag) if tag.startswith("val/") else tag.split("/")[-1]
 
 
-def arm_table(arm_names: list[str], summaries: dict[str, list[dict[str, float]]], per_set, groups) -> str:
-    """One markdown table: a row per arm, mean ± std over its seeds."""
+def arm_table(
+    arm_names: list[str],
+    summaries: dict[str, list[dict[str, float]]],
+    per_set: list[str],
+    groups: list[str],
+    steps: Sequence[str] = (),
+) -> str:
+    """One markdown table: a row per arm, mean ± std over its seeds (``steps``: step-correctness tags)."""
     header = ["arm", "seeds"]
     header += [f"{_short(t)} final" for t in per_set] + [f"{_short(t)} final" for t in groups if "ood" in t]
+    header += [f"{_short(t)} final" for t in steps]
     header += ["all-success start → end", "all-fail end", "clips/step", "clip tokens", "clip/response",
                "clip end pos", "min/run"]  # fmt: skip
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -113,6 +144,7 @@ def arm_table(arm_names: list[str], summaries: dict[str, list[dict[str, float]]]
 
         cells = [f"`{name}`", str(len(runs))]
         cells += [col(f"{t}:final") for t in per_set] + [col(f"{t}:final") for t in groups if "ood" in t]
+        cells += [col(f"{t}:final") for t in steps]
         cells.append(
             f"{col('rollout/frac_all_success:start', digits=2)} → {col('rollout/frac_all_success:final', digits=2)}"
         )
@@ -232,11 +264,13 @@ def write_report(
     command: str,
     sweep: dict | None,
     hand_written: bool = False,
+    task: str = "the embedded task",
 ) -> tuple[Path, Path]:
     """Write ``<out_dir>/<name>.md`` and ``<out_dir>/<name>.png``; returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path, png_path = out_dir / f"{name}.md", out_dir / f"{name}.png"
     per_set, groups = eval_tags(records[0])
+    steps_ok = step_tags(records[0])
     summaries: dict[str, list[dict[str, float]]] = {}
     by_seed: dict[str, dict[int, dict[str, float]]] = {}
     for record in records:
@@ -251,7 +285,7 @@ def write_report(
     steps, prompts, group = trainer["max_epochs"], rollout["prompts_per_epoch"], rollout["group_size"]
     seeds = sorted({r["seed"] for r in records})
     lines = [
-        f"# {STUDIES['main']} on the embedded task",
+        f"# {STUDIES['main']} on {task}",
         "",
         "Generated by `experiments/echo_vs_base.py` (do not edit by hand; rerun with `--report-only`).",
         "",
@@ -276,7 +310,17 @@ def write_report(
             f"{'training difficulty' if s.get('difficulty') is None else _difficulty(s['difficulty'])})"
             for s in data.get("eval_sets") or []
         )
-        + ". All are disjoint from the training prompts (hash buckets).",
+        + (
+            " the datamodule's default sets: " + ", ".join(f"`{_short(t)}`" for t in per_set)
+            if not data.get("eval_sets")
+            else ""
+        )
+        + ". All are disjoint from the training prompts (hash buckets)."
+        + (
+            " 'steps ok' = share of correct samples whose every step is valid (the task's step checker)."
+            if steps_ok
+            else ""
+        ),
         f"- rollout fractions (all-success, all-fail) are means over the first / last {TAIL} steps of {prompts} "
         "groups each;"
         " echo statistics are means over the steps that had clips ('clip end pos' 0 = first step, 1 = last).",
@@ -306,17 +350,34 @@ def write_report(
             continue
         if study != "main":
             names = [n for n in ("grpo", "grpo+echo") if n in summaries] + names
-        lines += [f"## {title}", "", arm_table(names, summaries, per_set, groups), ""]
+        lines += [f"## {title}", "", arm_table(names, summaries, per_set, groups, steps_ok), ""]
         if study == "main":
             pairs = [(n, arm_of[n].method) for n in names if arm_of[n].echo and arm_of[n].method in summaries]
         else:
             pairs = [(n, "grpo+echo") for n in names if arm_of.get(n) and arm_of[n].study == study]
             pairs += [(n, "grpo") for n in names if arm_of.get(n) and arm_of[n].study == study]
         keys = [f"{t}:final" for t in per_set + groups if t != "val/id_avg" or "val/id/" not in str(per_set)]
+        keys += [f"{t}:final" for t in steps_ok]
         keys.append("rollout/frac_all_success:final")
         if pairs:
             lines += ["Paired by seed (same seed, same prompts drawn at step 0):", "",
                       paired_deltas(pairs, by_seed, keys), ""]  # fmt: skip
+    id_tag = next((t for t in per_set if t.startswith("val/id/")), None)
+    if id_tag is not None and "grpo" in by_seed:
+        key = f"{id_tag}:final"
+        base = [
+            by_seed["grpo"][seed][key] for seed in sorted(by_seed["grpo"]) if key in by_seed["grpo"][seed]
+        ]
+        pairs_id = [by_seed["grpo+echo"][seed][key] - by_seed["grpo"][seed][key]
+                    for seed in sorted(set(by_seed.get("grpo+echo", {})) & set(by_seed["grpo"]))]  # fmt: skip
+        if base:
+            lines += power_lines(
+                statistics.fmean(base),
+                statistics.stdev(pairs_id) if len(pairs_id) > 1 else None,
+                data["num_val"],
+                model["eval"]["n"],
+                len(seeds),
+            )
     plot(records, arms, png_path, per_set, groups)
     lines += [f"![accuracy and all-success fraction against step]({png_path.name})", ""]
     discussion = out_dir / f"{name}_discussion.md"

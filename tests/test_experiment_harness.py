@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.echo_vs_base import ARMS, QUICK_ARMS, parse_args
-from experiments.report import paired_deltas, run_summary
+from experiments.echo_vs_base import ARMS, QUICK_ARMS, load_base, parse_args
+from experiments.power import power_estimate
+from experiments.report import arm_table, paired_deltas, run_summary, step_tags
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,6 +72,57 @@ def test_arms_cover_the_issue():
     assert ARMS["grpo+echo[success]"].apply_to == "success" and "grpo+echo[success]" not in full.arms
 
 
+def test_step_correctness_columns_by_hand():
+    record = _record("grpo", 0, [0.1] * 7, [0.5, 0.6])
+    record["scalars"]["val/ood_large/step_valid_frac"] = [[0, 0.5], [5, 0.75]]
+    record["scalars"]["val/id/step_valid_frac"] = [[0, 0.8], [5, 0.9]]
+    assert step_tags(record) == ["val/id/step_valid_frac", "val/ood_large/step_valid_frac"]  # ID first
+    s = run_summary(record)
+    assert s["val/id/step_valid_frac:final"] == 0.9 and s["val/ood_large/step_valid_frac:start"] == 0.5
+    table = arm_table(["grpo"], {"grpo": [s]}, ["val/id/avg@4"], [], step_tags(record))
+    header, _, row = table.splitlines()
+    assert "| id steps ok final | ood_large steps ok final |" in header
+    assert "| 0.900 ± 0.000 | 0.750 ± 0.000 |" in row  # one seed: std 0
+
+
+def test_power_estimate_by_hand():
+    # acc 0.5: w = 0.25; 512 samples per arm: eval var of a pair 2 * 0.25 / 512 = 0.0009765625, sd 0.03125;
+    # paired seed sd 0.035: train var 0.001225 - 0.0009765625 = 0.0002484375; 5 seeds: SE =
+    # sqrt(0.001225 / 5) = 0.015652; room for eval noise 5 * 0.01^2 - 0.0002484375 = 0.0002515625, so
+    # P x k >= 2 * 0.25 / 0.0002515625 = 1987.6 -> 1988
+    est = power_estimate(0.5, 0.035, 512, 5)
+    assert est["eval_sd"] == pytest.approx(0.03125)
+    assert est["train_sd"] == pytest.approx(0.0002484375**0.5)
+    assert est["se"] == pytest.approx((0.001225 / 5) ** 0.5)
+    assert est["needed"] == 1988
+    # paired sd 0.04: train var 0.0016 - 0.0009765625 = 0.000623 > 5 * 0.01^2: no eval size is enough
+    assert power_estimate(0.5, 0.04, 512, 5)["needed"] == float("inf")
+    # one seed, no spread measured: eval only, 1 * 0.01^2 room -> 0.5 / 1e-4 = 5000 samples
+    assert power_estimate(0.5, None, 512, 1)["needed"] == 5000
+
+
+def test_forking_config_harness_section(tmp_path):
+    config, harness = load_base(REPO / "experiments/configs/echo_forking.yaml")
+    assert "harness" not in config and config["data"]["class_path"].endswith("CountdownDataModule")
+    assert harness["seeds"] == [0, 1, 2, 3, 4] and set(harness["arms"]) <= set(ARMS)
+    quick = parse_args(["--config", "experiments/configs/echo_forking.yaml", "--quick"])
+    assert quick.arms == ["grpo", "grpo+echo"] and quick.epochs == harness["quick_epochs"]
+    assert quick.runs_dir == str(REPO / "runs/echo_forking")
+    default = parse_args([])  # the arithmetic sweep keeps its defaults
+    assert (
+        default.harness == {}
+        and default.runs_dir == str(REPO / "runs/echo_vs_base")
+        and default.epochs is None
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("harness: {arms: [grpo, nope]}\nseed_everything: 0\n")
+    with pytest.raises(ValueError, match="unknown arm 'nope'"):
+        load_base(bad)
+    bad.write_text("harness: {seed: [0]}\n")
+    with pytest.raises(ValueError, match="unknown harness keys \\['seed'\\]"):
+        load_base(bad)
+
+
 def _harness(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "experiments/echo_vs_base.py", "--quick", "--epochs", "2", "--val-every", "1",
            "--prompts-per-epoch", "4", "--num-val", "4", "--runs-dir", str(tmp_path / "runs"),
@@ -122,4 +174,23 @@ def test_echo_gradient_share_runs():
     # the three lambda columns are lambda x |grad L_echo| / |grad L_RLVR| for 0.001, 0.01 and 0.1
     assert float(cells[6]) == pytest.approx(0.001 * ratio, rel=0.02, abs=1e-5)
     assert float(cells[8]) == pytest.approx(0.1 * ratio, rel=0.02, abs=1e-3)
+    if clips:  # lambda for a 5% share: 0.05 / ratio (3 significant digits printed)
+        assert float(cells[9]) == pytest.approx(0.05 / ratio, rel=0.01)
     assert (echo_norm > 0) == (clips > 0)  # no clip, no echo gradient
+
+
+@pytest.mark.slow
+def test_forking_quick_harness_tiny_budget(tmp_path):
+    """The Countdown config through the real harness: 1 step x 2 prompts x 8 rollouts, 2 prompts per eval set."""
+    proc = _harness(tmp_path, "--config", "experiments/configs/echo_forking.yaml", "--epochs", "1",
+                    "--prompts-per-epoch", "2", "--num-val", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = (tmp_path / "out/echo_forking_quick.md").read_text()
+    assert text.startswith("# EchoRL vs its base methods on the Countdown forking task")
+    assert "Countdown, 3-3 numbers in 1..10, targets 10..99, 6-20 trace lines" in text
+    assert "## Power: how many evaluation samples make a 2-point difference visible" in text
+    grpo = json.loads((tmp_path / "runs/grpo/seed0/scalars.json").read_text())
+    assert {"val/id/avg@4", "val/ood_numbers/avg@4", "val/ood_large/avg@4"} <= set(grpo["scalars"])
+    header = next(line for line in text.splitlines() if line.startswith("| arm"))
+    for tag in step_tags(grpo):  # a step column for every set that had a correct sample to judge
+        assert f"{tag.split('/')[1]} steps ok final" in header
