@@ -1,0 +1,155 @@
+"""Make docs/tensorboard.png: a TensorBoard screenshot of a real, short CPU demo run (issue 13 item 5).
+
+What it does, in order:
+
+1. trains ``python cli.py fit --config configs/demo.yaml`` shortened through the ``rollout:`` group and
+   trainer overrides (``--epochs`` rollout batches of ``--prompts`` prompts x 8 rollouts, validation every
+   ``--val-every`` epochs) into a fresh temporary run folder (``--run-dir`` keeps it elsewhere);
+2. starts ``tensorboard --logdir <run>/tb --port <free port> --host 127.0.0.1`` and waits until its HTTP
+   data API lists the run's scalar tags;
+3. loads the scalars dashboard, filtered to the ``echo|rollout|val`` tags through the URL, in headless
+   Chromium and writes the screenshot to ``--out`` (default ``docs/tensorboard.png``);
+4. stops TensorBoard (and removes the temporary run folder).
+
+Needs Chromium on PATH (Debian: ``apt-get install -y chromium``), so it is not run in CI. From the
+repository root, with the venv active (about 2 minutes on 2 CPU cores with the defaults):
+
+    HF_HUB_OFFLINE=1 python scripts/tensorboard_screenshot.py
+    HF_HUB_OFFLINE=1 python scripts/tensorboard_screenshot.py --epochs 20 --out /tmp/tb.png
+
+Left out: other dashboards (text, images, histograms) and any check of the picture's content; look at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TAG_FILTER = "echo|rollout|val"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def train_demo(run_dir: Path, epochs: int, prompts: int, val_every: int) -> None:
+    """The demo config, shortened, logging into ``run_dir`` (TensorBoard under ``run_dir/tb``)."""
+    command = [
+        sys.executable,
+        "cli.py",
+        "fit",
+        "--config",
+        "configs/demo.yaml",
+        f"--trainer.max_epochs={epochs}",
+        f"--trainer.check_val_every_n_epoch={val_every}",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+        f"--trainer.callbacks.init_args.dirpath={run_dir / 'checkpoints'}",
+        f"--rollout.prompts_per_epoch={prompts}",
+        "--data.init_args.num_val=64",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    print("training:", " ".join(command), flush=True)
+    subprocess.run(command, cwd=ROOT, env=env, check=True)
+
+
+def wait_for_tags(base_url: str, timeout_s: float) -> list[str]:
+    """Poll TensorBoard's scalar tag API until it lists at least one tag; return the tags."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/data/plugin/scalars/tags", timeout=5) as response:
+                runs = json.load(response)
+            tags = sorted({tag for run in runs.values() for tag in run})
+            if tags:
+                return tags
+        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"TensorBoard at {base_url} served no scalar tags within {timeout_s:.0f} s")
+
+
+def screenshot(url: str, out: Path, budget_ms: int) -> None:
+    """Headless Chromium screenshot of ``url`` (1600 x 1200) into ``out``."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        sys.exit("chromium not found: apt-get install -y chromium")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1600,1200",
+        f"--virtual-time-budget={budget_ms}",
+        f"--screenshot={out}",
+        url,
+    ]
+    subprocess.run(command, check=True, timeout=180, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=12, help="rollout batches to train")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per rollout batch")
+    parser.add_argument("--val-every", type=int, default=4, help="validate every this many epochs")
+    parser.add_argument("--run-dir", type=Path, default=None, help="keep the run here (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "tensorboard.png")
+    parser.add_argument("--budget-ms", type=int, default=20000, help="Chromium's virtual time budget")
+    args = parser.parse_args()
+
+    temp = None if args.run_dir is not None else tempfile.mkdtemp(prefix="echorl-tb-")
+    run_dir = args.run_dir if args.run_dir is not None else Path(temp)  # type: ignore[arg-type]
+    try:
+        if not (run_dir / "tb").exists():
+            train_demo(run_dir.resolve(), args.epochs, args.prompts, args.val_every)
+        port = free_port()
+        board = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tensorboard.main",
+                "--logdir",
+                str(run_dir / "tb"),
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base_url = f"http://127.0.0.1:{port}"
+            tags = wait_for_tags(base_url, timeout_s=120)
+            print(f"TensorBoard serves {len(tags)} scalar tags", flush=True)
+            query = urllib.parse.urlencode({"tagFilter": TAG_FILTER, "_smoothingWeight": "0"})
+            url = f"{base_url}/#scalars&{query}"
+            screenshot(url, args.out, args.budget_ms)
+            print(f"wrote {args.out} from {url}", flush=True)
+        finally:
+            board.terminate()
+            board.wait(timeout=30)
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
