@@ -33,7 +33,7 @@ from echorl_lightning.data.arithmetic import (
     make_problem,
 )
 from echorl_lightning.data.base import EvalSet, PromptDataModule
-from echorl_lightning.data.types import PromptExample, StepChecker, Verifier
+from echorl_lightning.data.types import PromptExample, StepChecker, Verifier, VerifierFn
 from echorl_lightning.rewards.exact_match import ExactMatchVerifier, extract_answer
 
 EvalSplit = Literal["val", "test", "ood"]
@@ -99,7 +99,7 @@ class ArithmeticDataModule(PromptDataModule):
         split: EvalSplit = "val",
         seed: int = 0,
         difficulty: Difficulty = DEFAULT_DIFFICULTY,
-        verifier: Verifier | None = None,
+        verifier: VerifierFn | None = None,
         val_batch_size: int = 64,
         eval_sets: list[ArithmeticEvalSpec] | None = None,
     ) -> None:

@@ -38,7 +38,7 @@ from echorl_lightning.data.countdown import (
     make_problem,
     more_numbers,
 )
-from echorl_lightning.data.types import PromptExample, StepChecker, Verifier
+from echorl_lightning.data.types import PromptExample, StepChecker, Verifier, VerifierFn
 from echorl_lightning.rewards.countdown import CountdownStepChecker, CountdownVerifier, countdown_answer
 
 EvalSplit = Literal["val", "test"]
@@ -111,7 +111,7 @@ class CountdownDataModule(PromptDataModule):
         num_val: int = 256,
         seed: int = 0,
         difficulty: CountdownDifficulty = DEFAULT_DIFFICULTY,
-        verifier: Verifier | None = None,
+        verifier: VerifierFn | None = None,
         val_batch_size: int = 64,
         eval_sets: list[CountdownEvalSpec] | None = None,
     ) -> None:

@@ -27,9 +27,9 @@ the wrapper's ``get_decoder`` / ``get_output_embeddings`` (LoRA in the decoder i
 chunked :func:`echorl_lightning.ops.logprobs_and_entropy` on the response slice.
 
 Left out: multimodal wrappers (``gemma3`` with a vision tower; use the text-only checkpoint), MoE router
-losses (the decoder's auxiliary outputs are dropped), and FSDP2 with the LM head sharded in the root unit:
-calling the decoder directly skips the root's pre-forward all-gather (shard the decoder and head as their
-own units, or use ``full_logits``).
+losses (the decoder's auxiliary outputs are dropped). Under FSDP2, calling the decoder directly would skip the
+root unit's pre-forward all-gather of the embeddings and head: the module runs this function as the root's
+forward (``training.sharding.call_through_root``).
 """
 
 from __future__ import annotations
