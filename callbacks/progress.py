@@ -10,8 +10,7 @@ generation, verification, the no-grad old-log-prob and reference passes). On ran
   while a long phase runs;
 * after each epoch's rollout, one line from the rollout callback's metrics: epoch, ``reward/mean``,
   ``rollout/frac_all_success``, ``echo/num_clips``, ``rollout/response_length``, ``perf/rollout_tokens_per_s``
-  and ``perf/rollout_s``; after each validation, one line with ``val/accuracy`` (and ``val/id_avg``,
-  ``val/ood_avg`` where logged).
+  and ``perf/rollout_s`` (validation prints its own ``[val]`` line: ``echorl_lightning/eval/hooks.py``).
 
 The ETA is the current phase's remaining rows at its rate so far plus the previous epoch's durations of the
 phases still to come. The HF engine reports per generated chunk; engines that report nothing while they run
@@ -40,8 +39,6 @@ EPOCH_FIELDS = (
     ("perf/rollout_s", "in {:.1f} s"),
 )
 """The per-epoch line: metric key and its format, in order."""
-
-VAL_FIELDS = (("val/accuracy", "accuracy {:.3f}"), ("val/id_avg", "id {:.3f}"), ("val/ood_avg", "ood {:.3f}"))
 
 
 def clock(seconds: float | None) -> str:
@@ -78,7 +75,7 @@ class RolloutProgress(L.Callback):
         plain: None: rich live bars when stdout is a terminal, plain lines otherwise; True: always plain
             lines; False: always rich.
         plain_interval_s: in plain mode, the least time between two lines of one running phase.
-        epoch_line: print the per-epoch rollout line and the validation line.
+        epoch_line: print the per-epoch rollout line.
     """
 
     def __init__(
@@ -99,14 +96,6 @@ class RolloutProgress(L.Callback):
     # ---- Lightning hooks ----------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._active = trainer.is_global_zero
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not (self._active and self.epoch_line) or trainer.state.fn != "fit":
-            return
-        found = {k: v for k, v in trainer.callback_metrics.items() if k in dict(VAL_FIELDS)}
-        if found:
-            when = "before training" if trainer.sanity_checking else f"epoch {trainer.current_epoch}"
-            self._print(metrics_line(f"{when} validation", found, VAL_FIELDS))
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._stop_live()

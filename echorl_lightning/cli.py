@@ -2,8 +2,10 @@
 
 Config groups beside ``trainer``/``model``/``data``: ``rollout`` (the :class:`~callbacks.rollout.RolloutCallback`
 settings, e.g. ``--rollout.prompts_per_epoch=8``; added to the trainer's callbacks for models that take
-rollouts, and acting in ``fit`` only) and ``failure_report`` (:class:`~callbacks.failure_report.FailureReport`,
-on every run). ``trainer.callbacks`` keeps the other callbacks (checkpoints, export).
+rollouts, and acting in ``fit`` only), ``failure_report`` (:class:`~callbacks.failure_report.FailureReport`,
+on every run), ``progress`` (:class:`~callbacks.progress.RolloutProgress`: rollout progress and one line per
+epoch) and ``run_summary`` (:class:`~callbacks.run_summary.RunSummary`: the table ``fit`` starts with).
+``trainer.callbacks`` keeps the other callbacks (checkpoints, export).
 
 Order of a run: (1) parse; (2) :func:`~echorl_lightning.config_checks.check_config` on the parsed values,
 before anything is instantiated (each problem names its full key); with ``--ckpt_path``, the logger is
@@ -33,7 +35,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.failure_report import FailureReport
+from callbacks.progress import RolloutProgress
 from callbacks.rollout import RolloutCallback
+from callbacks.run_summary import RunSummary
 from echorl_lightning.config_checks import ConfigError, check_config
 
 log = logging.getLogger(__name__)
@@ -90,6 +94,8 @@ class EchoRLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RolloutCallback, "rollout")
         parser.add_lightning_class_args(FailureReport, "failure_report")
+        parser.add_lightning_class_args(RolloutProgress, "progress")
+        parser.add_lightning_class_args(RunSummary, "run_summary")
 
     # ---- (2) before anything is built -------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:

@@ -196,9 +196,6 @@ def test_real_run_console_lines_and_train_clock(
     assert re.search(r" · rollout [\d,]+ tok/s · in [\d.]+ s$", epoch_lines[1])
     for phase in ("generate 8/8 rows", "verify 8/8 rows", "old log-probs 8/8 rows"):  # 2 prompts x 4
         assert sum(f"rollout · {phase}" in line for line in lines) == 2, phase
-    assert [line for line in lines if " validation · " in line] == [
-        "epoch 0 validation · accuracy 1.000", "epoch 1 validation · accuracy 1.000"]  # fmt: skip
-
     import csv
 
     with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
