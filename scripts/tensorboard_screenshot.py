@@ -4,8 +4,8 @@ What it does, in order:
 
 1. trains ``python cli.py fit --config configs/demo.yaml`` shortened through the ``rollout:`` group and
    trainer overrides (``--epochs`` rollout batches of ``--prompts`` prompts x 8 rollouts, validation every
-   ``--val-every`` epochs) into a fresh temporary run folder (``--run-dir DIR`` keeps it in DIR; a run already there is
-   reused, not trained again);
+   ``--val-every`` epochs) into a fresh temporary run folder (``--run-dir DIR`` keeps it in DIR; a run
+   already there is reused, not trained again);
 2. starts ``tensorboard --logdir <run>/tb --port <free port> --host 127.0.0.1`` and waits until its HTTP
    data API lists the run's scalar tags;
 3. loads the scalars dashboard, filtered through the URL to nine ``val``, ``reward``, ``rollout`` and
@@ -15,9 +15,8 @@ What it does, in order:
 4. stops TensorBoard (and removes the temporary run folder).
 
 Needs Chromium on PATH (Debian: ``apt-get install -y chromium``) and aiohttp (installed with ``datasets``),
-so it is not run in CI. From the
-repository root, with the venv active (the committed PNG: the defaults, 12 epochs of 16 prompts, which
-took about 12 minutes on 2 CPU cores shared with other jobs; less on idle cores):
+so it is not run in CI. From the repository root, with the venv active (the committed PNG: the defaults,
+12 epochs of 16 prompts, which took about 12 minutes on 2 CPU cores shared with other jobs):
 
     HF_HUB_OFFLINE=1 python scripts/tensorboard_screenshot.py
     HF_HUB_OFFLINE=1 python scripts/tensorboard_screenshot.py --epochs 20 --out /tmp/tb.png
