@@ -34,7 +34,7 @@ class LastNumber:
 if __name__ == "__main__":
     from echorl_lightning.cli import main
 
-    completions, references = ["2+3=5\nAnswer: 5", "no idea"], ["5", "5"]
+    completions, references = ["2+3=5\nAnswer: 5", "about 4.6", "no idea"], ["5", "5", "5"]
     for verifier in [
         "add_verifier.last_number",
         '{"class_path": "add_verifier.LastNumber", "init_args": {"tolerance": 0.5}}',
