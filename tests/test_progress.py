@@ -205,3 +205,34 @@ def test_real_run_console_lines_and_train_clock(
     # before the fix it stopped at the epoch's end, after validation's 0.5 s sleep
     for s, t0, t1 in zip(train_s, clock_cb.first_batch, clock_cb.val_start, strict=True):
         assert 0 < s <= t1 - t0, (s, t1 - t0)
+
+
+@pytest.mark.slow
+def test_demo_through_cli_shows_table_progress_and_one_line_per_epoch(tmp_path: Path) -> None:
+    """``python cli.py fit --config configs/demo.yaml`` (shortened), output not a terminal: the run summary once,
+    plain progress lines per phase and one line per epoch, all on stdout."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    args = [
+        "fit", "--config", "configs/demo.yaml", "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.callbacks=[]", "--data.init_args.num_val=4",
+        "--trainer.check_val_every_n_epoch=1", "--model.init_args.eval.max_new_tokens=24",
+        "--rollout.prompts_per_epoch=4", "--rollout.group_size=4", "--rollout.max_new_tokens=24",
+    ]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "cli.py", *args], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert sum("echorl-lightning run" in line for line in lines) == 1
+    assert any("431,904 total, 431,904 trainable" in line for line in lines)
+    assert any("4 prompts x G=4 = 16 rollouts" in line for line in lines)
+    for epoch in (0, 1):  # the on-policy demo skips the old-log-prob pass: generate and verify only
+        assert sum(line.startswith(f"epoch {epoch} rollout · generate 16/16 rows · ") for line in lines) == 1
+        assert sum(line.startswith(f"epoch {epoch} rollout · verify 16/16 rows · ") for line in lines) == 1
+        assert sum(line.startswith(f"epoch {epoch} · reward ") for line in lines) == 1
+    assert not any(" rollout · old log-probs " in line for line in lines)
