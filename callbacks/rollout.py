@@ -52,7 +52,7 @@ from echorl_lightning.rollout.stats import rollout_metrics
 from echorl_lightning.rollout.types import SamplingConfig
 from echorl_lightning.rollout.verifier_counts import VerifierCounts
 from echorl_lightning.training.contract import RolloutPolicy
-from echorl_lightning.training.distributed import global_advantages
+from echorl_lightning.training.distributed import all_ranks_min, global_advantages
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,8 @@ class RolloutCallback(L.Callback):
             if not method.dynamic_sampling:
                 break
             scores = torch.tensor(rows.scores).view(-1, self._group_rows(method))  # [B', G']
-            if int(dynamic_sampling_keep(scores).sum()) >= self.prompts_per_epoch // world:
+            done = torch.tensor(float(dynamic_sampling_keep(scores).sum() >= self.prompts_per_epoch // world))
+            if all_ranks_min(done, policy.device) > 0:  # every rank runs the same rounds (FSDP2 collectives)
                 break
         return rows
 

@@ -329,11 +329,11 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Never write non-finite weights."""
-        bad = non_finite_parameters(self.policy.named_parameters())
-        if bad:
+        bad = non_finite_parameters(self.policy.named_parameters())  # this rank's shard under FSDP2
+        if self._reduce(torch.tensor(float(len(bad))), "sum") > 0:  # every rank refuses together
             raise FloatingPointError(
-                f"refusing to checkpoint non-finite weights at step {self.global_step} ({len(bad)} parameters, "
-                f"e.g. {bad[:3]})"
+                f"refusing to checkpoint non-finite weights at step {self.global_step} ({len(bad)} parameters "
+                f"on this rank, e.g. {bad[:3]})"
             )
 
     # ---- optimisation -------------------------------------------------------------------------------

@@ -44,8 +44,6 @@ class SampledEvalHooks:
 
         Sampling is seeded by the set's and the batch's global index, so a prompt gets the same samples on any
         number of ranks (the datamodule spreads whole batches over ranks; see ``data/eval_batches.py``)."""
-        if not len(batch):  # a rank's padding batch
-            return
         eval_set = self.trainer.datamodule.eval_sets()[dataloader_idx]
         cfg = self.eval_cfg
         sampling = SamplingConfig(
@@ -56,8 +54,11 @@ class SampledEvalHooks:
             seed=derive_seed(cfg.seed, batch.set_index, batch.batch_index),
         )
         examples = list(batch)
+        engine = self.rollout_engine()  # on every rank: a weight sync may be a collective (FSDP2)
+        if not examples:  # a rank's padding batch: the engine still joins a sharded model's collectives
+            engine.generate([], sampling)
+            return
         prompt_ids = self.encode_prompts([ex.prompt for ex in examples])
-        engine = self.rollout_engine()
         samples = sample_and_score(engine, self.tokenizer, prompt_ids, examples, eval_set, sampling)
         self.evaluation.update(stage, eval_set, samples, self.device)
 

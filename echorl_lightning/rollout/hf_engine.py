@@ -37,6 +37,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from echorl_lightning.rollout.types import Completion, SamplingConfig
@@ -142,6 +143,24 @@ def cut_at_eos(token_ids: Sequence[int], eos_id: int, max_new_tokens: int) -> Co
     return Completion(token_ids=row, truncated=True)
 
 
+def _synced_ranks(model: torch.nn.Module | None) -> bool:
+    """Whether ``model`` is sharded across ranks (FSDP2: transformers then generates with ``synced_gpus``)."""
+    return (
+        bool(getattr(model, "_is_fsdp_managed_module", False))
+        and dist.is_available()
+        and dist.is_initialized()
+    )
+
+
+def _chunks_on_every_rank(model: torch.nn.Module, chunks: int, device: torch.device) -> int:
+    """The most ``generate`` calls any rank makes for this request (``chunks`` when not sharded)."""
+    if not _synced_ranks(model):
+        return chunks
+    count = torch.tensor([chunks], device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    return int(count.item())
+
+
 class EntropyRecorder(LogitsProcessor):
     """Records, at each decoding step, the entropy of ``softmax(logits / temperature)`` of every row
     (``H = -sum_v p_v log p_v``); returns the scores unchanged. Runs before the sampling warpers, on the raw
@@ -206,7 +225,7 @@ class HFGenerateEngine:
         if self.model is None or self.eos_id is None or self.pad_id is None:
             raise RuntimeError("HFGenerateEngine.generate called before setup(model, tokenizer)")
         validate_request(prompt_token_ids, sampling)
-        if len(prompt_token_ids) == 0:
+        if len(prompt_token_ids) == 0 and not _synced_ranks(self.model):
             return []
 
         model, n = self.model, sampling.n
@@ -233,7 +252,13 @@ class HFGenerateEngine:
                     for index in cuda_devices:
                         with torch.cuda.device(index):
                             torch.cuda.manual_seed(sampling.seed)
-                for start in range(0, len(rows), self.batch_size):
+                starts = list(range(0, len(rows), self.batch_size))
+                for _ in range(_chunks_on_every_rank(model, len(starts), device) - len(starts)):
+                    # a sharded (FSDP2) model: every forward is a collective, so a rank with fewer chunks
+                    # joins the others' generate calls with a one-token dummy row and drops its output
+                    pad_ids, pad_mask = self._left_pad([[self.pad_id]], device)
+                    model.generate(input_ids=pad_ids, attention_mask=pad_mask, generation_config=config)
+                for start in starts:
                     chunk = rows[start : start + self.batch_size]
                     prompts = [prompt_token_ids[index] for index, _ in chunk]
                     input_ids, attention_mask = self._left_pad(prompts, device)  # [rows, P] each

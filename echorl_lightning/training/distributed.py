@@ -4,6 +4,9 @@
 std over the whole batch, ECHORL.md) must see every rank's rewards, so the rewards are gathered (ranks may hold
 different numbers of groups after DAPO's extra rounds), the estimator runs on the global batch and each rank
 keeps its own rows. Group-local estimators give the same values either way.
+
+:func:`all_ranks_min`: a value agreed by every rank (DAPO's "enough groups" decision, so that every rank runs
+the same number of generation rounds: under FSDP2 each forward is a collective).
 """
 
 from __future__ import annotations
@@ -34,3 +37,12 @@ def global_advantages(estimator: str, rewards: Tensor, rank: int, world: int) ->
     offset = sum(int(p.shape[0]) for p in parts[:rank])
     full = compute_advantages(estimator, torch.cat(parts))  # [sum B', G']
     return full[offset : offset + rewards.shape[0]]
+
+
+def all_ranks_min(value: Tensor, device: torch.device) -> float:
+    """The minimum of a 0-dim ``value`` over all ranks (the value itself on one process)."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return float(value)
+    out = value.detach().float().reshape(1).to(device)
+    dist.all_reduce(out, op=dist.ReduceOp.MIN)
+    return float(out.item())
