@@ -128,7 +128,7 @@ class RolloutProgress(L.Callback):
         self._phase = _Phase(name, total, now, last_line=now)
         if self._live is not None:
             desc = f"epoch {self._epoch} {name}"
-            self._phase.task = self._live.add_task(desc, total=total, rate="", eta=clock(self._rest_s(name)))
+            self._phase.task = self._live.add_task(desc, total=total, rate="", eta="?")  # no rate yet
 
     def phase_advance(self, rows: int, tokens: int) -> None:
         phase = self._phase
