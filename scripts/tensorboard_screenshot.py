@@ -58,18 +58,22 @@ def free_port() -> int:
 
 
 def train_demo(run_dir: Path, epochs: int, prompts: int, val_every: int) -> None:
-    """The demo config, shortened, logging into ``run_dir`` (TensorBoard under ``run_dir/tb``)."""
+    """The demo config, shortened, logging into ``run_dir`` (TensorBoard under ``run_dir/tb``).
+
+    The demo's output paths (``runs/demo``: logger, checkpoints, root dir) are moved to ``run_dir`` in a copy
+    of the config, not by dotted overrides: ``--trainer.callbacks.init_args.dirpath`` would land on the last
+    callback of the list, whichever that is."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "demo.yaml"
+    config.write_text((ROOT / "configs" / "demo.yaml").read_text().replace("runs/demo", str(run_dir)))
     command = [
         sys.executable,
         "cli.py",
         "fit",
         "--config",
-        "configs/demo.yaml",
+        str(config),
         f"--trainer.max_epochs={epochs}",
         f"--trainer.check_val_every_n_epoch={val_every}",
-        f"--trainer.default_root_dir={run_dir}",
-        f"--trainer.logger.init_args.save_dir={run_dir}",
-        f"--trainer.callbacks.init_args.dirpath={run_dir / 'checkpoints'}",
         f"--rollout.prompts_per_epoch={prompts}",
         "--data.init_args.num_val=64",
     ]
