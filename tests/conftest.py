@@ -9,10 +9,16 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One torch thread per process (subprocesses inherit it): the tests run tiny models, often several processes at
+# once (DDP/FSDP ranks, verifier workers, cli.py subprocesses), and on 2 cores competing thread pools slowed a
+# tiny generate from 1 s to 29 s.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from echorl_lightning.tiny.tokenizer import build_tokenizer  # noqa: E402
 
