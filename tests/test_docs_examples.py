@@ -3,8 +3,8 @@ what they promise.
 
 Each example runs as a script from the repository root in its own process, as a user would run it: the
 examples register into the global registries (a method preset, an advantage estimator), which must not leak
-into other tests. A second group checks that README.md holds each file verbatim; until the README embeds
-them those checks are expected failures, saying so.
+into other tests. A second group checks that README.md holds each file verbatim, so the docs cannot drift
+from code that runs.
 """
 
 from __future__ import annotations
@@ -95,9 +95,7 @@ def test_add_dataset_loads_local_jsonl_with_a_column_mapping(tmp_path: Path) -> 
 def test_readme_embeds_the_example_verbatim(name: str) -> None:
     code = (EXAMPLES / name).read_text().strip()
     readme = (ROOT / "README.md").read_text()
-    if code not in readme:
-        pytest.xfail(
-            f"README.md does not embed docs/examples/{name} verbatim yet (it belongs in README section "
-            f"'{README_SECTIONS[name]}', in a ```python block)"
-        )
-    assert code in readme
+    assert code in readme, (
+        f"README.md does not embed docs/examples/{name} verbatim (it belongs in README section "
+        f"'{README_SECTIONS[name]}', in a ```python block)"
+    )
