@@ -16,7 +16,7 @@ What it does, in order:
 
 Needs Chromium on PATH (Debian: ``apt-get install -y chromium``) and aiohttp (installed with ``datasets``),
 so it is not run in CI. From the repository root, with the venv active (the committed PNG: the defaults,
-12 epochs of 16 prompts, which took about 12 minutes on 2 CPU cores shared with other jobs):
+12 epochs of 16 prompts: 7 minutes end to end on 2 CPU cores shared with other jobs):
 
     HF_HUB_OFFLINE=1 python scripts/tensorboard_screenshot.py
     HF_HUB_OFFLINE=1 python scripts/tensorboard_screenshot.py --epochs 20 --out /tmp/tb.png
