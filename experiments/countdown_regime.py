@@ -12,7 +12,7 @@ and which kind of line holds each rollout's peak. It also describes the task its
 trace lengths and distinct solutions per problem. Target (issue 14): pass@1 0.3-0.6, all-success >= 20%,
 all-fail <= 25% on ``id``. Left out: greedy decoding and any training.
 
-    python experiments/countdown_regime.py [--num 256] [--samples 8] [--warmstart-time /tmp/time.txt]
+    python experiments/countdown_regime.py [--num 256] [--samples 8] [--warmstart-time stage1.txt stage2.txt]
 """
 
 from __future__ import annotations
@@ -45,14 +45,15 @@ TARGET = "pass@1 0.3-0.6, all-success groups >= 20%, all-fail groups <= 25% (id 
 
 
 def line_kind(line: str) -> str:
-    """``move``, ``no`` (a missed last move), ``back``, ``answer`` or ``other``."""
+    """``move``, ``no`` (a missed last move), ``back``, ``answer`` or ``other`` (each move and back line ends
+    with its pool, ``25-5=20 [20 3 7]``)."""
     if line.startswith("Answer:"):
         return "answer"
-    if line == "back":
+    if re.fullmatch(r"back \[[\d ]+\]", line):
         return "back"
-    if line.endswith("(no)"):
+    if re.fullmatch(r"\d+[-+*/]\d+=\d+ \(no\) \[[\d ]+\]", line):
         return "no"
-    return "move" if re.fullmatch(r"\d+[-+*/]\d+=\d+", line) else "other"
+    return "move" if re.fullmatch(r"\d+[-+*/]\d+=\d+ \[[\d ]+\]", line) else "other"
 
 
 @torch.no_grad()
@@ -124,6 +125,13 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
         else 0.0,
         "step_valid_frac": sum(bool(valid[i]) for i in ok) / len(ok) if ok else float("nan"),
         "num_ok": len(ok),
+        # per-sample variance of one prompt's success, unbiased from its c of n successes: c (n - c) /
+        # (n (n - 1)); the harness's power estimate uses the bound p (1 - p), which this can only undercut
+        "within_var": statistics.fmean(
+            sum(g) * (samples - sum(g)) / (samples * (samples - 1)) for g in groups
+        )
+        if samples > 1
+        else float("nan"),
     }
     distinct = [len({texts[i * samples + j].strip().split("\n")[-1] for j in range(samples)
                      if groups[i][j]}) for i in range(len(examples)) if any(groups[i])]  # fmt: skip
@@ -155,15 +163,22 @@ def task_stats(num: int) -> dict:
     return {"lengths": lengths, "solutions": solutions}
 
 
-def cpu_minutes(time_file: str | None) -> str:
-    """User + system CPU minutes from a ``/usr/bin/time -v`` report, or ``not measured``."""
-    if not time_file or not Path(time_file).exists():
+def cpu_minutes(time_files: list[str] | None) -> str:
+    """User + system CPU minutes summed over ``/usr/bin/time -v`` reports (one per warm-start stage), or
+    ``not measured``."""
+    if not time_files or not all(Path(f).exists() for f in time_files):
         return "not measured"
-    text = Path(time_file).read_text()
-    user = float(re.search(r"User time \(seconds\): ([\d.]+)", text).group(1))
-    system = float(re.search(r"System time \(seconds\): ([\d.]+)", text).group(1))
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text).group(1)
-    return f"{(user + system) / 60:.1f} CPU-minutes (user {user:.0f} s + system {system:.0f} s; wall {wall})"
+    user = system = 0.0
+    walls = []
+    for time_file in time_files:
+        text = Path(time_file).read_text()
+        user += float(re.search(r"User time \(seconds\): ([\d.]+)", text).group(1))
+        system += float(re.search(r"System time \(seconds\): ([\d.]+)", text).group(1))
+        walls.append(re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text).group(1))
+    return (
+        f"{(user + system) / 60:.1f} CPU-minutes (user {user:.0f} s + system {system:.0f} s; wall "
+        f"{' + '.join(walls)})"
+    )
 
 
 def main() -> None:
@@ -174,10 +189,12 @@ def main() -> None:
     parser.add_argument("--notes", default=None, help="a markdown file appended to the report")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=384)
     parser.add_argument("--sets", nargs="+", default=["id", "ood_numbers", "ood_large"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmstart-time", default=None, help="/usr/bin/time -v output of the warm-start")
+    parser.add_argument(
+        "--warmstart-time", nargs="+", default=None, help="/usr/bin/time -v output of each warm-start stage"
+    )
     parser.add_argument("--out", default=str(REPO / "experiments/results/countdown_regime.md"))
     args = parser.parse_args()
 
@@ -206,6 +223,10 @@ def write_report(path: Path, args: argparse.Namespace, results: dict, task: dict
         ("EOS rate", lambda s: f"{s['eos_rate']:.3f}"),
         ("lines per response (all / correct)", lambda s: f"{s['lines']:.1f} / {s['lines_ok']:.1f}"),
         ("correct rollouts with every step valid", lambda s: f"{s['step_valid_frac']:.3f} of {s['num_ok']}"),
+        (
+            "per-sample variance within a prompt (bound p(1-p))",
+            lambda s: f"{s['within_var']:.3f} ({s['pass@1'] * (1 - s['pass@1']):.3f})",
+        ),
     ]
     lines = [
         "# Countdown warm-start: the regime check",
@@ -214,7 +235,8 @@ def write_report(path: Path, args: argparse.Namespace, results: dict, task: dict
         f" {args.num} held-out `val` prompts in `id`, {args.num_ood} in each ood set, {args.samples} samples at T = {args.temperature},"
         f" at most {args.max_new_tokens} new tokens). Target (issue 14): {TARGET}.",
         "",
-        f"Warm-start cost (`configs/warmstart_countdown.yaml`, one thread): {cpu_minutes(args.warmstart_time)}.",
+        f"Warm-start cost (`configs/warmstart_countdown.yaml`, one thread, both stages): "
+        f"{cpu_minutes(args.warmstart_time)}.",
         "",
         "| | " + " | ".join(f"`{s}`" for s in sets) + " |",
         "|---|" + "---|" * len(sets),
