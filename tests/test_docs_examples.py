@@ -96,6 +96,6 @@ def test_readme_embeds_the_example_verbatim(name: str) -> None:
     code = (EXAMPLES / name).read_text().strip()
     readme = (ROOT / "README.md").read_text()
     assert code in readme, (
-        f"README.md does not embed docs/examples/{name} verbatim (it belongs in README section "
-        f"'{README_SECTIONS[name]}', in a ```python block)"
+        f"README.md does not hold docs/examples/{name} verbatim: paste the file into a ```python block of "
+        f"section '{README_SECTIONS[name]}' after editing either"
     )
