@@ -17,9 +17,9 @@ class GroupProbe(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows: Counter[str] = Counter()
         buffer = trainer.datamodule.rollout_buffer
-        for mb in buffer:
-            p_len = int(mb["prompt_len"])
-            for ids, mask in zip(mb["input_ids"][:, :p_len], mb["attention_mask"][:, :p_len], strict=True):
+        for mb in buffer:  # RolloutBatch micro-batches (iterating fills the buffer for this epoch)
+            p_len = mb.prompt_len
+            for ids, mask in zip(mb.input_ids[:, :p_len], mb.attention_mask[:, :p_len], strict=True):
                 rows[" ".join(str(int(t)) for t, m in zip(ids, mask, strict=True) if m)] += 1
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"epoch{trainer.current_epoch}_rank{trainer.global_rank}.json"
