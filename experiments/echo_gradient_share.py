@@ -32,26 +32,29 @@ from echorl_lightning.echo import echo_loss  # noqa: E402
 from echorl_lightning.training.loss import rlvr_echo_loss  # noqa: E402
 
 
-def gradient_norms(module, micro_batches: list[dict]) -> dict[str, float]:
+def gradient_norms(module, micro_batches: list) -> dict[str, float]:
     """Norms (and cosine) of the gradients of L_RLVR and of L_echo, summed over the step's micro-batches."""
     params = [p for p in module.policy.parameters() if p.requires_grad]
     grads = {"pg": [torch.zeros_like(p) for p in params], "echo": [torch.zeros_like(p) for p in params]}
     stats = {"clips": 0.0, "echo_loss": 0.0}
     module.policy.train()
+    spec = module._spec()  # the rollout temperature and response limit the update uses
     for mb in micro_batches:
-        logp, _ = module.response_logprobs(mb, float(mb["temperature"]))  # [n, T]
+        logp, _ = module.response_logprobs(mb, spec.temperature)  # [n, T]
+        old = logp.detach() if mb.old_logp is None else mb.old_logp  # None: exactly on-policy
         pg, _ = rlvr_echo_loss(
-            logp, mb["old_logp"], mb["advantages"], mb["response_mask"], mb["pg_mask"], mb["clip_mask"],
-            method=module.method_cfg, echo_coef=0.0, max_len=int(mb["max_len"]),
-            num_tokens=mb["num_tokens"], num_seqs=mb["num_seqs"], num_clips=mb["num_clips"],
+            logp, old, mb.advantages, mb.response_mask, mb.pg_mask, mb.clip_mask,
+            method=module.method_cfg, echo_coef=0.0, max_len=spec.max_response_len,
+            num_tokens=mb.num_tokens, num_seqs=mb.num_seqs, num_clips=mb.num_clips,
+            ref_logp=mb.ref_logp, off_policy_mask=mb.off_policy_mask,
         )  # fmt: skip
-        echo = echo_loss(logp, mb["clip_mask"], num_clips=mb["num_clips"])
+        echo = echo_loss(logp, mb.clip_mask, num_clips=mb.num_clips)
         for name, loss in (("pg", pg), ("echo", echo)):
             for acc, g in zip(grads[name], torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True),
                               strict=True):  # fmt: skip
                 if g is not None:
                     acc += g
-        stats["clips"] = float(mb["num_clips"])
+        stats["clips"] = float(mb.num_clips)
         stats["echo_loss"] += float(echo.detach())
     flat = {k: torch.cat([g.flatten() for g in v]) for k, v in grads.items()}
     stats["pg_norm"] = float(flat["pg"].norm())
