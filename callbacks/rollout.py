@@ -31,18 +31,15 @@ import echorl_lightning.rollout.progress as progress
 from echorl_lightning.algorithms.dapo import dynamic_sampling_keep, dynamic_sampling_rows, overlong_penalty
 from echorl_lightning.algorithms.presets import MethodConfig
 from echorl_lightning.data.base import PromptDataModule
-from echorl_lightning.data.types import PromptExample, Verifier
+from echorl_lightning.data.types import PromptExample, StepChecker, Verifier
 from echorl_lightning.echo import (
     delimiter_token_ids,
     echo_metrics,
-    select_echo_clips,
-    step_end_mask_from_tokens,
 )
 from echorl_lightning.rollout.batch import (
     RolloutBatch,
     RolloutRecord,
     RolloutSpec,
-    TokenBatch,
     pad_rollouts,
 )
 from echorl_lightning.rollout.buffer import RolloutBuffer, make_microbatches
@@ -53,6 +50,7 @@ from echorl_lightning.rollout.types import SamplingConfig
 from echorl_lightning.rollout.verifier_counts import VerifierCounts
 from echorl_lightning.training.contract import RolloutPolicy
 from echorl_lightning.training.distributed import all_ranks_min, global_advantages
+from echorl_lightning.training.echo_rows import echo_clip_rows
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +59,8 @@ _DRAW, _SAMPLE, _CLIPS, _SHUFFLE = range(4)
 
 _COUNTS = ("echo/num_clips", "rollout/unjudged", "rollout/groups_kept", "rollout/num_groups")
 
-_POLICY_MEMBERS = (
-    "tokenizer", "method_cfg", "echo_cfg", "device", "configure_rollout", "rollout_engine", "encode_prompts",
-    "score_rollouts",
-)  # fmt: skip
+_POLICY_MEMBERS = ("tokenizer", "method_cfg", "echo_cfg", "device", "configure_rollout", "rollout_engine",
+                   "encode_prompts", "score_rollouts")  # fmt: skip
 
 
 class RolloutCallback(L.Callback):
@@ -211,7 +207,7 @@ class RolloutCallback(L.Callback):
 
     def _generate(
         self, policy: RolloutPolicy, examples: list[PromptExample], verifier: Verifier, seed: int,
-        observer: progress.RolloutObserver | None = None,
+        observer: progress.RolloutObserver | None = None, step_checker: StepChecker | None = None,
     ) -> ScoredRows:  # fmt: skip
         """(a), (c), (d) for one round: sync the engine, generate G rollouts per prompt (plus LUFFY's expert
         row), and score them."""
@@ -233,6 +229,7 @@ class RolloutCallback(L.Callback):
             sampling,
             progress.observed_verifier(verifier, observer),
             with_expert=policy.method_cfg.off_policy,
+            step_checker=step_checker,
         )
 
     def _sample(self, trainer: L.Trainer, policy: RolloutPolicy, dm: PromptDataModule) -> ScoredRows:
@@ -246,7 +243,8 @@ class RolloutCallback(L.Callback):
             idx = self._draw(len(pool), epoch, r, rank, world)
             seed = derive_seed(self.seed, _SAMPLE, epoch, r, rank)
             observer = progress.find_observer(trainer.callbacks)
-            rows.extend(self._generate(policy, [pool[i] for i in idx], dm.verifier, seed, observer))
+            batch = [pool[i] for i in idx]
+            rows.extend(self._generate(policy, batch, dm.verifier, seed, observer, dm.default_step_checker()))
             if not method.dynamic_sampling:
                 break
             scores = torch.tensor(rows.scores).view(-1, self._group_rows(method))  # [B', G']
@@ -254,34 +252,6 @@ class RolloutCallback(L.Callback):
             if all_ranks_min(done, policy.device) > 0:  # every rank runs the same rounds (FSDP2 collectives)
                 break
         return rows
-
-    def _echo_clips(
-        self,
-        policy: RolloutPolicy,
-        tokens: TokenBatch,
-        entropy: Tensor,
-        rows: ScoredRows,
-        epoch: int,
-        rank: int,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(f) EchoClips from verifier successes: ``(clip_mask [N, T] bool, step_mask [N, T], step_end [N, T])``;
-        an all-False clip mask when EchoRL is off."""
-        echo = policy.echo_cfg
-        eos = policy.tokenizer.eos_token_id
-        step_mask = tokens.response_mask * (tokens.responses != eos).float()  # [N, T] EOS excluded
-        if self._delimiters is None:
-            self._delimiters = delimiter_token_ids(policy.tokenizer, echo.step_delimiter)
-        step_end = step_end_mask_from_tokens(tokens.responses, self._delimiters)  # [N, T]
-        if not echo.enabled:
-            return torch.zeros(tokens.responses.shape, dtype=torch.bool), step_mask, step_end
-        clip_mask = select_echo_clips(
-            entropy, step_mask, step_end, torch.tensor(rows.scores), self._group_rows(policy.method_cfg),
-            apply_to=echo.apply_to, selector=echo.selector, success_reward=echo.success_reward,
-            min_step_tokens=echo.min_step_tokens,
-            truncated=torch.tensor(rows.truncated) | torch.tensor(rows.off_policy),
-            generator=torch.Generator().manual_seed(derive_seed(self.seed, _CLIPS, epoch, rank)),
-        )  # fmt: skip
-        return clip_mask, step_mask, step_end
 
     def _fill(self, trainer: L.Trainer, policy: RolloutPolicy) -> None:
         """One epoch's rollout batch, steps (a)-(g) of the module docstring."""
@@ -325,7 +295,12 @@ class RolloutCallback(L.Callback):
         advantages = global_advantages(
             method.adv_estimator, rewards.view(-1, gsize), trainer.global_rank, trainer.world_size
         ).reshape(n)  # [N]
-        clip_mask, step_mask, step_end = self._echo_clips(policy, tokens, entropy, rows, epoch, rank)
+        if self._delimiters is None:
+            self._delimiters = delimiter_token_ids(policy.tokenizer, policy.echo_cfg.step_delimiter)
+        clip_mask, step_mask, step_end = echo_clip_rows(
+            policy.echo_cfg, tokens, entropy, scores, truncated | off_policy, gsize, policy.tokenizer.eos_token_id,
+            self._delimiters, torch.Generator().manual_seed(derive_seed(self.seed, _CLIPS, epoch, rank)),
+        )  # fmt: skip
         pg_mask, keep_rows = torch.ones(n), torch.ones(n, dtype=torch.bool)
         if method.dynamic_sampling:
             pg_mask, keep_rows = dynamic_sampling_rows(
@@ -336,7 +311,14 @@ class RolloutCallback(L.Callback):
             )
 
         metrics = rollout_metrics(
-            scores, rewards, truncated, lengths, off_policy, gsize, policy.echo_cfg.success_reward
+            scores,
+            rewards,
+            truncated,
+            lengths,
+            off_policy,
+            gsize,
+            policy.echo_cfg.success_reward,
+            rows.step_valid,
         )
         metrics.update(
             {k: v.detach().float() for k, v in echo_metrics(entropy, step_mask, step_end, clip_mask).items()}

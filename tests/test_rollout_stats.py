@@ -48,3 +48,13 @@ def test_success_reward_decides_what_counts_as_success() -> None:
         0.5,
     )
     assert float(m["rollout/frac_all_success"]) == pytest.approx(1 / 2)
+
+
+def test_step_valid_frac_counts_successful_judged_rollouts_only() -> None:
+    # rows: success+valid, success+faulty step, success+unjudged, failure+valid -> 1 valid of 2 judged successes
+    scores = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    verdicts = [True, False, None, True]
+    zeros = torch.zeros(4, dtype=torch.bool)
+    m = rollout_metrics(scores, scores, zeros, torch.ones(4), zeros, 2, step_valid=verdicts)
+    assert float(m["rollout/step_valid_frac"]) == pytest.approx(1 / 2)
+    assert "rollout/step_valid_frac" not in rollout_metrics(scores, scores, zeros, torch.ones(4), zeros, 2)

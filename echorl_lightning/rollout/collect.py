@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from echorl_lightning.data.types import PromptExample, Verifier
+from echorl_lightning.data.types import PromptExample, StepChecker, Verifier
 from echorl_lightning.rollout.types import RolloutEngine, SamplingConfig
 
 
@@ -32,6 +32,8 @@ class ScoredRows:
         num_unjudged: how many items the verifier could not judge.
         entropy: N per-token entropy lists from the engine (``SamplingConfig.return_entropy``), or None when
             the engine gave none for some row (expert rows never have one).
+        step_valid: N step-checker verdicts (True: every step valid; None: not judged), or None without a
+            step checker.
     """
 
     prompts: list[list[int]] = field(default_factory=list)
@@ -41,12 +43,15 @@ class ScoredRows:
     scores: list[float] = field(default_factory=list)
     num_unjudged: int = 0
     entropy: list[list[float]] | None = field(default_factory=list)
+    step_valid: list[bool | None] | None = None
 
     def extend(self, other: ScoredRows) -> None:
         """Append another round's rows."""
         for name in ("prompts", "responses", "truncated", "off_policy", "scores"):
             getattr(self, name).extend(getattr(other, name))
         self.num_unjudged += other.num_unjudged
+        if other.step_valid is not None:
+            self.step_valid = (self.step_valid or []) + list(other.step_valid)
         if self.entropy is None or other.entropy is None:
             self.entropy = None
         else:
@@ -62,6 +67,7 @@ def generate_and_score(
     verifier: Verifier,
     *,
     with_expert: bool = False,
+    step_checker: StepChecker | None = None,
 ) -> ScoredRows:
     """Generate ``sampling.n`` rollouts per prompt and score them.
 
@@ -74,6 +80,7 @@ def generate_and_score(
         verifier: scores the decoded responses against the references.
         with_expert: add each prompt's expert solution (cut to ``max_new_tokens - 1`` tokens, then EOS) as
             the last member of its group; raises when a prompt has none.
+        step_checker: also judge every row's reasoning steps (``ScoredRows.step_valid``).
 
     Returns:
         The rows, ``len(examples) * (G + with_expert)`` of them.
@@ -103,6 +110,8 @@ def generate_and_score(
     texts = tokenizer.batch_decode(rows.responses, skip_special_tokens=True)
     per_prompt = len(rows.responses) // len(examples)
     raw = verifier(texts, [ex.reference for ex in examples for _ in range(per_prompt)])
+    if step_checker is not None:
+        rows.step_valid = list(step_checker(texts, [ex for ex in examples for _ in range(per_prompt)]))
     rows.num_unjudged = sum(s is None for s in raw)
     rows.scores = [float(s) if s is not None else 0.0 for s in raw]
     return rows

@@ -8,12 +8,17 @@
   (the advantage-degenerated groups EchoRL mines); ``rollout/frac_all_fail``: share with none.
 * ``rollout/response_length``: mean response tokens (EOS included); ``rollout/truncated_frac``: share of
   responses cut at the length limit.
+* ``rollout/step_valid_frac`` (tasks with a step checker): the share of successful rollouts whose every step
+  is valid, over those whose steps could be judged (a faulty step that happened to end well counts against it).
 
 Left out: clip and entropy statistics (``echorl_lightning.echo.stats``) and timings (the callback's).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor
 
 
@@ -25,6 +30,7 @@ def rollout_metrics(
     off_policy: Tensor,
     group_size: int,
     success_reward: float = 1.0,
+    step_valid: Sequence[bool | None] | None = None,
 ) -> dict[str, Tensor]:
     """Reward and group statistics of one rollout batch.
 
@@ -36,6 +42,7 @@ def rollout_metrics(
         off_policy: [N] bool, expert rows (LUFFY).
         group_size: G', rows per group (expert rows included).
         success_reward: the score that counts as success.
+        step_valid: N step-checker verdicts (None: not judged), or None without a step checker.
 
     Returns:
         0-dim float tensors keyed by metric name.
@@ -45,7 +52,7 @@ def rollout_metrics(
     off_grouped = off_policy.view(-1, group_size)  # [B', G']
     all_success = ((grouped == success_reward) | off_grouped).all(-1)  # [B']
     all_fail = ((grouped != success_reward) | off_grouped).all(-1)  # [B']
-    return {
+    out = {
         "reward/mean": scores[on].mean(),
         "reward/shaped_mean": rewards[on].mean(),
         "rollout/frac_all_success": all_success.float().mean(),
@@ -53,3 +60,10 @@ def rollout_metrics(
         "rollout/response_length": lengths[on].float().mean(),
         "rollout/truncated_frac": truncated[on].float().mean(),
     }
+    if step_valid is not None:
+        judged = torch.tensor([v is not None for v in step_valid])  # [N]
+        valid = torch.tensor([bool(v) for v in step_valid])  # [N]
+        counted = judged & on & (scores == success_reward)  # [N] successful, judged rollouts
+        if counted.any():
+            out["rollout/step_valid_frac"] = valid[counted].float().mean()
+    return out
