@@ -64,6 +64,9 @@ def rollout_metrics(
         judged = torch.tensor([v is not None for v in step_valid])  # [N]
         valid = torch.tensor([bool(v) for v in step_valid])  # [N]
         counted = judged & on & (scores == success_reward)  # [N] successful, judged rollouts
-        if counted.any():
-            out["rollout/step_valid_frac"] = valid[counted].float().mean()
+        # always logged (the same keys on every rank: DDP reduces each key with a collective); NaN when no
+        # successful rollout could be judged in this batch
+        out["rollout/step_valid_frac"] = (
+            valid[counted].float().mean() if counted.any() else torch.tensor(float("nan"))
+        )
     return out
