@@ -139,7 +139,11 @@ def test_compact_drops_prompt_columns_no_row_uses() -> None:
 def test_micro_batches_of_a_step_are_grouped_by_length() -> None:
     # 6 rows, lengths 1 + [4, 3, 2, 1, 4, 2]; 1 step of 3 micro-batches: sorted groups {1,2}, {2,3}, {4,4}
     micro = make_microbatches(
-        _toy_batch(), ppo_epochs=1, num_minibatches=1, accumulate=3, generator=torch.Generator().manual_seed(0)
+        _toy_batch(),
+        ppo_epochs=1,
+        num_minibatches=1,
+        accumulate=3,
+        generator=torch.Generator().manual_seed(0),
     )
     widths = sorted(m.response_mask.shape[1] for m in micro)
     assert widths == [2, 3, 4]

@@ -17,12 +17,12 @@ pytestmark = pytest.mark.slow
 ROW = re.compile(r"│\s*(val/\S+)\s*│\s*(\S+)\s*│")
 
 
-def validate(devices: int) -> dict[str, str]:
-    """``cli.py validate`` of the demo config's start model: 10 prompts in batches of 4 (3 batches: one rank gets
-    2, the other 1 and an empty padding batch), 2 samples each; the printed result table."""
+def validate(devices: int, prompts: int) -> dict[str, str]:
+    """``cli.py validate`` of the demo config's start model: ``prompts`` prompts in batches of 4, 2 samples each;
+    the printed result table."""
     args = [
         sys.executable, "cli.py", "validate", "--config", "configs/demo.yaml",
-        "--data.init_args.num_val=10", "--data.init_args.val_batch_size=4",
+        f"--data.init_args.num_val={prompts}", "--data.init_args.val_batch_size=4",
         "--model.init_args.eval.n=2", "--model.init_args.eval.max_new_tokens=32",
         "--trainer.logger=false", f"--trainer.devices={devices}",
     ] + (["--trainer.strategy=ddp"] if devices > 1 else [])  # fmt: skip
@@ -32,8 +32,12 @@ def validate(devices: int) -> dict[str, str]:
     return dict(ROW.findall(proc.stdout))
 
 
-def test_two_processes_report_what_one_process_reports() -> None:
-    one = validate(1)
-    two = validate(2)
+@pytest.mark.parametrize(
+    "prompts",
+    [10, 4],  # 3 batches: one rank gets 2, the other 1 and an empty padding batch; 1 batch: rank 1 only pads
+)
+def test_two_processes_report_what_one_process_reports(prompts: int) -> None:
+    one = validate(1, prompts)
+    two = validate(2, prompts)
     assert "val/accuracy" in one and "val/val/maj@2" in one
     assert two == one

@@ -112,7 +112,9 @@ def test_method_trains_and_shows_its_signature(method: str) -> None:
         "dapo": AlgorithmOverrides(overlong_buffer=16),
         "grpo": AlgorithmOverrides(kl_coef=0.05),  # also exercises the reference model and KL
     }.get(method, AlgorithmOverrides())
-    module, probe, verifier, changed = run(method, overrides, ppo_epochs=2 if method in ("gspo", "dr_grpo") else 1)
+    module, probe, verifier, changed = run(
+        method, overrides, ppo_epochs=2 if method in ("gspo", "dr_grpo") else 1
+    )
     assert probe.logged and all(torch.isfinite(torch.tensor(s["actor/pg_loss"])) for s in probe.logged)
     batch = probe.batches[0]
     gsize = G + (1 if method == "luffy" else 0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import lightning.pytorch as L
 import pytest
-import torch
 
 from callbacks.rollout import RolloutCallback
 from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from echorl_lightning.data.eval_batches import EvalBatch
-from echorl_lightning.eval.sampled import EvalStage, sample_and_score
+from echorl_lightning.eval.sampled import EvalStage, ScoredSamples, sample_and_score
 from echorl_lightning.rollout.seeds import derive_seed
 from echorl_lightning.rollout.types import SamplingConfig
 
@@ -57,6 +57,10 @@ class SampledEvalHooks:
         engine = self.rollout_engine()  # on every rank: a weight sync may be a collective (FSDP2)
         if not examples:  # a rank's padding batch: the engine still joins a sharded model's collectives
             engine.generate([], sampling)
+            # and the metrics count as updated, so every rank joins the reductions of ``compute``
+            self.evaluation.update(
+                stage, eval_set, ScoredSamples.empty(eval_set.step_checker is not None), self.device
+            )
             return
         prompt_ids = self.encode_prompts([ex.prompt for ex in examples])
         samples = sample_and_score(engine, self.tokenizer, prompt_ids, examples, eval_set, sampling)

@@ -52,6 +52,11 @@ class ScoredSamples:
     answers: list[list[str | None]]
     step_valid: Tensor | None
 
+    @classmethod
+    def empty(cls, has_step_checker: bool) -> ScoredSamples:
+        """No samples: what a rank's padding batch adds, so every rank's metrics take part in ``compute``."""
+        return cls(torch.zeros(0), torch.zeros(0), [], torch.zeros(0) if has_step_checker else None)
+
 
 def sample_and_score(
     engine: RolloutEngine,
