@@ -8,7 +8,8 @@ Implements two datamodules:
   reference solution as ``expert`` (for LUFFY).
 - :class:`ArithmeticSFTDataModule`, the supervised warm-start one: an endless, seeded stream of tokenized
   ``prompt + solution + EOS`` sequences whose loss mask covers the response tokens and EOS, plus the same
-  evaluation prompts and verifier for sampled pass@1.
+  evaluation prompts and verifier for sampled pass@1 (the shared
+  :class:`~echorl_lightning.data.sft.SFTDataModule`).
 
 The loss mask is built from the token counts, never from ``input_ids != pad``: when EOS doubles as the pad
 token, a pad-based mask drops EOS from the loss and the model never learns to stop. Used by the EchoRL CPU
@@ -17,13 +18,9 @@ demo (EchoRL, arXiv 2605.31228). Leaves out chat templates (the tiny model reads
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import lightning.pytorch as L
-import torch
-from torch.utils.data import DataLoader, IterableDataset
+from typing import Literal
 
 from echorl_lightning.data.arithmetic import (
     DEFAULT_DIFFICULTY,
@@ -33,6 +30,8 @@ from echorl_lightning.data.arithmetic import (
     make_problem,
 )
 from echorl_lightning.data.base import EvalSet, PromptDataModule
+from echorl_lightning.data.sft import SFTDataModule
+from echorl_lightning.data.sft import sft_collate as sft_collate  # re-exported: its home before data/sft.py
 from echorl_lightning.data.types import PromptExample, StepChecker, Verifier, VerifierFn
 from echorl_lightning.rewards.exact_match import ExactMatchVerifier, extract_answer
 
@@ -159,50 +158,9 @@ class ArithmeticDataModule(PromptDataModule):
         return extract_answer(completion)
 
 
-def sft_collate(
-    prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], eos_id: int, pad_id: int
-) -> dict[str, torch.Tensor]:
-    """Right-padded SFT batch of ``prompt + response + EOS`` rows.
-
-    Returns ``input_ids`` [N, L] (pad_id after each row's end), ``attention_mask`` [N, L] (1 on the row's
-    tokens) and ``loss_mask`` [N, L] (1 on response tokens and the EOS: the positions whose token the model
-    must predict). Both masks come from the lengths, so EOS stays in the loss even if ``eos_id == pad_id``.
-    """
-    if len(prompt_ids) != len(response_ids):
-        raise ValueError(f"sft_collate: {len(prompt_ids)} prompts but {len(response_ids)} responses")
-    rows = [[*p, *r, eos_id] for p, r in zip(prompt_ids, response_ids, strict=True)]
-    length = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)  # [N, L]
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)  # [N, L]
-    loss_mask = torch.zeros((len(rows), length), dtype=torch.long)  # [N, L]
-    for i, (row, prompt) in enumerate(zip(rows, prompt_ids, strict=True)):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
-        loss_mask[i, len(prompt) : len(row)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
-
-
-def _prompt_batch(examples: list[PromptExample]) -> dict[str, list[str]]:
-    return {"prompts": [ex.prompt for ex in examples], "references": [ex.reference for ex in examples]}
-
-
-class _TrainStream(IterableDataset):
-    """Training problems 0, 1, 2, ... of one seed, as (prompt, solution) pairs, without end."""
-
-    def __init__(self, seed: int, difficulty: Difficulty) -> None:
-        self.seed = seed
-        self.difficulty = difficulty
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        index = 0
-        while True:
-            problem = make_problem("train", index, self.seed, self.difficulty)
-            yield problem.prompt, problem.solution
-            index += 1
-
-
-class ArithmeticSFTDataModule(L.LightningDataModule):
-    """Supervised warm-start data: tokenized worked solutions; evaluation prompts for pass@1.
+class ArithmeticSFTDataModule(SFTDataModule):
+    """Supervised warm-start data: tokenized worked solutions; evaluation prompts for pass@1 (see
+    :class:`~echorl_lightning.data.sft.SFTDataModule`).
 
     Args:
         batch_size: sequences per training step.
@@ -222,34 +180,14 @@ class ArithmeticSFTDataModule(L.LightningDataModule):
         difficulty: Difficulty = DEFAULT_DIFFICULTY,
         val_batch_size: int = 256,
     ) -> None:
-        super().__init__()
-        self.batch_size = batch_size
-        self.num_val = num_val
-        self.split: EvalSplit = split
-        self.seed = seed
-        self.difficulty = difficulty
-        self.val_batch_size = val_batch_size
-        self.tokenizer: Any = None
-        self.verifier: Verifier = ExactMatchVerifier()
-
-    def connect(self, tokenizer: Any) -> None:
-        """Bind the policy's tokenizer (``cli.py`` calls this before every subcommand)."""
-        self.tokenizer = tokenizer
-
-    def _collate(self, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        if self.tokenizer is None:
-            raise RuntimeError("ArithmeticSFTDataModule: no tokenizer bound; call connect(tokenizer) first")
-        prompts = self.tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
-        responses = self.tokenizer([s for _, s in pairs], add_special_tokens=False)["input_ids"]
-        return sft_collate(prompts, responses, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            _TrainStream(self.seed, self.difficulty), batch_size=self.batch_size, collate_fn=self._collate
+        super().__init__(
+            make_problem,
+            arithmetic_prompts,
+            ExactMatchVerifier(),
+            batch_size=batch_size,
+            num_val=num_val,
+            split=split,
+            seed=seed,
+            difficulty=difficulty,
+            val_batch_size=val_batch_size,
         )
-
-    def val_dataloader(self) -> DataLoader:
-        """Batches ``{"prompts": [str], "references": [str]}`` (plain lists: Lightning's device transfer
-        rejects frozen dataclasses such as :class:`PromptExample`)."""
-        examples = arithmetic_prompts(self.split, self.num_val, self.seed, self.difficulty)
-        return DataLoader(examples, batch_size=self.val_batch_size, collate_fn=_prompt_batch)

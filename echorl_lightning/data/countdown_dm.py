@@ -9,7 +9,8 @@ Implements two datamodules, the Countdown counterparts of the arithmetic task's:
   as ``expert`` (for LUFFY).
 - :class:`CountdownSFTDataModule`, the supervised warm-start one: an endless, seeded stream of tokenized
   ``prompt + trace + EOS`` rows (the loss mask covers the trace and EOS; see
-  :func:`~echorl_lightning.data.arithmetic_dm.sft_collate`), plus evaluation prompts and the verifier for
+  :func:`~echorl_lightning.data.sft.sft_collate`; the shared
+  :class:`~echorl_lightning.data.sft.SFTDataModule`), plus evaluation prompts and the verifier for
   the warm-start's sampled pass@1.
 
 Without ``eval_sets`` the evaluation sets are the in-distribution ``id`` set and the two out-of-distribution
@@ -20,15 +21,10 @@ split. Leaves out chat templates (the tiny model reads raw ``Q: ...`` prompts). 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-import lightning.pytorch as L
-import torch
-from torch.utils.data import DataLoader, IterableDataset
-
-from echorl_lightning.data.arithmetic_dm import sft_collate
 from echorl_lightning.data.base import EvalSet, PromptDataModule
 from echorl_lightning.data.countdown import (
     DEFAULT_DIFFICULTY,
@@ -38,6 +34,7 @@ from echorl_lightning.data.countdown import (
     make_problem,
     more_numbers,
 )
+from echorl_lightning.data.sft import SFTDataModule
 from echorl_lightning.data.types import PromptExample, StepChecker, Verifier, VerifierFn
 from echorl_lightning.rewards.countdown import CountdownStepChecker, CountdownVerifier, countdown_answer
 
@@ -174,27 +171,9 @@ class CountdownDataModule(PromptDataModule):
         return countdown_answer(completion)
 
 
-def _prompt_batch(examples: list[PromptExample]) -> dict[str, list[str]]:
-    return {"prompts": [ex.prompt for ex in examples], "references": [ex.reference for ex in examples]}
-
-
-class _TrainStream(IterableDataset):
-    """Training problems 0, 1, 2, ... of one seed, as (prompt, trace) pairs, without end."""
-
-    def __init__(self, seed: int, difficulty: CountdownDifficulty) -> None:
-        self.seed = seed
-        self.difficulty = difficulty
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        index = 0
-        while True:
-            problem = make_problem("train", index, self.seed, self.difficulty)
-            yield problem.prompt, problem.solution
-            index += 1
-
-
-class CountdownSFTDataModule(L.LightningDataModule):
-    """Supervised warm-start data: tokenized solver traces; evaluation prompts for sampled pass@1.
+class CountdownSFTDataModule(SFTDataModule):
+    """Supervised warm-start data: tokenized solver traces; evaluation prompts for sampled pass@1 (see
+    :class:`~echorl_lightning.data.sft.SFTDataModule`).
 
     Args:
         batch_size: sequences per training step.
@@ -214,33 +193,14 @@ class CountdownSFTDataModule(L.LightningDataModule):
         difficulty: CountdownDifficulty = DEFAULT_DIFFICULTY,
         val_batch_size: int = 128,
     ) -> None:
-        super().__init__()
-        self.batch_size = batch_size
-        self.num_val = num_val
-        self.split: EvalSplit = split
-        self.seed = seed
-        self.difficulty = difficulty
-        self.val_batch_size = val_batch_size
-        self.tokenizer: Any = None
-        self.verifier: Verifier = CountdownVerifier()
-
-    def connect(self, tokenizer: Any) -> None:
-        """Bind the policy's tokenizer (``cli.py`` calls this before every subcommand)."""
-        self.tokenizer = tokenizer
-
-    def _collate(self, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        if self.tokenizer is None:
-            raise RuntimeError("CountdownSFTDataModule: no tokenizer bound; call connect(tokenizer) first")
-        prompts = self.tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
-        responses = self.tokenizer([s for _, s in pairs], add_special_tokens=False)["input_ids"]
-        return sft_collate(prompts, responses, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            _TrainStream(self.seed, self.difficulty), batch_size=self.batch_size, collate_fn=self._collate
+        super().__init__(
+            make_problem,
+            countdown_prompts,
+            CountdownVerifier(),
+            batch_size=batch_size,
+            num_val=num_val,
+            split=split,
+            seed=seed,
+            difficulty=difficulty,
+            val_batch_size=val_batch_size,
         )
-
-    def val_dataloader(self) -> DataLoader:
-        """Batches ``{"prompts": [str], "references": [str]}``."""
-        examples = countdown_prompts(self.split, self.num_val, self.seed, self.difficulty)
-        return DataLoader(examples, batch_size=self.val_batch_size, collate_fn=_prompt_batch)
