@@ -35,6 +35,7 @@ from fractions import Fraction
 from echorl_lightning.data.countdown import parse_reference
 from echorl_lightning.data.countdown_solver import ANSWER_PREFIX, BACK, NO_MARK, apply_op
 from echorl_lightning.data.types import PromptExample
+from echorl_lightning.rewards.answer_line import answer_line_text
 
 MAX_EXPRESSION_CHARS = 128
 MAX_DIGITS = 6
@@ -143,17 +144,9 @@ def parse_expression(text: str) -> tuple[int, list[int]]:
     return int(value), parser.numbers
 
 
-def _answer_text(completion: str) -> str | None:
-    """The expression on the completion's last non-empty line when that line is ``Answer: <...>``."""
-    lines = [line for line in completion.split("\n") if line.strip()]
-    if not lines or not lines[-1].startswith(ANSWER_PREFIX):
-        return None
-    return lines[-1][len(ANSWER_PREFIX) :]
-
-
 def countdown_answer(completion: str) -> str | None:
     """The value of the ``Answer`` expression as a decimal string (None when missing or invalid)."""
-    text = _answer_text(completion)
+    text = answer_line_text(completion)
     if text is None:
         return None
     try:
@@ -167,7 +160,7 @@ def score_completion(completion: str, numbers: Sequence[int], target: int, max_c
     whose value is ``target``, else 0.0."""
     if len(completion) > max_chars:
         return 0.0
-    text = _answer_text(completion)
+    text = answer_line_text(completion)
     if text is None:
         return 0.0
     try:

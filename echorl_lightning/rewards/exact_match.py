@@ -17,19 +17,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-ANSWER_LINE = re.compile(r"Answer: (-?(?:0|[1-9][0-9]*))")
+from echorl_lightning.rewards.answer_line import answer_line_text
+
+_CANONICAL_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 
 
 def extract_answer(completion: str) -> str | None:
     """The canonical integer on the completion's last non-empty line, or None when that line is not exactly
-    ``Answer: <canonical int>`` (``-0`` is not canonical)."""
-    lines = [line for line in completion.split("\n") if line.strip()]
-    if not lines:
+    ``Answer: <canonical int>`` (``-0`` is not canonical; the line is read by :func:`answer_line_text`)."""
+    text = answer_line_text(completion)
+    if text is None or _CANONICAL_INT.fullmatch(text) is None or text == "-0":
         return None
-    match = ANSWER_LINE.fullmatch(lines[-1])
-    if match is None or match.group(1) == "-0":
-        return None
-    return match.group(1)
+    return text
 
 
 def canonical_int(text: str) -> str | None:
