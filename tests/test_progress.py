@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -26,6 +26,7 @@ from echorl_lightning.rollout.progress import (
     rate_and_eta,
 )
 from echorl_lightning.rollout.types import SamplingConfig
+from tests.tiny_fit import cpu_trainer, one_thread, tiny_policy_and_data  # noqa: F401 (one_thread: a fixture)
 
 
 class Recorder(NullObserver):
@@ -42,15 +43,6 @@ class Recorder(NullObserver):
 
     def phase_end(self) -> None:
         self.calls.append(("end",))
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine two spinning threads made tiny generate calls 30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_rate_and_eta_hand_computed() -> None:
@@ -76,7 +68,8 @@ def test_find_observer() -> None:
     assert isinstance(RolloutProgress(), RolloutObserver)
 
 
-def test_observed_engine_reports_each_hf_chunk(tiny_random_model, tiny_tokenizer, one_thread: None) -> None:
+@pytest.mark.usefixtures("one_thread")
+def test_observed_engine_reports_each_hf_chunk(tiny_random_model, tiny_tokenizer) -> None:
     engine = HFGenerateEngine(batch_size=3)
     engine.setup(tiny_random_model, tiny_tokenizer)
     rec = Recorder()
@@ -134,11 +127,6 @@ def test_rich_display_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "epoch 0 · reward 1.000" in capsys.readouterr().out
 
 
-class Always:
-    def __call__(self, completions: Sequence[str], references: Sequence[str]) -> list[float | None]:
-        return [1.0] * len(completions)
-
-
 class Clock(L.Callback):
     """Placed before the rollout callback: notes when each epoch's first training batch starts (before the rollout
     callback starts its clock) and when validation starts (after its clock stopped), and sleeps 0.5 s in
@@ -159,25 +147,16 @@ class Clock(L.Callback):
         time.sleep(0.5)
 
 
-def test_real_run_console_lines_and_train_clock(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
-) -> None:
-    from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
-    from echorl_lightning.module import EchoRLModule
-    from echorl_lightning.tiny import TINY_MODEL_PATH
-
-    L.seed_everything(0)
-    module = EchoRLModule(model=TINY_MODEL_PATH, lr=1e-4)
-    data = ArithmeticDataModule(num_train=64, num_val=2, verifier=Always())
-    data.connect(module.tokenizer)
+@pytest.mark.usefixtures("one_thread")
+def test_real_run_console_lines_and_train_clock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    module, data = tiny_policy_and_data(num_train=64, num_val=2)
     rollout = RolloutCallback(
         prompts_per_epoch=2, group_size=4, max_new_tokens=24, seed=0, on_policy_shortcut=False
     )
     clock_cb = Clock()
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=2, callbacks=[clock_cb, rollout, RolloutProgress(plain=True)],
+    trainer = cpu_trainer(
+        max_epochs=2, callbacks=[clock_cb, rollout, RolloutProgress(plain=True)],
         logger=CSVLogger(str(tmp_path), name="csv", version=0), log_every_n_steps=1, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
     )  # fmt: skip
     trainer.fit(module, data)
     lines = capsys.readouterr().out.splitlines()

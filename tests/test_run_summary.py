@@ -4,10 +4,8 @@ schedule and the output folders."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import lightning.pytorch as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -15,15 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks.rollout import RolloutCallback
 from callbacks.run_summary import RunSummary, count_parameters, plain_text, settings_text
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine two spinning threads made tiny generate calls 30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.tiny_fit import cpu_trainer, one_thread, tiny_policy_and_data  # noqa: F401 (one_thread: a fixture)
 
 
 def test_count_parameters_hand_computed() -> None:
@@ -58,30 +48,18 @@ def test_plain_text_keeps_every_row() -> None:
     assert "1,234 total" in text and "runs/x" in text and "\x1b[" not in text  # no colour codes
 
 
-class Always:
-    def __call__(self, completions: Sequence[str], references: Sequence[str]) -> list[float | None]:
-        return [1.0] * len(completions)
-
-
-def test_fit_starts_with_the_table(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
-) -> None:
-    from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
-    from echorl_lightning.module import EchoRLModule
+@pytest.mark.usefixtures("one_thread")
+def test_fit_starts_with_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from echorl_lightning.tiny import TINY_MODEL_PATH
     from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig
 
-    L.seed_everything(0)
-    module = EchoRLModule(
-        model=TINY_MODEL_PATH, method="rloo", algorithm=AlgorithmOverrides(clip_high=0.28),
-        echo=EchoConfig(selector="lowest"), lr=1e-4,
+    module, data = tiny_policy_and_data(
+        num_train=48, num_val=3, method="rloo", algorithm=AlgorithmOverrides(clip_high=0.28),
+        echo=EchoConfig(selector="lowest"),
     )  # fmt: skip
-    data = ArithmeticDataModule(num_train=48, num_val=3, verifier=Always())
-    data.connect(module.tokenizer)
     rollout = RolloutCallback(prompts_per_epoch=2, group_size=3, max_new_tokens=16, seed=0)
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, num_sanity_val_steps=0, enable_progress_bar=False,
-        enable_model_summary=False, logger=TensorBoardLogger(str(tmp_path), name="tb", version=0),
+    trainer = cpu_trainer(
+        max_epochs=1, logger=TensorBoardLogger(str(tmp_path), name="tb", version=0),
         callbacks=[rollout, RunSummary(width=200), ModelCheckpoint(dirpath=str(tmp_path / "ckpts"))],
     )  # fmt: skip
     trainer.fit(module, data)

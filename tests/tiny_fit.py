@@ -1,0 +1,61 @@
+"""Helpers of the tests that fit the embedded tiny model for real on CPU and read what the run printed
+(``test_progress.py``, ``test_run_summary.py``).
+
+:func:`one_thread` is a fixture (a test module imports it and names it in ``usefixtures``);
+:func:`tiny_policy_and_data` builds the seeded policy and arithmetic prompts whose every completion
+:class:`Always` scores 1.0; :func:`cpu_trainer` is a quiet CPU Trainer without sanity validation, so a run's
+console output is only what its callbacks print.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as L
+import pytest
+import torch
+
+if TYPE_CHECKING:
+    from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
+    from echorl_lightning.module import EchoRLModule
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine two spinning threads made tiny generate calls 30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Always:
+    """A verifier that scores every completion 1.0 (every group all-success)."""
+
+    def __call__(self, completions: Sequence[str], references: Sequence[str]) -> list[float | None]:
+        return [1.0] * len(completions)
+
+
+def tiny_policy_and_data(
+    num_train: int, num_val: int, **module_args: Any
+) -> tuple[EchoRLModule, ArithmeticDataModule]:
+    """After ``seed_everything(0)``: the embedded tiny policy (``lr=1e-4`` and ``module_args``) and
+    :class:`ArithmeticDataModule` prompts scored by :class:`Always`, bound to the policy's tokenizer."""
+    from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
+    from echorl_lightning.module import EchoRLModule
+    from echorl_lightning.tiny import TINY_MODEL_PATH
+
+    L.seed_everything(0)
+    module = EchoRLModule(model=TINY_MODEL_PATH, lr=1e-4, **module_args)
+    data = ArithmeticDataModule(num_train=num_train, num_val=num_val, verifier=Always())
+    data.connect(module.tokenizer)
+    return module, data
+
+
+def cpu_trainer(**trainer_args: Any) -> L.Trainer:
+    """A CPU Trainer with no sanity validation, progress bar or model summary, plus ``trainer_args``."""
+    return L.Trainer(
+        accelerator="cpu", num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+        **trainer_args,
+    )  # fmt: skip
