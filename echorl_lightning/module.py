@@ -134,7 +134,7 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
         self.step_metrics = StepMetrics()
         self._engine_ready = False
         self._synced_step: int | None = None  # global_step of the weights the engine holds
-        self.rollout_spec: RolloutSpec | None = None  # set by the rollout callback (configure_rollout)
+        self._rollout_spec: RolloutSpec | None = None  # set by the rollout callback (configure_rollout)
         self.evaluation = SampledEvaluation(self.eval_cfg.n)
 
     # ---- the networks -----------------------------------------------------------------------------------
@@ -170,15 +170,18 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
     # ---- the rollout contract (RolloutPolicy) ---------------------------------------------------------
     def configure_rollout(self, spec: RolloutSpec) -> None:
         """Take the rollout temperature and response limit the update must agree with."""
-        self.rollout_spec = spec
+        self._rollout_spec = spec
 
-    def _spec(self) -> RolloutSpec:
-        if self.rollout_spec is None:
+    @property
+    def rollout_spec(self) -> RolloutSpec:
+        """The rollout temperature and response limit the update uses, as given to :meth:`configure_rollout`
+        (the same object). Read-only; raises RuntimeError before the rollout callback configured them."""
+        if self._rollout_spec is None:
             raise RuntimeError(
                 "EchoRLModule has no rollout settings: training needs the rollout callback (cli.py's `rollout:` "
                 "config group, or callbacks.rollout.RolloutCallback in Trainer(callbacks=...))"
             )
-        return self.rollout_spec
+        return self._rollout_spec
 
     def response_logprobs(
         self, batch: TokenBatch, temperature: float, model: torch.nn.Module | None = None
@@ -234,7 +237,7 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
         net = self.ref_policy if reference else self.policy
         if net is None:
             raise ValueError("score_rollouts(reference=True) needs a reference model (kl_coef > 0)")
-        temperature = self._spec().temperature
+        temperature = self.rollout_spec.temperature
         was_training = net.training
         net.eval()
         logps, ents = [], []
@@ -277,7 +280,7 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
 
     # ---- the update -------------------------------------------------------------------------------------
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> Tensor:
-        spec = self._spec()
+        spec = self.rollout_spec
         logp, entropy = self.response_logprobs(batch, spec.temperature)
         scale = float(self.trainer.world_size * self.trainer.accumulate_grad_batches)
         loss, metrics = rlvr_echo_loss(

@@ -38,7 +38,7 @@ def gradient_norms(module, micro_batches: list) -> dict[str, float]:
     grads = {"pg": [torch.zeros_like(p) for p in params], "echo": [torch.zeros_like(p) for p in params]}
     stats = {"clips": 0.0, "echo_loss": 0.0}
     module.policy.train()
-    spec = module._spec()  # the rollout temperature and response limit the update uses
+    spec = module.rollout_spec  # the rollout temperature and response limit the update uses
     for mb in micro_batches:
         logp, _ = module.response_logprobs(mb, spec.temperature)  # [n, T]
         old = logp.detach() if mb.old_logp is None else mb.old_logp  # None: exactly on-policy
