@@ -131,7 +131,7 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
     """``steps`` optimizer steps of the project's demo setting; one record per step after the first."""
     import lightning.pytorch as L
 
-    import callbacks.rollout
+    import echorl_lightning.training.echo_rows
     from callbacks.rollout import RolloutCallback
     from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
     from echorl_lightning.module import EchoRLModule
@@ -140,7 +140,7 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
 
     clock = PhaseClock()
     clock.acc["echo_select"] = 0.0
-    clock.wrap(callbacks.rollout, "select_echo_clips", "echo_select")  # EchoClip selection, in the rest
+    clock.wrap(echorl_lightning.training.echo_rows, "select_echo_clips", "echo_select")  # EchoClip selection, in the rest
 
     class Timer(L.Callback):
         def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
