@@ -140,7 +140,9 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
 
     clock = PhaseClock()
     clock.acc["echo_select"] = 0.0
-    clock.wrap(echorl_lightning.training.echo_rows, "select_echo_clips", "echo_select")  # EchoClip selection, in the rest
+    clock.wrap(
+        echorl_lightning.training.echo_rows, "select_echo_clips", "echo_select"
+    )  # EchoClip selection, in the rest
 
     class Timer(L.Callback):
         def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

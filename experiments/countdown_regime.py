@@ -46,14 +46,15 @@ TARGET = "pass@1 0.3-0.6, all-success groups >= 20%, all-fail groups <= 25% (id 
 
 def line_kind(line: str) -> str:
     """``move``, ``no`` (a missed last move), ``back``, ``answer`` or ``other`` (each move and back line ends
-    with its pool, ``25-5=20 [20 3 7]``)."""
+    with its pool and the target, ``25-5=20 [20 3 7 -> 27]``)."""
     if line.startswith("Answer:"):
         return "answer"
-    if re.fullmatch(r"back \[[\d ]+\]", line):
+    pool = r" \[[\d ]+(?: -> \d+)?\]"
+    if re.fullmatch(rf"back{pool}", line):
         return "back"
-    if re.fullmatch(r"\d+[-+*/]\d+=\d+ \(no\) \[[\d ]+\]", line):
+    if re.fullmatch(rf"\d+[-+*/]\d+=\d+ \(no\){pool}", line):
         return "no"
-    return "move" if re.fullmatch(r"\d+[-+*/]\d+=\d+ \[[\d ]+\]", line) else "other"
+    return "move" if re.fullmatch(rf"\d+[-+*/]\d+=\d+{pool}", line) else "other"
 
 
 @torch.no_grad()
@@ -235,7 +236,8 @@ def write_report(path: Path, args: argparse.Namespace, results: dict, task: dict
         f" {args.num} held-out `val` prompts in `id`, {args.num_ood} in each ood set, {args.samples} samples at T = {args.temperature},"
         f" at most {args.max_new_tokens} new tokens). Target (issue 14): {TARGET}.",
         "",
-        f"Warm-start cost (`configs/warmstart_countdown.yaml`, one thread, both stages): "
+        f"Warm-start cost (`configs/warmstart_countdown.yaml`, one thread, "
+        f"{len(args.warmstart_time or [])} stage(s)): "
         f"{cpu_minutes(args.warmstart_time)}.",
         "",
         "| | " + " | ".join(f"`{s}`" for s in sets) + " |",

@@ -19,10 +19,10 @@ from echorl_lightning.tiny import TINY_COUNTDOWN_PATH
 from echorl_lightning.tiny.sft import sample_completions
 
 REPO = Path(__file__).resolve().parent.parent
-# Greedy accuracy of the shipped model (pool-on-every-line traces, two warm-start stages) on id val problems
-# 0..31 measured 6/32 = 0.1875 when it was exported
-# (sampled figures in experiments/results/countdown_regime.md); a broken model falls below this floor.
-SHIPPED_GREEDY_FLOOR = 0.09
+# Greedy accuracy of the shipped model (pool and target on every line, one warm-start stage) on id val
+# problems 0..31 measured 13/32 = 0.406 when it was exported (the previous model, without the target on each
+# line: 6/32); sampled figures in experiments/results/countdown_regime.md. A broken model falls below this floor.
+SHIPPED_GREEDY_FLOOR = 0.25
 
 
 def test_warmstart_config_matches_the_task_defaults() -> None:

@@ -89,18 +89,19 @@ def test_search_trace_is_seeded_valid_and_in_length() -> None:
         search_trace([5, 3], 8, random.Random(0), cap=200)
 
 
-def test_search_trace_writes_the_pool_on_every_line() -> None:
+def test_search_trace_writes_the_pool_and_target_on_every_line() -> None:
     # seed 1 on {25, 5, 3, 7} -> 27: 25-3=22 leaves [22 5 7] (result first, then the rest in order);
     # 22-5=17 leaves [17 7]; two numbers left, so every leaf move is tried: 17-7=10, 17*7=119, 17+7=24
-    # miss and keep [17 7] (17/7 is inexact, no move); back restores [22 5 7]; 22+5=27 leaves [27 7]
+    # miss and keep [17 7] (17/7 is inexact, no move); back restores [22 5 7]; 22+5=27 leaves [27 7].
+    # Every pool ends with the target, "-> 27"
     assert search_trace([25, 5, 3, 7], 27, random.Random(1), cap=200) == [
-        "25-3=22 [22 5 7]",
-        "22-5=17 [17 7]",
-        "17-7=10 (no) [17 7]",
-        "17*7=119 (no) [17 7]",
-        "17+7=24 (no) [17 7]",
-        "back [22 5 7]",
-        "22+5=27 [27 7]",
+        "25-3=22 [22 5 7 -> 27]",
+        "22-5=17 [17 7 -> 27]",
+        "17-7=10 (no) [17 7 -> 27]",
+        "17*7=119 (no) [17 7 -> 27]",
+        "17+7=24 (no) [17 7 -> 27]",
+        "back [22 5 7 -> 27]",
+        "22+5=27 [27 7 -> 27]",
         "Answer: 25-3+5",
     ]
 

@@ -80,6 +80,9 @@ def test_step_checker_valid_trace() -> None:
     )
     assert check_trace(trace, [25, 5, 3, 7], 27) is True
     assert check_trace("25-5=20 [3 20 7]\n20+7=27 [3 27]", [25, 5, 3, 7], 27) is True  # no Answer yet
+    # the generator's format writes the target after each pool; with or without it a line is checked the same
+    with_target = trace.replace("]", " -> 27]")
+    assert "[20 3 7 -> 27]" in with_target and check_trace(with_target, [25, 5, 3, 7], 27) is True
 
 
 @pytest.mark.parametrize(
@@ -101,6 +104,12 @@ def test_step_checker_valid_trace() -> None:
         ("25-5=20\n20+7=27\nAnswer: 25-5+7", "the pool is part of every move line"),
         ("25-5=20 [20 3 8]\n20+7=27 [27 3]\nAnswer: 25-5+7", "written pool: 8 is not in it, 7 is"),
         ("25-5=20 [20 3 7]\n20+7=27 [27 3 3]\nAnswer: 25-5+7", "written pool: one 3 too many"),
+        (
+            "25-5=20 [20 3 7 -> 28]\n20+7=27 [27 3 -> 27]\nAnswer: 25-5+7",
+            "written target: 28 is not the target",
+        ),
+        ("25-5=20 [20 3 7]\nback [25 5 3 7 -> 26]", "written target on a back line: 26 is not 27"),
+        ("25-5=20 [20 3 7 ->27]\n20+7=27 [27 3]\nAnswer: 25-5+7", "the target mark is ' -> ' with spaces"),
         ("25-5=20 [20 3 7]\n20*3=60 [60 7]\n60+7=67 (no) [60 7 3]\nAnswer: 25", "(no) keeps the pool: no 3"),
         (
             "25-5=20 [20 3 7]\n20*3=60 [60 7]\nback [25 5 3 7]\nAnswer: 25",

@@ -6,8 +6,8 @@ when the result is positive, division only when it is exact; no negatives, fract
 operators. A problem and its worked solution::
 
     prompt:    "Q: 25 5 3 7 -> 27\\n"
-    solution:  "25-5=20 [20 3 7]\\n20*3=60 [60 7]\\n60+7=67 (no) [60 7]\\nback [20 3 7]\\n...\\n"
-               "20+7=27 [27 3]\\nAnswer: 25-5+7"
+    solution:  "25-5=20 [20 3 7 -> 27]\\n20*3=60 [60 7 -> 27]\\n60+7=67 (no) [60 7 -> 27]\\n"
+               "back [20 3 7 -> 27]\\n...\\n20+7=27 [27 3 -> 27]\\nAnswer: 25-5+7"
 
 The solution is a randomised search trace (:func:`~echorl_lightning.data.countdown_solver.search_trace`):
 one move per line, ``(no)`` for a last move that misses, ``back`` to undo a move, each of these lines ending

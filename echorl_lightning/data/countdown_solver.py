@@ -15,17 +15,19 @@ Implements:
 - :func:`search_trace`: a randomised depth-first search written out one line per step, the response the
   warm-start imitates::
 
-      25-5=20 [20 3 7]          a move: 25 and 5 leave the pool, 20 enters it; the pool after it
-      20*3=60 [60 7]
-      60+7=67 (no) [60 7]       a final move (two numbers were left) that misses the target: not applied
-      back [20 3 7]             undo the latest applied move; the pool it restores
+      25-5=20 [20 3 7 -> 27]    a move: 25 and 5 leave the pool, 20 enters it; the pool after it, the target
+      20*3=60 [60 7 -> 27]
+      60+7=67 (no) [60 7 -> 27] a final move (two numbers were left) that misses the target: not applied
+      back [20 3 7 -> 27]       undo the latest applied move; the pool it restores
       ...
-      20+7=27 [27 3]            reaches the target
+      20+7=27 [27 3 -> 27]      reaches the target
       Answer: 25-5+7            the expression of the result, minimal parentheses
 
   Every line but ``Answer`` ends with the pool it leaves (:func:`format_pool`: the new result first, then
-  the untouched numbers in their order), so the next move's operands are copied from the line above
-  instead of being tracked across the whole trace.
+  the untouched numbers in their order) and the target, so the next move's operands are copied from the
+  line above instead of being tracked across the whole trace, and whether a result hits the target is
+  decided next to a written copy of it: a 432k-parameter policy trained on traces without it missed the
+  target on most failed samples (wrote ``(no)`` on a hit, or went on after one).
 
   Children of a node are tried in random order; a node with three or more numbers tries at most
   ``inner_tries`` of them before backtracking; a node with two numbers tries all of its moves. The search
@@ -48,14 +50,18 @@ NO_MARK = " (no)"
 BACK = "back"
 POOL_OPEN = " ["
 POOL_CLOSE = "]"
+TARGET_MARK = " -> "
 ANSWER_PREFIX = "Answer: "
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _ATOM = 3
 
 
-def format_pool(values: Sequence[int]) -> str:
-    """The pool suffix of a trace line: ``" [20 3 7]"``."""
-    return POOL_OPEN + " ".join(str(v) for v in values) + POOL_CLOSE
+def format_pool(values: Sequence[int], target: int | None = None) -> str:
+    """The pool suffix of a trace line: ``" [20 3 7]"``, or with the target ``" [20 3 7 -> 27]"``."""
+    written = " ".join(str(v) for v in values)
+    if target is not None:
+        written += f"{TARGET_MARK}{target}"
+    return POOL_OPEN + written + POOL_CLOSE
 
 
 def apply_op(a: int, op: str, b: int) -> int | None:
@@ -187,16 +193,16 @@ def _search_once(
             term = Term(result, combine_text(pool[ia], op, pool[ib]), _PREC[op])
             child = [term] + [t for k, t in enumerate(pool) if k not in (ia, ib)]
             if result == target:
-                lines.append(step + format_pool([t.value for t in child]))
+                lines.append(step + format_pool([t.value for t in child], target))
                 answer.append(term.text)
                 return True
             if leaf:
-                emit(step + NO_MARK + format_pool(values))
+                emit(step + NO_MARK + format_pool(values, target))
                 continue
-            emit(step + format_pool([t.value for t in child]))
+            emit(step + format_pool([t.value for t in child], target))
             if dfs(child):
                 return True
-            emit(BACK + format_pool(values))
+            emit(BACK + format_pool(values, target))
         return False
 
     try:

@@ -17,7 +17,8 @@ Implements:
   positive integer), the same with `` (no)`` before the pool (then ``c`` must not be the target, and the
   move is not applied), and ``back [pool]`` (undoes the latest applied move; invalid when there is none).
   Every such line must end with the pool it leaves, equal as a multiset to the replayed one (its order is
-  not checked). The ``Answer`` line, when present, must directly follow an applied move whose result is
+  not checked), optionally followed by the target (``[20 3 7 -> 27]``, the generator's format), which must
+  then be the problem's. The ``Answer`` line, when present, must directly follow an applied move whose result is
   the target.
 - :func:`countdown_answer`: the canonical value of the ``Answer`` expression (what maj@k votes on).
 
@@ -33,7 +34,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from echorl_lightning.data.countdown import parse_reference
-from echorl_lightning.data.countdown_solver import ANSWER_PREFIX, BACK, NO_MARK, apply_op
+from echorl_lightning.data.countdown_solver import ANSWER_PREFIX, BACK, NO_MARK, TARGET_MARK, apply_op
 from echorl_lightning.data.types import PromptExample
 from echorl_lightning.rewards.answer_line import answer_line_text
 
@@ -42,7 +43,7 @@ MAX_DIGITS = 6
 MAX_COMPLETION_CHARS = 4096
 _TOKEN = re.compile(r"\s*(?:(0|[1-9][0-9]*)|([-+*/()]))")
 _INT = r"(?:0|[1-9][0-9]*)"
-_POOL = rf" \[({_INT}(?: {_INT})*)\]"
+_POOL = rf" \[({_INT}(?: {_INT})*)(?:{re.escape(TARGET_MARK)}({_INT}))?\]"
 _MOVE = re.compile(rf"({_INT})([-+*/])({_INT})=({_INT})( \(no\))?{_POOL}")
 _BACK = re.compile(rf"{BACK}{_POOL}")
 
@@ -218,7 +219,7 @@ def check_trace(completion: str, numbers: Sequence[int], target: int) -> bool | 
             if not history:
                 return False
             pool = history.pop()
-            if _written_pool(back.group(1)) != pool:
+            if _written_pool(back.group(1)) != pool or not _right_target(back.group(2), target):
                 return False
             continue
         match = _MOVE.fullmatch(line)
@@ -226,7 +227,7 @@ def check_trace(completion: str, numbers: Sequence[int], target: int) -> bool | 
             return False
         a, op, b, c = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
         need = Counter([a, b])
-        if need - pool or apply_op(a, op, b) != c:
+        if need - pool or apply_op(a, op, b) != c or not _right_target(match.group(7), target):
             return False
         if match.group(5) == NO_MARK:
             if c == target or _written_pool(match.group(6)) != pool:
@@ -238,6 +239,11 @@ def check_trace(completion: str, numbers: Sequence[int], target: int) -> bool | 
             return False
         last_hit = c == target
     return True
+
+
+def _right_target(written: str | None, target: int) -> bool:
+    """A line's optional written target (``-> 27`` in its pool) is the problem's, or absent."""
+    return written is None or int(written) == target
 
 
 def _written_pool(text: str) -> Counter[int]:
