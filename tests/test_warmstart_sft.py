@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from echorl_lightning.data.arithmetic_dm import arithmetic_prompts
 from echorl_lightning.rewards.exact_match import ExactMatchVerifier
 from echorl_lightning.tiny import TINY_MODEL_PATH
-from echorl_lightning.tiny.sft import response_nll, sample_completions
+from echorl_lightning.tiny.sft import SFTModule, response_nll, sample_completions
 
 REPO = Path(__file__).resolve().parent.parent
 # Greedy accuracy of the shipped model on val problems 0..31 measured 18/32 = 0.5625 when it was exported
@@ -36,6 +36,12 @@ def test_response_nll_hand_computed() -> None:
     logits[0, 1, 2] = 2.0
     loss, _ = response_nll(logits, input_ids, loss_mask)
     assert abs(loss.item() - 0.863524) < 1e-5
+
+
+def test_sft_from_a_folder_trains_in_train_mode() -> None:
+    # from_pretrained hands back an eval-mode model; SFT continued from a folder must train with dropout on
+    module = SFTModule(model_path=TINY_MODEL_PATH)
+    assert module.policy.training and all(m.training for m in module.policy.modules())
 
 
 def test_cli_fit_exports_a_working_model(tmp_path: Path) -> None:
