@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from echorl_lightning.data.types import PromptExample
+from echorl_lightning.rewards.answer_line import ANSWER_PREFIX
 
 Split = Literal["train", "val", "test", "ood"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test", "ood")
@@ -35,7 +36,6 @@ _NUM_BUCKETS = 16
 _EVAL_BUCKET: dict[Split, int] = {"val": 0, "test": 1, "ood": 2}
 _MAX_DRAWS = 10_000
 PROMPT_PREFIX = "Q: "
-ANSWER_PREFIX = "Answer: "
 
 
 @dataclass(frozen=True)

@@ -45,13 +45,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from echorl_lightning.rewards.answer_line import ANSWER_PREFIX
+
 OPS = "+-*/"
 NO_MARK = " (no)"
 BACK = "back"
 POOL_OPEN = " ["
 POOL_CLOSE = "]"
 TARGET_MARK = " -> "
-ANSWER_PREFIX = "Answer: "
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _ATOM = 3
 

@@ -13,7 +13,7 @@ colon): RL amplifies whatever format drift a verifier lets through (EchoRL, arXi
 
 from __future__ import annotations
 
-ANSWER_PREFIX = "Answer: "
+ANSWER_PREFIX = "Answer: "  # the one definition: the task generators write it, the verifiers read it
 
 
 def answer_line_text(completion: str) -> str | None:
