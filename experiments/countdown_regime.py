@@ -32,12 +32,16 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, make_problem  # noqa: E402
+from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, make_problem, parse_reference  # noqa: E402
 from echorl_lightning.data.countdown_dm import countdown_prompts, default_eval_specs  # noqa: E402
 from echorl_lightning.data.countdown_solver import count_solutions  # noqa: E402
 from echorl_lightning.echo.steps import delimiter_token_ids, split_steps, step_end_mask_from_tokens  # noqa: E402
 from echorl_lightning.ops import logprobs_and_entropy  # noqa: E402
-from echorl_lightning.rewards.countdown import CountdownStepChecker, CountdownVerifier  # noqa: E402
+from echorl_lightning.rewards.countdown import (  # noqa: E402
+    CountdownStepChecker,
+    CountdownVerifier,
+    first_invalid_step,
+)
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
 from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
 
@@ -90,6 +94,30 @@ def step_entropies(model, prompt_ids: list[list[int]], completions: list[list[in
     return out
 
 
+def fault_stats(texts: list[str], examples: list, scores: list[float]) -> dict:
+    """Where rollouts first go wrong (:func:`~echorl_lightning.rewards.countdown.first_invalid_step`):
+    counts of the first fault's kind among failed rollouts (``valid trace`` when every line is valid, the
+    answer missing or wrong) and among correct ones (``valid`` when none), and the per-line hazard: of the
+    rollouts still valid when they reach line k, the share whose line k is their first invalid one."""
+    failed: Counter[str] = Counter()
+    correct: Counter[str] = Counter()
+    at_line: Counter[int] = Counter()
+    reached: Counter[int] = Counter()
+    for text, example, score in zip(texts, examples, scores, strict=True):
+        numbers, target = parse_reference(example.reference)
+        fault = first_invalid_step(text, numbers, target)
+        n_lines = len([line for line in text.split("\n") if line.strip()])
+        last = fault[0] if fault else n_lines - 1
+        for k in range(last + 1):
+            reached[min(k, 10)] += 1
+        if fault:
+            at_line[min(fault[0], 10)] += 1
+        kind = fault[1] if fault else ("valid" if score == 1.0 else "valid trace")
+        (correct if score == 1.0 else failed)[kind] += 1
+    hazard = {k: at_line[k] / reached[k] for k in sorted(reached) if reached[k]}
+    return {"faults_failed": failed, "faults_correct": correct, "hazard": hazard, "reached": reached}
+
+
 def quantiles(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -135,6 +163,7 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
         if samples > 1
         else float("nan"),
     }
+    stats.update(fault_stats(texts, flat_examples, scores))
     distinct = [len({texts[i * samples + j].strip().split("\n")[-1] for j in range(samples)
                      if groups[i][j]}) for i in range(len(examples)) if any(groups[i])]  # fmt: skip
     stats["distinct_correct"] = Counter(distinct)
@@ -258,6 +287,21 @@ def write_report(path: Path, args: argparse.Namespace, results: dict, task: dict
             f"  - peak step / median step of the same rollout: {r['peak_ratio']}",
             "  - line holding the peak (EchoRL's clip end): "
             + ", ".join(f"{k} {v}" for k, v in r["peak_kind"].most_common()),
+        ]
+    lines += [
+        "",
+        "## Where rollouts first go wrong (first invalid line, `rewards/countdown.py:first_invalid_step`)",
+        "",
+    ]
+    for s in sets:
+        r = results[s]
+        hazard = ", ".join(f"{'10+' if k == 10 else k}: {h:.2f}" for k, h in r["hazard"].items())
+        lines += [
+            f"- `{s}`: failed rollouts by first fault: "
+            + ", ".join(f"{k} {v}" for k, v in r["faults_failed"].most_common()),
+            "  - correct rollouts by first fault: "
+            + ", ".join(f"{k} {v}" for k, v in r["faults_correct"].most_common()),
+            f"  - per-line hazard (line index: share of rollouts still valid there that go wrong on it): {hazard}",
         ]
     sol = Counter(min(n, 10) for n in task["solutions"])
     length = Counter(task["lengths"])

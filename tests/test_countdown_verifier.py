@@ -6,10 +6,12 @@ import pytest
 
 from echorl_lightning.data.types import PromptExample
 from echorl_lightning.rewards.countdown import (
+    STEP_FAULTS,
     CountdownStepChecker,
     CountdownVerifier,
     ExpressionError,
     check_trace,
+    first_invalid_step,
     parse_expression,
 )
 
@@ -121,6 +123,27 @@ def test_step_checker_faulty_traces(trace: str, fault: str) -> None:
     assert check_trace(trace, [25, 5, 3, 7], 27) is False, fault
 
 
+@pytest.mark.parametrize(
+    ("trace", "expected"),
+    [
+        ("25-5=20 [20 3 7]\nI think 20+7=27 [27 3]", (1, "format")),
+        ("25-5=20 [20 3 7]\n20+8=28 [28 3]", (1, "operand")),  # 8 is not in [20 3 7]
+        ("7/3=2 (no) [25 5 3 7]", (0, "arithmetic")),  # 7/3 is not an integer
+        ("25-5=21 [21 3 7]", (0, "arithmetic")),
+        ("25-5=20 [20 3 7 -> 28]", (0, "target")),
+        ("25-5=20 [20 3 8]", (0, "pool")),
+        ("25-5=20 [20 3 7]\n20+7=27 (no) [20 3 7]", (1, "no_on_hit")),
+        ("back [25 5 3 7]", (0, "back_at_root")),
+        ("25-5=20 [20 3 7]\n20*3=60 [60 7]\nAnswer: 25-5+7", (2, "answer_after_miss")),
+        ("\n25-5=20 [20 3 7]\n\n20+7=27 [27 3]\nAnswer: 25-5+7", None),  # blank lines are not counted
+        ("", None),
+    ],
+)
+def test_first_invalid_step_names_the_fault(trace: str, expected: tuple[int, str] | None) -> None:
+    assert first_invalid_step(trace, [25, 5, 3, 7], 27) == expected
+    assert expected is None or expected[1] in STEP_FAULTS
+
+
 def test_step_checker_batch_and_unjudgeable() -> None:
     checker = CountdownStepChecker()
     examples = [PromptExample("Q: 25 5 3 7 -> 27\n", REF)] * 2 + [PromptExample("Q: ?", "garbage")]
@@ -131,3 +154,19 @@ def test_step_checker_batch_and_unjudgeable() -> None:
     ]
     with pytest.raises(ValueError, match="1 completions but 3 examples"):
         checker(["x"], examples)
+
+
+def test_regime_fault_stats_by_hand() -> None:
+    from experiments.countdown_regime import fault_stats
+
+    example = PromptExample(prompt="Q", reference=REF)
+    texts = [
+        "25-5=20 [20 3 7]\n20+7=27 [27 3]\nAnswer: 25-5+7",  # correct, every line valid: reaches 0, 1, 2
+        "25-5=20 [20 3 7]\n20+8=28 [28 3]",  # failed, first fault on line 1 (8 not in the pool)
+        "25-5=21 [21 3 7]\nAnswer: 25-5+7",  # correct answer through a wrong step on line 0
+    ]
+    stats = fault_stats(texts, [example] * 3, [1.0, 0.0, 1.0])
+    assert stats["faults_failed"] == {"operand": 1}
+    assert stats["faults_correct"] == {"valid": 1, "arithmetic": 1}
+    # line 0: 3 reach it, 1 goes wrong -> 1/3; line 1: 2 reach it (1st, 2nd), 1 wrong -> 1/2; line 2: 1, 0 -> 0
+    assert stats["hazard"] == {0: 1 / 3, 1: 1 / 2, 2: 0.0}

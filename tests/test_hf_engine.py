@@ -370,7 +370,9 @@ def test_static_cache_gives_the_dynamic_cache_completions(temperature: float) ->
 
     tokenizer = AutoTokenizer.from_pretrained(TINY_COUNTDOWN_PATH)
     model = AutoModelForCausalLM.from_pretrained(TINY_COUNTDOWN_PATH)
-    prompts = [tokenizer(ex.prompt, add_special_tokens=False)["input_ids"] for ex in countdown_prompts("val", 6)]
+    prompts = [
+        tokenizer(ex.prompt, add_special_tokens=False)["input_ids"] for ex in countdown_prompts("val", 6)
+    ]
     sampling = SamplingConfig(n=2, max_new_tokens=160, temperature=temperature, seed=3, return_entropy=True)
     runs = {}
     for cache in (None, "static"):

@@ -20,6 +20,8 @@ Implements:
   not checked), optionally followed by the target (``[20 3 7 -> 27]``, the generator's format), which must
   then be the problem's. The ``Answer`` line, when present, must directly follow an applied move whose result is
   the target.
+- :func:`first_invalid_step`: where a trace first goes wrong and how (:data:`STEP_FAULTS`), the diagnosis
+  behind the step checker's verdict.
 - :func:`countdown_answer`: the canonical value of the ``Answer`` expression (what maj@k votes on).
 
 The verifiable reward of RLVR as used by EchoRL (arXiv 2605.31228): r = 1 for a verified-correct answer.
@@ -198,47 +200,74 @@ class CountdownVerifier:
         return scores
 
 
-def check_trace(completion: str, numbers: Sequence[int], target: int) -> bool | None:
-    """True when every line of ``completion`` is a valid step of the search from ``numbers`` (see the
-    module docstring), False at the first invalid one, None when the completion has no line at all."""
+STEP_FAULTS = (
+    "format", "operand", "arithmetic", "target", "pool", "no_on_hit", "back_at_root", "answer_after_miss"
+)  # fmt: skip
+"""The kinds of invalid step :func:`first_invalid_step` names: ``format`` (neither a move, a ``(no)`` move, a
+``back`` nor an ``Answer`` line), ``operand`` (a number not in the pool at that point), ``arithmetic`` (a wrong
+or non-integer result), ``target`` (a written target that is not the problem's), ``pool`` (a written pool that
+is not the replayed one), ``no_on_hit`` (``(no)`` on a move that makes the target), ``back_at_root`` (``back``
+with no move to undo) and ``answer_after_miss`` (an ``Answer`` line not directly after a move that made the
+target)."""
+
+
+def first_invalid_step(completion: str, numbers: Sequence[int], target: int) -> tuple[int, str] | None:
+    """``(index, fault)`` of the first invalid non-empty line of ``completion`` replayed as a search from
+    ``numbers`` (see the module docstring; ``fault`` is one of :data:`STEP_FAULTS`), None when every line is
+    valid (a completion without lines included)."""
     lines = [line for line in completion.split("\n") if line.strip()]
-    if not lines:
-        return None
     pool = Counter(numbers)
     history: list[Counter[int]] = []
     last_hit = False  # the previous line applied a move that made the target
-    for line in lines:
+    for index, line in enumerate(lines):
         if line.startswith(ANSWER_PREFIX):
             if not last_hit:
-                return False
+                return index, "answer_after_miss"
             last_hit = False
             continue
         last_hit = False
         back = _BACK.fullmatch(line)
         if back is not None:
             if not history:
-                return False
+                return index, "back_at_root"
             pool = history.pop()
-            if _written_pool(back.group(1)) != pool or not _right_target(back.group(2), target):
-                return False
+            if not _right_target(back.group(2), target):
+                return index, "target"
+            if _written_pool(back.group(1)) != pool:
+                return index, "pool"
             continue
         match = _MOVE.fullmatch(line)
         if match is None:
-            return False
+            return index, "format"
         a, op, b, c = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
         need = Counter([a, b])
-        if need - pool or apply_op(a, op, b) != c or not _right_target(match.group(7), target):
-            return False
+        if need - pool:
+            return index, "operand"
+        if apply_op(a, op, b) != c:
+            return index, "arithmetic"
+        if not _right_target(match.group(7), target):
+            return index, "target"
         if match.group(5) == NO_MARK:
-            if c == target or _written_pool(match.group(6)) != pool:
-                return False
+            if c == target:
+                return index, "no_on_hit"
+            if _written_pool(match.group(6)) != pool:
+                return index, "pool"
             continue
         history.append(pool)
         pool = pool - need + Counter([c])
         if _written_pool(match.group(6)) != pool:
-            return False
+            return index, "pool"
         last_hit = c == target
-    return True
+    return None
+
+
+def check_trace(completion: str, numbers: Sequence[int], target: int) -> bool | None:
+    """True when every line of ``completion`` is a valid step of the search from ``numbers`` (see the
+    module docstring), False at the first invalid one (:func:`first_invalid_step` names it), None when the
+    completion has no line at all."""
+    if not any(line.strip() for line in completion.split("\n")):
+        return None
+    return first_invalid_step(completion, numbers, target) is None
 
 
 def _right_target(written: str | None, target: int) -> bool:
