@@ -192,7 +192,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--prompts-per-epoch", type=int, help="prompts per rollout batch")
     budget.add_argument("--num-val", type=int, help="prompts per evaluation set")
     args = parser.parse_args(argv)
-    _, harness = load_base(args.config)
+    base, harness = load_base(args.config)
     args.harness = harness
     if args.runs_dir is None:
         args.runs_dir = str(REPO / harness.get("runs_dir", "runs/echo_vs_base"))
@@ -205,6 +205,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.epochs = harness.get("quick_epochs")
         if args.num_val is None:
             args.num_val = harness.get("quick_num_val")
+    every = base.get("trainer", {}).get("check_val_every_n_epoch")
+    if args.epochs is not None and args.val_every is None and every and args.epochs % every:
+        args.val_every = args.epochs  # else the last step is never evaluated and 'final' is the step-0 point
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
     return args

@@ -107,6 +107,12 @@ def test_forking_config_harness_section(tmp_path):
     assert harness["seeds"] == [0, 1, 2, 3, 4] and set(harness["arms"]) <= set(ARMS)
     quick = parse_args(["--config", "experiments/configs/echo_forking.yaml", "--quick"])
     assert quick.arms == ["grpo", "grpo+echo"] and quick.epochs == harness["quick_epochs"]
+    # the config evaluates every 10 steps; a quick budget that 10 does not divide is evaluated at its end
+    assert (
+        quick.epochs % config["trainer"]["check_val_every_n_epoch"] != 0 and quick.val_every == quick.epochs
+    )
+    full = parse_args(["--config", "experiments/configs/echo_forking.yaml", "--epochs", "20"])
+    assert full.val_every is None  # 10 divides 20: the config's schedule already ends on step 20
     assert quick.runs_dir == str(REPO / "runs/echo_forking")
     default = parse_args([])  # the arithmetic sweep keeps its defaults
     assert (
