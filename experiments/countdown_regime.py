@@ -115,7 +115,7 @@ def fault_stats(texts: list[str], examples: list, scores: list[float]) -> dict:
         kind = fault[1] if fault else ("valid" if score == 1.0 else "valid trace")
         (correct if score == 1.0 else failed)[kind] += 1
     hazard = {k: at_line[k] / reached[k] for k in sorted(reached) if reached[k]}
-    return {"faults_failed": failed, "faults_correct": correct, "hazard": hazard, "reached": reached}
+    return {"faults_failed": failed, "faults_correct": correct, "hazard": hazard}
 
 
 def quantiles(values: list[float]) -> str:
