@@ -134,8 +134,7 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
     for start in range(0, len(examples), 64):
         torch.manual_seed(seed + start)
         comp, end = sample_completions(model, prompt_ids[start : start + 64], samples, max_new_tokens,
-                                       temperature, tok.eos_token_id, tok.pad_token_id,
-                                       "static")  # fmt: skip
+                                       temperature, tok.eos_token_id, tok.pad_token_id)  # fmt: skip
         completions += comp
         ended += end.tolist()
     texts = tok.batch_decode(completions)

@@ -360,7 +360,7 @@ def test_input_validation(tiny_random_model, tiny_tokenizer) -> None:
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_static_cache_gives_the_dynamic_cache_completions(temperature: float) -> None:
     """``cache_implementation="static"`` changes where keys and values live, not the distribution: on the
-    shipped Countdown model (long responses, where the static cache is 2x faster) greedy and seeded sampled
+    shipped Countdown model (long responses) greedy and seeded sampled
     completions are the same tokens with the same per-token entropies (to float rounding), across two
     chunks of different prompt widths and rows that stop at different steps."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -23,11 +23,11 @@ At temperature 1 and ``top_p=1`` no processor that touches the logits runs (only
 machine, benchmarks/RESULTS.md): ``batch_size`` 256 (the default) and 512 tie, 128 and 64 are 15% and 60%
 slower; a static KV cache gave no gain there (7.1 s against 6.5 s with the dynamic cache), and ``torch.compile``
 of the forward over a static cache took 274 s to compile and then ran 2x slower (11-12 s against 5-7 s).
-Long responses are different: the dynamic cache concatenates every layer's keys and values at every step, a
-cost that grows with the length, and at 384 new tokens (tiny-countdown, 256 rows, 1 thread) ``torch.cat`` was
-39% of the time; ``cache_implementation="static"`` (preallocated to prompt + ``max_new_tokens``) took 24.1 s
-against 49.5 s. So the cache is a constructor option: ``None`` (transformers' dynamic cache, the default) or
-any ``cache_implementation`` that ``generate`` accepts.
+At 384 new tokens (tiny-countdown, 256 rows, 1 thread, ``benchmarks/kv_cache.py``) the static cache is 1.06x
+faster (20.4 s against 21.6 s, medians of 5), inside the run-to-run spread (19.4-22.4 s); the first rollout
+of a process takes about twice as long whichever cache it uses (warm-up). The cache is a constructor option
+for other hardware: ``None`` (transformers' dynamic cache, the default) or any ``cache_implementation`` that
+``generate`` accepts.
 
 Left out: beam search, stop strings, per-prompt sampling settings, speculative decoding and compiled decoding
 (see above; worth measuring again on a GPU).
@@ -195,8 +195,8 @@ class HFGenerateEngine:
         batch_size: most sequences (rows, one per sample) in one ``generate`` call.
         use_cache: KV cache during generation; passed explicitly so a model with gradient checkpointing
             enabled still decodes with the cache.
-        cache_implementation: ``generate``'s KV cache kind, e.g. ``"static"`` (2x faster at 384 new tokens on
-            CPU, see the module docstring); ``None`` keeps transformers' dynamic cache.
+        cache_implementation: ``generate``'s KV cache kind, e.g. ``"static"`` (no measurable gain on CPU, see
+            the module docstring); ``None`` keeps transformers' dynamic cache.
     """
 
     def __init__(
