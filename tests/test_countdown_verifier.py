@@ -72,6 +72,34 @@ def test_verifier_scores() -> None:
         verify(["a", "b"], [REF])
 
 
+def test_verifier_requiring_a_valid_trace() -> None:
+    # The process-checked reward: a right Answer scores 1 only after a trace whose every line is a valid step.
+    verify = CountdownVerifier(require_valid_trace=True)
+    completions = [
+        "25-5=20 [20 3 7 -> 27]\n20+7=27 [27 3 -> 27]\nAnswer: 25-5+7",  # right answer, valid trace: 1
+        "25-5=21 [21 3 7 -> 27]\n20+7=27 [27 3 -> 27]\nAnswer: 25-5+7",  # right answer, 25-5=21 on line 0: 0
+        "Answer: 25+7-5",  # right answer, no step before it (Answer after no hit): 0
+        "25-5=20 [20 3 7 -> 27]\n20*3=60 [60 7 -> 27]\nAnswer: (25-5)*3",  # valid steps, wrong answer (60): 0
+    ]
+    assert verify(completions, [REF] * 4) == [1.0, 0.0, 0.0, 0.0]
+    assert CountdownVerifier()(completions, [REF] * 4) == [1.0, 1.0, 1.0, 0.0]  # the answer-only default
+    assert verify(["Answer: 1"], ["not a reference"]) == [None]
+
+
+def test_trace_checked_verifier_selected_from_yaml(tmp_path) -> None:
+    from echorl_lightning.cli import main
+
+    verifier = '{"class_path": "echorl_lightning.rewards.countdown.CountdownVerifier", "init_args": {"require_valid_trace": true}}'
+    cli = main(
+        args=["--config", "configs/countdown_demo.yaml", f"--data.init_args.verifier={verifier}",
+              f"--trainer.default_root_dir={tmp_path}"],
+        run=False,
+    )  # fmt: skip
+    assert (
+        isinstance(cli.datamodule.verifier, CountdownVerifier) and cli.datamodule.verifier.require_valid_trace
+    )
+
+
 def test_step_checker_valid_trace() -> None:
     # pool {25, 5, 3, 7}: 25-5=20 -> {20, 3, 7}; 20*3=60 -> {60, 7}; 60+7=67 (no) tried, not applied, pool
     # still {60, 7}; back -> {20, 3, 7}; back -> {25, 5, 3, 7}; 25+5=30 -> {30, 3, 7}; 30-3=27 -> {27, 7}

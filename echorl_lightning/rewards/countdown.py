@@ -11,7 +11,10 @@ Implements:
 - :class:`CountdownVerifier`: 1.0 when the last non-empty line of a completion is exactly
   ``Answer: <expression>``, the expression parses under the rule, its numbers form a sub-multiset of the
   given ones and its value equals the target; 0.0 otherwise (also for completions longer than
-  ``max_chars``); None when the reference is not ``"<numbers> -> <target>"``.
+  ``max_chars``); None when the reference is not ``"<numbers> -> <target>"``. With
+  ``require_valid_trace=True`` a right answer also needs every line of the search before it to be a valid step
+  (:func:`check_trace`), a process-checked reward: an answer-only reward lets RL learn to write a right
+  ``Answer`` line after a broken trace (measured in ``experiments/results/countdown_regime.md``).
 - :class:`CountdownStepChecker`: replays the search trace against the problem. Valid steps are a move
   ``a op b=c [pool]`` (``a`` and ``b`` available at that point of the search, ``c`` the exact result and a
   positive integer), the same with `` (no)`` before the pool (then ``c`` must not be the target, and the
@@ -180,10 +183,13 @@ class CountdownVerifier:
 
     Args:
         max_chars: completions longer than this score 0.0 without being parsed.
+        require_valid_trace: a right answer scores 1.0 only when every line before it is a valid step of the
+            search (:func:`check_trace`); a right answer after an invalid step (or with no step) scores 0.0.
     """
 
-    def __init__(self, max_chars: int = MAX_COMPLETION_CHARS) -> None:
+    def __init__(self, max_chars: int = MAX_COMPLETION_CHARS, require_valid_trace: bool = False) -> None:
         self.max_chars = max_chars
+        self.require_valid_trace = require_valid_trace
 
     def __call__(self, completions: Sequence[str], references: Sequence[str]) -> list[float | None]:
         if len(completions) != len(references):
@@ -196,7 +202,10 @@ class CountdownVerifier:
             if parsed is None:
                 scores.append(None)
                 continue
-            scores.append(score_completion(completion, parsed[0], parsed[1], self.max_chars))
+            score = score_completion(completion, parsed[0], parsed[1], self.max_chars)
+            if score > 0 and self.require_valid_trace and not check_trace(completion, parsed[0], parsed[1]):
+                score = 0.0
+            scores.append(score)
         return scores
 
 
