@@ -41,24 +41,12 @@ from echorl_lightning.rewards.countdown import (  # noqa: E402
     CountdownStepChecker,
     CountdownVerifier,
     first_invalid_step,
+    step_kind,
 )
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
 from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
 
 TARGET = "pass@1 0.3-0.6, all-success groups >= 20%, all-fail groups <= 25% (id set, T = 1, 8 samples)"
-
-
-def line_kind(line: str) -> str:
-    """``move``, ``no`` (a missed last move), ``back``, ``answer`` or ``other`` (each move and back line ends
-    with its pool and the target, ``25-5=20 [20 3 7 -> 27]``)."""
-    if line.startswith("Answer:"):
-        return "answer"
-    pool = r" \[[\d ]+(?: -> \d+)?\]"
-    if re.fullmatch(rf"back{pool}", line):
-        return "back"
-    if re.fullmatch(rf"\d+[-+*/]\d+=\d+ \(no\){pool}", line):
-        return "no"
-    return "move" if re.fullmatch(rf"\d+[-+*/]\d+=\d+{pool}", line) else "other"
 
 
 @torch.no_grad()
@@ -175,7 +163,7 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
     for i, row in zip(ok, entropies, strict=True):
         lines = texts[i].split("\n")
         if row and len(lines) == len(row):
-            peak_kind[line_kind(lines[row.index(max(row))])] += 1
+            peak_kind[step_kind(lines[row.index(max(row))])] += 1
     stats.update(step_entropy=quantiles(all_steps), spread=quantiles(spread), peak_ratio=quantiles(ratio),
                  peak_kind=peak_kind)  # fmt: skip
     return stats

@@ -13,6 +13,7 @@ from echorl_lightning.rewards.countdown import (
     check_trace,
     first_invalid_step,
     parse_expression,
+    step_kind,
 )
 
 REF = "25 5 3 7 -> 27"
@@ -170,6 +171,22 @@ def test_step_checker_faulty_traces(trace: str, fault: str) -> None:
 def test_first_invalid_step_names_the_fault(trace: str, expected: tuple[int, str] | None) -> None:
     assert first_invalid_step(trace, [25, 5, 3, 7], 27) == expected
     assert expected is None or expected[1] in STEP_FAULTS
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        ("25-5=20 [20 3 7 -> 27]", "move"),
+        ("25-5=21 [9 9]", "move"),  # the kind is grammar only: wrong arithmetic and pool are still a move
+        ("60+7=67 (no) [60 7 -> 27]", "no"),
+        ("back [20 3 7 -> 27]", "back"),
+        ("Answer: 25-5+7", "answer"),
+        ("25 - 5 = 20 [20 3 7]", "other"),
+        ("25-5=20", "other"),  # no pool
+    ],
+)
+def test_step_kind(line: str, kind: str) -> None:
+    assert step_kind(line) == kind
 
 
 def test_step_checker_batch_and_unjudgeable() -> None:

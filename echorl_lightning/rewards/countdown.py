@@ -25,6 +25,7 @@ Implements:
   the target.
 - :func:`first_invalid_step`: where a trace first goes wrong and how (:data:`STEP_FAULTS`), the diagnosis
   behind the step checker's verdict.
+- :func:`step_kind`: a line's kind in the step grammar (move, ``(no)`` move, back, answer, other).
 - :func:`countdown_answer`: the canonical value of the ``Answer`` expression (what maj@k votes on).
 
 The verifiable reward of RLVR as used by EchoRL (arXiv 2605.31228): r = 1 for a verified-correct answer.
@@ -268,6 +269,19 @@ def first_invalid_step(completion: str, numbers: Sequence[int], target: int) -> 
             return index, "pool"
         last_hit = c == target
     return None
+
+
+def step_kind(line: str) -> str:
+    """The grammatical kind of one trace line, whatever its arithmetic: ``move``, ``no`` (a ``(no)`` move),
+    ``back``, ``answer`` (starts with ``Answer:``) or ``other`` (no step of the grammar)."""
+    if line.startswith(ANSWER_PREFIX):
+        return "answer"
+    if _BACK.fullmatch(line):
+        return "back"
+    match = _MOVE.fullmatch(line)
+    if match is None:
+        return "other"
+    return "no" if match.group(5) == NO_MARK else "move"
 
 
 def check_trace(completion: str, numbers: Sequence[int], target: int) -> bool | None:
