@@ -41,6 +41,7 @@ from echorl_lightning.rewards.countdown import (  # noqa: E402
     CountdownStepChecker,
     CountdownVerifier,
     first_invalid_step,
+    first_repeated_move,
     step_kind,
 )
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
@@ -151,6 +152,13 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
         else float("nan"),
     }
     stats.update(fault_stats(texts, flat_examples, scores))
+    # searches going round in a loop (a move re-tried from a pool it was already tried from), overall and
+    # among the rollouts cut at max_new_tokens
+    loops = [first_repeated_move(t, *parse_reference(ex.reference)) is not None
+             for t, ex in zip(texts, flat_examples, strict=True)]  # fmt: skip
+    cut = [i for i, e in enumerate(ended) if not e]
+    stats["loop_frac"] = sum(loops) / len(loops)
+    stats["loop_frac_cut"] = sum(loops[i] for i in cut) / len(cut) if cut else float("nan")
     distinct = [len({texts[i * samples + j].strip().split("\n")[-1] for j in range(samples)
                      if groups[i][j]}) for i in range(len(examples)) if any(groups[i])]  # fmt: skip
     stats["distinct_correct"] = Counter(distinct)
@@ -239,6 +247,10 @@ def write_report(path: Path, args: argparse.Namespace, results: dict, task: dict
         ("all-success groups", lambda s: f"{s['all_success']:.3f}"),
         ("all-fail groups", lambda s: f"{s['all_fail']:.3f}"),
         ("EOS rate", lambda s: f"{s['eos_rate']:.3f}"),
+        (
+            "rollouts that re-try a move from the same pool (all / cut at the token limit)",
+            lambda s: f"{s['loop_frac']:.3f} / {s['loop_frac_cut']:.3f}",
+        ),
         ("lines per response (all / correct)", lambda s: f"{s['lines']:.1f} / {s['lines_ok']:.1f}"),
         ("correct rollouts with every step valid", lambda s: f"{s['step_valid_frac']:.3f} of {s['num_ok']}"),
         (

@@ -12,6 +12,7 @@ from echorl_lightning.rewards.countdown import (
     ExpressionError,
     check_trace,
     first_invalid_step,
+    first_repeated_move,
     parse_expression,
     step_kind,
 )
@@ -187,6 +188,25 @@ def test_first_invalid_step_names_the_fault(trace: str, expected: tuple[int, str
 )
 def test_step_kind(line: str, kind: str) -> None:
     assert step_kind(line) == kind
+
+
+@pytest.mark.parametrize(
+    ("trace", "expected"),
+    [
+        # 25-5=20 from the root, back to the root, 25-5=20 again: line 2 repeats line 0
+        ("25-5=20 [20 3 7]\nback [25 5 3 7]\n25-5=20 [20 3 7]", 2),
+        # 20+3 and 3+20 are one move from [20 3 7] (operands of + unordered); (no) or applied is the same move
+        ("25-5=20 [20 3 7]\n20+3=23 (no) [20 3 7]\n3+20=23 [23 7]", 2),
+        # 7*3=21 tried from [20 3 7] (line 1) and later from the root [25 5 3 7] (line 3): different pools
+        ("25-5=20 [20 3 7]\n7*3=21 [21 20]\nback [20 3 7]\nback [25 5 3 7]\n7*3=21 [21 25 5]", None),
+        # 25-5 and 5-25 are not the same move (- is ordered); 5-25 is invalid anyway, so nothing is replayed
+        # from line 2 on and the repeat at line 3 is not seen
+        ("25-5=20 [20 3 7]\nback [25 5 3 7]\n5-25=20 [20 3 7]\n25-5=20 [20 3 7]", None),
+        ("25-5=20 [20 3 7]\n20+7=27 [27 3]\nAnswer: 25-5+7", None),
+    ],
+)
+def test_first_repeated_move(trace: str, expected: int | None) -> None:
+    assert first_repeated_move(trace, [25, 5, 3, 7], 27) == expected
 
 
 def test_step_checker_batch_and_unjudgeable() -> None:

@@ -25,6 +25,8 @@ Implements:
   the target.
 - :func:`first_invalid_step`: where a trace first goes wrong and how (:data:`STEP_FAULTS`), the diagnosis
   behind the step checker's verdict.
+- :func:`first_repeated_move`: where a search first re-tries a move from a pool it already tried it from
+  (a loop; valid step by step, but it never ends).
 - :func:`step_kind`: a line's kind in the step grammar (move, ``(no)`` move, back, answer, other).
 - :func:`countdown_answer`: the canonical value of the ``Answer`` expression (what maj@k votes on).
 
@@ -268,6 +270,36 @@ def first_invalid_step(completion: str, numbers: Sequence[int], target: int) -> 
         if _written_pool(match.group(6)) != pool:
             return index, "pool"
         last_hit = c == target
+    return None
+
+
+def first_repeated_move(completion: str, numbers: Sequence[int], target: int) -> int | None:
+    """Index of the first non-empty line of ``completion`` that tries a move already tried from the same
+    pool (a search going round in a loop: ``10+5=15``, ..., ``back``, ``10+5=15`` again), None when no move
+    repeats before the first invalid step (:func:`first_invalid_step`; lines from there on are not replayed).
+    Operands of ``+`` and ``*`` count unordered; a ``(no)`` move and an applied one are the same move."""
+    end = first_invalid_step(completion, numbers, target)
+    lines = [line for line in completion.split("\n") if line.strip()]
+    pool = Counter(numbers)
+    history: list[Counter[int]] = []
+    tried: set[tuple[tuple[int, ...], int, str, int]] = set()
+    for index, line in enumerate(lines[: None if end is None else end[0]]):
+        if _BACK.fullmatch(line):
+            pool = history.pop()
+            continue
+        match = _MOVE.fullmatch(line)
+        if match is None:  # the Answer line: valid lines are moves, back lines and Answer
+            continue
+        a, op, b = int(match.group(1)), match.group(2), int(match.group(3))
+        if op in "+*":
+            a, b = max(a, b), min(a, b)
+        key = (tuple(sorted(pool.elements())), a, op, b)
+        if key in tried:
+            return index
+        tried.add(key)
+        if match.group(5) != NO_MARK:
+            history.append(pool)
+            pool = pool - Counter([a, b]) + Counter([int(match.group(4))])
     return None
 
 
