@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -91,6 +92,22 @@ EXTRA_ARMS = [Arm("grpo+echo[success]", "eligibility", "grpo", True, apply_to="s
 ARMS = {arm.name: arm for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS + DAPO_COEF_ARMS + EXTRA_ARMS}
 DEFAULT_ARMS = [arm.name for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS]
 QUICK_ARMS = ["grpo", "grpo+echo"]
+_COEF_ARM = re.compile(r"(grpo|dapo|dr_grpo)\+echo\[coef=((?:\d+\.?\d*|\.\d+)(?:e-?\d+)?)\]")
+
+
+def arm_by_name(name: str) -> Arm:
+    """A registered arm of :data:`ARMS`, or a coefficient arm ``<method>+echo[coef=<lambda>]`` of any lambda
+    (``grpo+echo[coef=0.002]``: a config names the coefficient it measured); ValueError naming the known ones
+    otherwise."""
+    if name in ARMS:
+        return ARMS[name]
+    match = _COEF_ARM.fullmatch(name)
+    if match is None:
+        raise ValueError(
+            f"unknown arm {name!r}; known: {', '.join(sorted(ARMS))}, or <method>+echo[coef=<lambda>] with "
+            "method grpo, dapo or dr_grpo"
+        )
+    return Arm(name, "coef", match.group(1), True, coef=float(match.group(2)))
 
 
 def load_base(path: str | Path) -> tuple[dict, dict]:
@@ -102,8 +119,10 @@ def load_base(path: str | Path) -> tuple[dict, dict]:
     if unknown:
         raise ValueError(f"{path}: unknown harness keys {sorted(unknown)}; known: {sorted(HARNESS_KEYS)}")
     for name in [*harness.get("arms", []), *harness.get("quick_arms", [])]:
-        if name not in ARMS:
-            raise ValueError(f"{path}: unknown arm {name!r} in harness; known: {', '.join(sorted(ARMS))}")
+        try:
+            arm_by_name(name)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err} (in harness)") from None
     return config, harness
 
 
@@ -179,7 +198,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--config", default=str(BASE_CONFIG), help="base config (with an optional harness:)")
     parser.add_argument("--quick", action="store_true", help="one seed of GRPO vs GRPO + EchoRL")
-    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="a subset of the arms")
+    parser.add_argument(
+        "--arms", nargs="+", help="a subset of the arms (any grpo/dapo/dr_grpo+echo[coef=X] too)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; --quick: 0)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -198,6 +219,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.runs_dir = str(REPO / harness.get("runs_dir", "runs/echo_vs_base"))
     if args.arms is None:
         args.arms = harness.get("quick_arms", QUICK_ARMS) if args.quick else harness.get("arms", DEFAULT_ARMS)
+    for name in args.arms:
+        try:
+            arm_by_name(name)
+        except ValueError as err:
+            parser.error(f"--arms: {err}")
     if args.seeds is None:
         args.seeds = [0] if args.quick else harness.get("seeds", [0, 1, 2])
     if args.quick:  # the config's quick budget, unless given on the command line
@@ -215,7 +241,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    arms = [ARMS[name] for name in args.arms]
+    arms = [arm_by_name(name) for name in args.arms]
     # seed-major order: a partial sweep already holds one seed of every arm
     jobs = [(arm, seed) for seed in args.seeds for arm in arms]
     command = " ".join(["python experiments/echo_vs_base.py", *(sys.argv[1:] if argv is None else argv)])
@@ -252,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     name = args.harness.get("name", "echo_vs_base") + ("_quick" if args.quick else "")
     md, png = write_report(
         records,
-        [ARMS[r["arm"]] for r in records],
+        [arm_by_name(r["arm"]) for r in records],
         Path(args.out),
         name,
         base_config=run_config(arms[0], args.seeds[0], Path("."), args),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.echo_vs_base import ARMS, QUICK_ARMS, load_base, parse_args
+from experiments.echo_vs_base import ARMS, QUICK_ARMS, arm_by_name, load_base, parse_args
 from experiments.power import power_estimate
 from experiments.report import arm_table, paired_deltas, run_summary, step_tags
 
@@ -104,7 +104,7 @@ def test_power_estimate_by_hand():
 def test_forking_config_harness_section(tmp_path):
     config, harness = load_base(REPO / "experiments/configs/echo_forking.yaml")
     assert "harness" not in config and config["data"]["class_path"].endswith("CountdownDataModule")
-    assert harness["seeds"] == [0, 1, 2, 3, 4] and set(harness["arms"]) <= set(ARMS)
+    assert harness["seeds"] == [0, 1, 2, 3, 4] and all(arm_by_name(name) for name in harness["arms"])
     quick = parse_args(["--config", "experiments/configs/echo_forking.yaml", "--quick"])
     assert quick.arms == ["grpo", "grpo+echo"] and quick.epochs == harness["quick_epochs"]
     # the config evaluates every 10 steps; a quick budget that 10 does not divide is evaluated at its end
@@ -120,6 +120,15 @@ def test_forking_config_harness_section(tmp_path):
         and default.runs_dir == str(REPO / "runs/echo_vs_base")
         and default.epochs is None
     )
+    # a coefficient arm of any lambda (the config names the one it measured), built from its name
+    arm = arm_by_name("dapo+echo[coef=0.002]")
+    assert (arm.method, arm.echo, arm.coef, arm.study) == ("dapo", True, 0.002, "coef")
+    assert arm_by_name("grpo+echo[coef=1e-3]").coef == 0.001 and arm_by_name("grpo") is ARMS["grpo"]
+    for name in ("grpo+echo[coef=]", "ppo+echo[coef=0.1]", "grpo+echo[coef=-1]"):
+        with pytest.raises(ValueError, match="unknown arm"):
+            arm_by_name(name)
+    with pytest.raises(SystemExit):
+        parse_args(["--arms", "grpo", "grpo+echo[coef=x]"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("harness: {arms: [grpo, nope]}\nseed_everything: 0\n")
     with pytest.raises(ValueError, match="unknown arm 'nope'"):
