@@ -265,7 +265,7 @@ def write_report(path: Path, args: argparse.Namespace, results: dict, task: dict
         f" {args.num} held-out `val` prompts in `id`, {args.num_ood} in each ood set, {args.samples} samples at T = {args.temperature},"
         f" at most {args.max_new_tokens} new tokens). Target (issue 14): {TARGET}.",
         "",
-        f"Warm-start cost (`configs/warmstart_countdown.yaml`, one thread, "
+        f"Warm-start cost (`configs/warmstart_countdown.yaml` and `configs/warmstart_countdown_rl.yaml`, one thread, "
         f"{len(args.warmstart_time or [])} stage(s)): "
         f"{cpu_minutes(args.warmstart_time)}.",
         "",

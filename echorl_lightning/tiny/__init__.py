@@ -2,10 +2,11 @@
 shipped warm-started model (``TINY_MODEL_PATH``) that the CPU demo and the end-to-end tests run EchoRL
 (arXiv 2605.31228) on.
 
-``TINY_MODEL_PATH`` (the arithmetic task) and ``TINY_COUNTDOWN_PATH`` (the Countdown task, a wider
-policy of the same family) are Hugging Face folders (config, generation config, safetensors, tokenizer)
-loadable with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``; regenerate them
-with the commands in ``configs/warmstart_sft.yaml`` and ``configs/warmstart_countdown.yaml``.
+``TINY_MODEL_PATH`` (the arithmetic task) and ``TINY_COUNTDOWN_PATH`` (the Countdown task, the same
+architecture with a 512-token context) are Hugging Face folders (config, generation config, safetensors,
+tokenizer) loadable with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``;
+regenerate them with the commands in ``configs/warmstart_sft.yaml`` and ``configs/warmstart_countdown.yaml``
+(whose last stage is ``configs/warmstart_countdown_rl.yaml``).
 """
 
 from __future__ import annotations
