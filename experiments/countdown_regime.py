@@ -143,6 +143,11 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
         else 0.0,
         "step_valid_frac": sum(bool(valid[i]) for i in ok) / len(ok) if ok else float("nan"),
         "num_ok": len(ok),
+        "n_prompts": len(examples),
+        # the same problem drawn twice (numbers in another order) is one problem: the set's real size
+        "distinct": len(
+            {(tuple(sorted(n)), t) for n, t in (parse_reference(ex.reference) for ex in examples)}
+        ),
         # per-sample variance of one prompt's success, unbiased from its c of n successes: c (n - c) /
         # (n (n - 1)); the harness's power estimate uses the bound p (1 - p), which this can only undercut
         "within_var": statistics.fmean(
@@ -186,7 +191,14 @@ def task_stats(num: int) -> dict:
         solutions.append(
             count_solutions(problem.numbers, problem.target, DEFAULT_DIFFICULTY.max_intermediate)
         )
-    return {"lengths": lengths, "solutions": solutions}
+    # how many different problems the generator has at this difficulty: draws are independent, so a split
+    # whose distinct count stops growing with more draws is that small
+    space = {
+        split: len({(tuple(sorted(q.numbers)), q.target) for q in
+                    (make_problem(split, i, 0, DEFAULT_DIFFICULTY) for i in range(draws))})
+        for split, draws in (("train", 4096), ("val", 2048))
+    }  # fmt: skip
+    return {"lengths": lengths, "solutions": solutions, "space": space}
 
 
 def cpu_minutes(time_files: list[str] | None) -> str:
@@ -243,6 +255,7 @@ def main() -> None:
 def write_report(path: Path, args: argparse.Namespace, results: dict, task: dict, n_params: int) -> None:
     sets = list(results)
     rows = [
+        ("distinct problems among the prompts", lambda s: f"{s['distinct']} of {s['n_prompts']}"),
         ("pass@1", lambda s: f"{s['pass@1']:.3f}"),
         ("all-success groups", lambda s: f"{s['all_success']:.3f}"),
         ("all-fail groups", lambda s: f"{s['all_fail']:.3f}"),
@@ -314,6 +327,8 @@ def write_report(path: Path, args: argparse.Namespace, results: dict, task: dict
         "- distinct solutions per problem (exhaustive search, operands of + and * unordered; 10 = 10 or more): "
         + ", ".join(f"{k}: {sol[k]}" for k in sorted(sol))
         + f" (median {statistics.median(task['solutions'])})",
+        f"- distinct problems the generator draws at this difficulty: {task['space']['train']} in 4,096 `train`"
+        f" draws (the RL prompt pool's size), {task['space']['val']} in 2,048 `val` draws",
         "",
     ]
     if args.notes:
