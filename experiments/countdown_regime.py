@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, make_problem, parse_reference  # noqa: E402
-from echorl_lightning.data.countdown_dm import countdown_prompts, default_eval_specs  # noqa: E402
+from echorl_lightning.data.countdown_dm import countdown_prompts, default_eval_specs, distinct_problems  # noqa: E402
 from echorl_lightning.data.countdown_solver import count_solutions  # noqa: E402
 from echorl_lightning.echo.steps import delimiter_token_ids, split_steps, step_end_mask_from_tokens  # noqa: E402
 from echorl_lightning.ops import logprobs_and_entropy  # noqa: E402
@@ -145,9 +145,7 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
         "num_ok": len(ok),
         "n_prompts": len(examples),
         # the same problem drawn twice (numbers in another order) is one problem: the set's real size
-        "distinct": len(
-            {(tuple(sorted(n)), t) for n, t in (parse_reference(ex.reference) for ex in examples)}
-        ),
+        "distinct": distinct_problems(examples),
         # per-sample variance of one prompt's success, unbiased from its c of n successes: c (n - c) /
         # (n (n - 1)); the harness's power estimate uses the bound p (1 - p), which this can only undercut
         "within_var": statistics.fmean(
@@ -194,10 +192,9 @@ def task_stats(num: int) -> dict:
     # how many different problems the generator has at this difficulty: draws are independent, so a split
     # whose distinct count stops growing with more draws is that small
     space = {
-        split: len({(tuple(sorted(q.numbers)), q.target) for q in
-                    (make_problem(split, i, 0, DEFAULT_DIFFICULTY) for i in range(draws))})
+        split: distinct_problems(countdown_prompts(split, draws))
         for split, draws in (("train", 4096), ("val", 2048))
-    }  # fmt: skip
+    }
     return {"lengths": lengths, "solutions": solutions, "space": space}
 
 

@@ -18,7 +18,12 @@ from echorl_lightning.data.countdown import (
     parse_reference,
     problem_bucket,
 )
-from echorl_lightning.data.countdown_dm import CountdownDataModule, CountdownEvalSpec, CountdownSFTDataModule
+from echorl_lightning.data.countdown_dm import (
+    CountdownDataModule,
+    CountdownEvalSpec,
+    CountdownSFTDataModule,
+    distinct_problems,
+)
 from echorl_lightning.data.countdown_solver import (
     Term,
     apply_op,
@@ -182,6 +187,22 @@ def test_datamodule_sets_verifier_and_step_checker() -> None:
     assert [(s.name, s.group, len(s.prompts)) for s in custom.eval_sets()] == [("x", None, 1)]
     with pytest.raises(ValueError, match="num must be >= 1"):
         CountdownDataModule(eval_sets=[CountdownEvalSpec("x", num=0)])
+
+
+def test_distinct_problems_and_the_narrow_id_set_warning(caplog) -> None:
+    # the same numbers in another order and the same target are one problem; another target is another
+    examples = [PromptExample("", r) for r in ("3 9 2 -> 21", "2 3 9 -> 21", "3 9 2 -> 12", "1 2 3 -> 21")]
+    assert distinct_problems(examples) == 3
+    # at the default difficulty the val bucket holds few problems: 64 id prompts repeat them, which the
+    # datamodule says, naming the set (the ood sets, 4 numbers and larger numbers, are wide)
+    with caplog.at_level("WARNING", logger="echorl_lightning.data.countdown_dm"):
+        sets = CountdownDataModule(num_val=64).eval_sets()
+    id_distinct = distinct_problems(sets[0].prompts)
+    assert id_distinct < 32, id_distinct
+    assert f"eval set 'id' has 64 prompts but {id_distinct} distinct problems" in caplog.text
+    for eval_set in sets:  # a warning exactly for the sets that repeat a problem
+        repeats = distinct_problems(eval_set.prompts) < len(eval_set.prompts)
+        assert (f"eval set {eval_set.name!r} has" in caplog.text) == repeats, eval_set.name
 
 
 def test_sft_datamodule_batches() -> None:

@@ -21,6 +21,7 @@ split. Leaves out chat templates (the tiny model reads raw ``Q: ...`` prompts). 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -33,12 +34,14 @@ from echorl_lightning.data.countdown import (
     larger_numbers,
     make_problem,
     more_numbers,
+    parse_reference,
 )
 from echorl_lightning.data.sft import SFTDataModule
 from echorl_lightning.data.types import PromptExample, StepChecker, Verifier, VerifierFn
 from echorl_lightning.rewards.countdown import CountdownStepChecker, CountdownVerifier, countdown_answer
 
 EvalSplit = Literal["val", "test"]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,6 +90,12 @@ def countdown_prompts(
             )
         )
     return examples
+
+
+def distinct_problems(examples: Sequence[PromptExample]) -> int:
+    """How many different problems ``examples`` hold: the same numbers (in any order) and target count once."""
+    parsed = [parse_reference(example.reference) for example in examples]
+    return len({(tuple(sorted(p[0])), p[1]) for p in parsed if p is not None})
 
 
 class CountdownDataModule(PromptDataModule):
@@ -139,26 +148,33 @@ class CountdownDataModule(PromptDataModule):
         return countdown_prompts(spec.split, self.num_val, self.seed, spec.difficulty or self.difficulty)
 
     def load_eval_sets(self) -> Sequence[EvalSet]:
-        """The configured evaluation sets, each scored by the datamodule's verifier and step checker."""
+        """The configured evaluation sets, each scored by the datamodule's verifier and step checker. A set
+        whose prompts repeat problems (a narrow difficulty has few problems per held-out bucket) is logged as
+        a warning with its number of distinct problems: its accuracy rests on those, not on its prompts."""
         if self.num_val == 0:
             return []
         checker = self.default_step_checker()
-        return [
-            EvalSet(
-                spec.name,
-                countdown_prompts(
-                    spec.split,
-                    self.num_val if spec.num is None else spec.num,
-                    self.seed,
-                    self.difficulty if spec.difficulty is None else spec.difficulty,
-                ),
-                self.verifier,
-                spec.group,
-                self.default_answer_fn,
-                checker,
+        sets = []
+        for spec in self.eval_specs:
+            examples = countdown_prompts(
+                spec.split,
+                self.num_val if spec.num is None else spec.num,
+                self.seed,
+                self.difficulty if spec.difficulty is None else spec.difficulty,
             )
-            for spec in self.eval_specs
-        ]
+            distinct = distinct_problems(examples)
+            if distinct < len(examples):
+                logger.warning(
+                    "CountdownDataModule: eval set %r has %d prompts but %d distinct problems (the same numbers "
+                    "and target, reordered); widen its difficulty for more",
+                    spec.name,
+                    len(examples),
+                    distinct,
+                )
+            sets.append(
+                EvalSet(spec.name, examples, self.verifier, spec.group, self.default_answer_fn, checker)
+            )
+        return sets
 
     def default_verifier(self) -> Verifier:
         return CountdownVerifier()
