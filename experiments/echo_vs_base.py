@@ -85,11 +85,9 @@ SELECTOR_ARMS = [
     Arm(f"grpo+echo[{s}]", "selector", "grpo", True, selector=s) for s in ("lowest", "random", "full")
 ]
 COEF_ARMS = [Arm(f"grpo+echo[coef={c:g}]", "coef", "grpo", True, coef=c) for c in (0.01, 0.1)]
-# the coefficient sweep of the other preset, for configs whose arms ask for it (experiments/configs/echo_forking)
-DAPO_COEF_ARMS = [Arm(f"dapo+echo[coef={c:g}]", "coef", "dapo", True, coef=c) for c in (0.01, 0.1)]
 # outside the default sweep (its 90-minute budget): run with --arms grpo grpo+echo grpo+echo[success]
 EXTRA_ARMS = [Arm("grpo+echo[success]", "eligibility", "grpo", True, apply_to="success")]
-ARMS = {arm.name: arm for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS + DAPO_COEF_ARMS + EXTRA_ARMS}
+ARMS = {arm.name: arm for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS + EXTRA_ARMS}
 DEFAULT_ARMS = [arm.name for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS]
 QUICK_ARMS = ["grpo", "grpo+echo"]
 _COEF_ARM = re.compile(r"(grpo|dapo|dr_grpo)\+echo\[coef=((?:\d+\.?\d*|\.\d+)(?:e-?\d+)?)\]")
