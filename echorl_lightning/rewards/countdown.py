@@ -227,50 +227,7 @@ def first_invalid_step(completion: str, numbers: Sequence[int], target: int) -> 
     """``(index, fault)`` of the first invalid non-empty line of ``completion`` replayed as a search from
     ``numbers`` (see the module docstring; ``fault`` is one of :data:`STEP_FAULTS`), None when every line is
     valid (a completion without lines included)."""
-    lines = [line for line in completion.split("\n") if line.strip()]
-    pool = Counter(numbers)
-    history: list[Counter[int]] = []
-    last_hit = False  # the previous line applied a move that made the target
-    for index, line in enumerate(lines):
-        if line.startswith(ANSWER_PREFIX):
-            if not last_hit:
-                return index, "answer_after_miss"
-            last_hit = False
-            continue
-        last_hit = False
-        back = _BACK.fullmatch(line)
-        if back is not None:
-            if not history:
-                return index, "back_at_root"
-            pool = history.pop()
-            if not _right_target(back.group(2), target):
-                return index, "target"
-            if _written_pool(back.group(1)) != pool:
-                return index, "pool"
-            continue
-        match = _MOVE.fullmatch(line)
-        if match is None:
-            return index, "format"
-        a, op, b, c = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
-        need = Counter([a, b])
-        if need - pool:
-            return index, "operand"
-        if apply_op(a, op, b) != c:
-            return index, "arithmetic"
-        if not _right_target(match.group(7), target):
-            return index, "target"
-        if match.group(5) == NO_MARK:
-            if c == target:
-                return index, "no_on_hit"
-            if _written_pool(match.group(6)) != pool:
-                return index, "pool"
-            continue
-        history.append(pool)
-        pool = pool - need + Counter([c])
-        if _written_pool(match.group(6)) != pool:
-            return index, "pool"
-        last_hit = c == target
-    return None
+    return _replay(completion, numbers, target)[0]
 
 
 def first_repeated_move(completion: str, numbers: Sequence[int], target: int) -> int | None:
@@ -278,29 +235,68 @@ def first_repeated_move(completion: str, numbers: Sequence[int], target: int) ->
     pool (a search going round in a loop: ``10+5=15``, ..., ``back``, ``10+5=15`` again), None when no move
     repeats before the first invalid step (:func:`first_invalid_step`; lines from there on are not replayed).
     Operands of ``+`` and ``*`` count unordered; a ``(no)`` move and an applied one are the same move."""
-    end = first_invalid_step(completion, numbers, target)
-    lines = [line for line in completion.split("\n") if line.strip()]
-    pool = Counter(numbers)
-    history: list[Counter[int]] = []
     tried: set[tuple[tuple[int, ...], int, str, int]] = set()
-    for index, line in enumerate(lines[: None if end is None else end[0]]):
-        if _BACK.fullmatch(line):
-            pool = history.pop()
-            continue
-        match = _MOVE.fullmatch(line)
-        if match is None:  # the Answer line: valid lines are moves, back lines and Answer
-            continue
-        a, op, b = int(match.group(1)), match.group(2), int(match.group(3))
-        if op in "+*":
-            a, b = max(a, b), min(a, b)
-        key = (tuple(sorted(pool.elements())), a, op, b)
+    for index, key in _replay(completion, numbers, target)[1]:
         if key in tried:
             return index
         tried.add(key)
-        if match.group(5) != NO_MARK:
-            history.append(pool)
-            pool = pool - Counter([a, b]) + Counter([int(match.group(4))])
     return None
+
+
+def _replay(
+    completion: str, numbers: Sequence[int], target: int
+) -> tuple[tuple[int, str] | None, list[tuple[int, tuple[tuple[int, ...], int, str, int]]]]:
+    """One replay of ``completion``'s non-empty lines as a search from ``numbers``: the first invalid line
+    (as :func:`first_invalid_step` returns it) and, for every valid move line before it, ``(index, (pool
+    before it, sorted; a, op, b))`` with the operands of ``+`` and ``*`` as ``(max, min)``."""
+    lines = [line for line in completion.split("\n") if line.strip()]
+    pool = Counter(numbers)
+    history: list[Counter[int]] = []
+    moves: list[tuple[int, tuple[tuple[int, ...], int, str, int]]] = []
+    last_hit = False  # the previous line applied a move that made the target
+    for index, line in enumerate(lines):
+        if line.startswith(ANSWER_PREFIX):
+            if not last_hit:
+                return (index, "answer_after_miss"), moves
+            last_hit = False
+            continue
+        last_hit = False
+        back = _BACK.fullmatch(line)
+        if back is not None:
+            if not history:
+                return (index, "back_at_root"), moves
+            pool = history.pop()
+            if not _right_target(back.group(2), target):
+                return (index, "target"), moves
+            if _written_pool(back.group(1)) != pool:
+                return (index, "pool"), moves
+            continue
+        match = _MOVE.fullmatch(line)
+        if match is None:
+            return (index, "format"), moves
+        a, op, b, c = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
+        need = Counter([a, b])
+        if need - pool:
+            return (index, "operand"), moves
+        if apply_op(a, op, b) != c:
+            return (index, "arithmetic"), moves
+        if not _right_target(match.group(7), target):
+            return (index, "target"), moves
+        key = (tuple(sorted(pool.elements())), *((max(a, b), op, min(a, b)) if op in "+*" else (a, op, b)))
+        if match.group(5) == NO_MARK:
+            if c == target:
+                return (index, "no_on_hit"), moves
+            if _written_pool(match.group(6)) != pool:
+                return (index, "pool"), moves
+            moves.append((index, key))
+            continue
+        history.append(pool)
+        pool = pool - need + Counter([c])
+        if _written_pool(match.group(6)) != pool:
+            return (index, "pool"), moves
+        moves.append((index, key))
+        last_hit = c == target
+    return None, moves
 
 
 def step_kind(line: str) -> str:
