@@ -75,6 +75,10 @@ class SampledEvalHooks:
             f"{stage}/accuracy", accuracy, prog_bar=stage == "val", sync_dist=True
         )  # equal on every rank
         self.log_dict(results, sync_dist=True)  # already reduced by torchmetrics: the mean of equal values
+        # x = optimizer steps taken before this evaluation (0 = before training, N after N steps): without it
+        # Lightning logs a mid-fit evaluation at N - 1, where the one after the first step lands on the step-0
+        # point and overwrites it
+        self.log("step", float(self.global_step))
         self.print(f"[{stage}] step {self.global_step}: accuracy {float(accuracy):.4f}")
         k = self.eval_cfg.n
         per_set = [
