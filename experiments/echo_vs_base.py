@@ -15,7 +15,11 @@ again with the same settings, so an interrupted sweep resumes. :mod:`experiments
 
 ``--config`` names another base config; its optional top-level ``harness:`` mapping (removed from every
 run's config) sets the report name, the task's label, the runs folder, the default arms and seeds and the
-``--quick`` budget (``quick_epochs``, ``quick_num_val``), so one harness serves every task.
+``--quick`` budget (``quick_epochs``, ``quick_num_val``), so one harness serves every task. With
+``shared_start_eval: true`` the evaluation before training, which is the same for every run (same model, same
+prompts, sampling seeded by the eval config, not by the run's seed), runs once as ``python cli.py validate``
+(cached in ``<runs_dir>/start_eval``) and is merged into each run's record as its step-0 point, instead of each
+run repeating it as Lightning's sanity check.
 
 Runs execute ``--jobs`` at a time, each with ``--threads`` torch threads (2 x 1 fills a 2-core machine).
 """
@@ -44,7 +48,17 @@ from experiments.report import commit_id, write_report  # noqa: E402
 from experiments.scalars import read_scalars  # noqa: E402
 
 BASE_CONFIG = REPO / "experiments/configs/echo_vs_base.yaml"
-HARNESS_KEYS = {"name", "task", "runs_dir", "seeds", "arms", "quick_arms", "quick_epochs", "quick_num_val"}
+HARNESS_KEYS = {
+    "name", "task", "runs_dir", "seeds", "arms", "quick_arms", "quick_epochs", "quick_num_val", "shared_start_eval",
+}  # fmt: skip
+# what an evaluation before training does not depend on: every run's step-0 evaluation is the same (same model,
+# same prompts, sampling seeded by the eval config), so with harness.shared_start_eval it runs once
+_TRAINING_ONLY = {
+    "seed_everything": None,
+    "rollout": None,
+    "trainer": ("max_epochs", "check_val_every_n_epoch", "default_root_dir", "logger", "num_sanity_val_steps"),
+    "model": ("method", "echo", "algorithm", "lr"),
+}
 
 
 @dataclass(frozen=True)
@@ -143,12 +157,86 @@ def run_config(arm: Arm, seed: int, run_dir: Path, args: argparse.Namespace) -> 
         rollout["prompts_per_epoch"] = args.prompts_per_epoch
     if args.num_val is not None:
         config["data"]["init_args"]["num_val"] = args.num_val
+    if args.harness.get("shared_start_eval"):
+        trainer["num_sanity_val_steps"] = 0  # the step-0 evaluation comes from start_eval()
     return config
 
 
-def run_one(arm: Arm, seed: int, args: argparse.Namespace) -> tuple[Path, bool]:
+def _env(args: argparse.Namespace) -> dict[str, str]:
+    return dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS=str(args.threads),
+        MKL_NUM_THREADS=str(args.threads),
+        TOKENIZERS_PARALLELISM="false",
+    )
+
+
+def _eval_digest(config: dict) -> str:
+    """Hash of what a step-0 evaluation depends on: the run config less its training-only keys."""
+    kept = json.loads(json.dumps(config))
+    for section, keys in _TRAINING_ONLY.items():
+        if keys is None:
+            kept.pop(section, None)
+            continue
+        target = kept.get(section, {})
+        target = target.get("init_args", target) if section == "model" else target
+        for key in keys:
+            target.pop(key, None)
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def start_eval(arm: Arm, seed: int, args: argparse.Namespace) -> dict[str, list[list[float]]]:
+    """The evaluation before training, shared by every run (``harness.shared_start_eval``): one
+    ``python cli.py validate`` of the untrained model, cached in ``<runs_dir>/start_eval`` by the hash of
+    everything it depends on. Returns its ``val/*`` and ``data/eval_prompts`` scalars (all at step 0)."""
+    run_dir = Path(args.runs_dir).resolve() / "start_eval"
+    config = run_config(arm, seed, run_dir, args)
+    digest = _eval_digest(config)
+    done = run_dir / "scalars.json"
+    if done.exists() and json.loads(done.read_text()).get("eval_sha") == digest:
+        return json.loads(done.read_text())["scalars"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f"[eval] before training (shared by every run) -> {run_dir}", flush=True)
+    start = time.perf_counter()
+    with open(run_dir / "log.txt", "w") as log:
+        proc = subprocess.run(
+            [sys.executable, "cli.py", "validate", "--config", str(run_dir / "config.yaml")],
+            cwd=REPO, env=_env(args), stdout=log, stderr=subprocess.STDOUT, check=False,
+        )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"the shared evaluation failed (exit {proc.returncode}); see {run_dir / 'log.txt'}")
+    scalars = {
+        tag: series
+        for tag, series in read_scalars(run_dir / "tb").items()
+        if tag.startswith("val/") or tag == "data/eval_prompts"
+    }
+    if not any("/avg@" in tag for tag in scalars):
+        raise RuntimeError(f"the shared evaluation logged no val/<set>/avg@k; see {run_dir / 'log.txt'}")
+    wall = time.perf_counter() - start
+    done.write_text(json.dumps({"eval_sha": digest, "wall_s": wall, "scalars": scalars}))
+    print(f"[done] shared evaluation in {wall / 60:.1f} min", flush=True)
+    return scalars
+
+
+def with_start(scalars: dict, start: dict) -> dict:
+    """A run's scalars with the shared step-0 evaluation put in front of each evaluated tag."""
+    merged = dict(scalars)
+    for tag, series in start.items():
+        later = [point for point in merged.get(tag, []) if point[0] > 0]
+        merged[tag] = [[0, series[0][1]]] + later
+    return merged
+
+
+def run_one(
+    arm: Arm, seed: int, args: argparse.Namespace, start_scalars: dict | None = None
+) -> tuple[Path, bool]:
     """Train one (arm, seed) unless a finished run with the same config exists; returns its directory and
-    whether it was trained now."""
+    whether it was trained now. ``start_scalars``: the shared step-0 evaluation (:func:`start_eval`), merged into the
+    run's record."""
     run_dir = Path(args.runs_dir).resolve() / arm.slug / f"seed{seed}"
     config = run_config(arm, seed, run_dir, args)
     text = yaml.safe_dump(config, sort_keys=False)
@@ -161,19 +249,12 @@ def run_one(arm: Arm, seed: int, args: argparse.Namespace) -> tuple[Path, bool]:
     done.unlink(missing_ok=True)
     shutil.rmtree(run_dir / "tb", ignore_errors=True)
     (run_dir / "config.yaml").write_text(text)
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        OMP_NUM_THREADS=str(args.threads),
-        MKL_NUM_THREADS=str(args.threads),
-        TOKENIZERS_PARALLELISM="false",
-    )
     print(f"[run ] {arm.name} seed {seed} -> {run_dir}", flush=True)
     start = time.perf_counter()
     with open(run_dir / "log.txt", "w") as log:
         proc = subprocess.run(
             [sys.executable, "cli.py", "fit", "--config", str(run_dir / "config.yaml")],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
+            cwd=REPO, env=_env(args), stdout=log, stderr=subprocess.STDOUT, check=False,
         )  # fmt: skip
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -184,6 +265,9 @@ def run_one(arm: Arm, seed: int, args: argparse.Namespace) -> tuple[Path, bool]:
     if "rollout/frac_all_success" not in scalars:
         raise RuntimeError(f"{arm.name} seed {seed}: no rollout/frac_all_success logged in {run_dir / 'tb'}")
     record = {"arm": arm.name, "seed": seed, "config_sha": digest, "commit": commit_id(), "wall_s": wall}
+    if start_scalars is not None:
+        record["start_eval"] = "shared"
+        scalars = with_start(scalars, start_scalars)
     record["scalars"] = scalars
     done.write_text(json.dumps(record))
     print(f"[done] {arm.name} seed {seed} in {wall / 60:.1f} min", flush=True)
@@ -246,8 +330,14 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     trained = 0
     if not args.report_only:
+        start_scalars = None
+        if args.harness.get("shared_start_eval"):
+            try:
+                start_scalars = start_eval(arms[0], args.seeds[0], args)
+            except RuntimeError as error:
+                raise SystemExit(str(error)) from None
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_one, arm, seed, args) for arm, seed in jobs]
+            futures = [pool.submit(run_one, arm, seed, args, start_scalars) for arm, seed in jobs]
             errors = []
             for future in futures:
                 try:

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from experiments.echo_vs_base import ARMS, QUICK_ARMS, arm_by_name, load_base, parse_args
+from experiments.echo_vs_base import (
+    ARMS,
+    QUICK_ARMS,
+    _eval_digest,
+    arm_by_name,
+    load_base,
+    parse_args,
+    run_config,
+    with_start,
+)
 from experiments.power import power_estimate
 from experiments.report import arm_table, paired_deltas, run_summary, step_tags
 
@@ -138,6 +147,32 @@ def test_forking_config_harness_section(tmp_path):
         load_base(bad)
 
 
+def test_shared_start_eval_digest_and_merge(tmp_path):
+    args = parse_args(["--config", "experiments/configs/echo_forking.yaml"])
+    assert args.harness["shared_start_eval"] is True
+    grpo = run_config(arm_by_name("grpo"), 0, tmp_path / "a", args)
+    echo = run_config(arm_by_name("dapo+echo[coef=0.002]"), 3, tmp_path / "b", args)
+    assert grpo["trainer"]["num_sanity_val_steps"] == 0  # no run repeats the shared step-0 evaluation
+    # arm, seed, run folder and training budget do not change what the untrained model's evaluation is...
+    assert _eval_digest(grpo) == _eval_digest(echo)
+    # ...the model, the evaluation prompts and the sampling settings do
+    for section, key, value in (("data", "num_val", 7), ("model", "model", "elsewhere")):
+        changed = run_config(arm_by_name("grpo"), 0, tmp_path / "a", args)
+        changed[section]["init_args"][key] = value
+        assert _eval_digest(changed) != _eval_digest(grpo), key
+    changed = run_config(arm_by_name("grpo"), 0, tmp_path / "a", args)
+    changed["model"]["init_args"]["eval"]["temperature"] = 1.0
+    assert _eval_digest(changed) != _eval_digest(grpo)
+    # the merge: the shared step-0 point goes in front; a run's own step-0 point (if any) is replaced
+    run = {"val/id/avg@4": [[0, 0.5], [8, 0.7]], "reward/mean": [[0, 0.9]], "val/ood/avg@4": [[8, 0.1]]}
+    start = {"val/id/avg@4": [[0, 0.6]], "val/ood/avg@4": [[0, 0.2]]}
+    assert with_start(run, start) == {
+        "val/id/avg@4": [[0, 0.6], [8, 0.7]],
+        "reward/mean": [[0, 0.9]],
+        "val/ood/avg@4": [[0, 0.2], [8, 0.1]],
+    }
+
+
 def _harness(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "experiments/echo_vs_base.py", "--quick", "--epochs", "2", "--val-every", "1",
            "--prompts-per-epoch", "4", "--num-val", "4", "--runs-dir", str(tmp_path / "runs"),
@@ -206,6 +241,15 @@ def test_forking_quick_harness_tiny_budget(tmp_path):
     assert "## Power: how many evaluation samples make a 2-point difference visible" in text
     grpo = json.loads((tmp_path / "runs/grpo/seed0/scalars.json").read_text())
     assert {"val/id/avg@4", "val/ood_numbers/avg@4", "val/ood_large/avg@4"} <= set(grpo["scalars"])
+    # the step-0 evaluation ran once (cli.py validate) and is every run's first point
+    start = json.loads((tmp_path / "runs/start_eval/scalars.json").read_text())["scalars"]
+    echo = json.loads((tmp_path / "runs/grpo_echo/seed0/scalars.json").read_text())
+    assert grpo["start_eval"] == echo["start_eval"] == "shared"
+    for tag in ("val/id/avg@4", "val/ood_large/avg@4"):
+        assert grpo["scalars"][tag][0] == echo["scalars"][tag][0] == [0, start[tag][0][1]]
+        steps = [step for step, _ in grpo["scalars"][tag]]  # before training, then after its one step
+        assert len(steps) == 2 and steps[0] == 0 < steps[1]
+    assert proc.stdout.count("[eval]") == 1
     header = next(line for line in text.splitlines() if line.startswith("| arm"))
     for tag in step_tags(grpo):  # a step column for every set that had a correct sample to judge
         assert f"{tag.split('/')[1]} steps ok final" in header
