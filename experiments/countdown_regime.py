@@ -240,7 +240,8 @@ def main() -> None:
     for spec in default_eval_specs(DEFAULT_DIFFICULTY):
         if spec.name in args.sets:
             num = args.num if spec.group == "id" else args.num_ood
-            examples = countdown_prompts(spec.split, num, 0, spec.difficulty)
+            # distinct problems, as the datamodule evaluates
+            examples = countdown_prompts(spec.split, num, 0, spec.difficulty, distinct=True)
             results[spec.name] = evaluate_set(model, tok, examples, args.samples, args.temperature,
                                               args.max_new_tokens, newline_ids, args.seed)  # fmt: skip
             print(spec.name, {k: v for k, v in results[spec.name].items()}, flush=True)

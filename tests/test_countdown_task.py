@@ -22,6 +22,7 @@ from echorl_lightning.data.countdown_dm import (
     CountdownDataModule,
     CountdownEvalSpec,
     CountdownSFTDataModule,
+    countdown_prompts,
     distinct_problems,
 )
 from echorl_lightning.data.countdown_solver import (
@@ -154,12 +155,13 @@ def test_problems_respect_difficulty_and_are_solved_by_their_trace() -> None:
 
 
 def test_ood_knobs() -> None:
-    # default: 3 numbers in 1..10, targets up to 99, intermediates up to 200, traces up to 20 lines
+    # default: 3 numbers in 1..20, targets up to 99, intermediates up to 200, traces up to 20 lines
     more = more_numbers(DEFAULT_DIFFICULTY)
     assert (more.min_numbers, more.max_numbers) == (4, 4)
     assert more_numbers(DEFAULT_DIFFICULTY).max_steps == 24
     large = larger_numbers(DEFAULT_DIFFICULTY)
-    assert (large.max_number, large.max_target, large.max_intermediate) == (25, 199, 400)
+    # numbers up to 2.5 x 20 = 50, targets up to 2 x 99 + 1 = 199, intermediates up to 2 x 200 = 400
+    assert (large.max_number, large.max_target, large.max_intermediate) == (50, 199, 400)
     with pytest.raises(ValueError, match="min_numbers"):
         CountdownDifficulty(min_numbers=2)
     with pytest.raises(ValueError, match="max_intermediate"):
@@ -193,16 +195,38 @@ def test_distinct_problems_and_the_narrow_id_set_warning(caplog) -> None:
     # the same numbers in another order and the same target are one problem; another target is another
     examples = [PromptExample("", r) for r in ("3 9 2 -> 21", "2 3 9 -> 21", "3 9 2 -> 12", "1 2 3 -> 21")]
     assert distinct_problems(examples) == 3
-    # at the default difficulty the val bucket holds few problems: 64 id prompts repeat them, which the
-    # datamodule says, naming the set (the ood sets, 4 numbers and larger numbers, are wide)
+    # evaluation sets hold distinct problems by default: every prompt is another problem, and the draws it
+    # skipped are repeats of earlier ones (the uid carries the draw index)
+    sets = CountdownDataModule(num_val=64).eval_sets()
+    for eval_set in sets:
+        assert distinct_problems(eval_set.prompts) == len(eval_set.prompts) == 64, eval_set.name
+    drawn = countdown_prompts("val", 64)  # the generator's own draws repeat problems even at 1..20
+    assert distinct_problems(drawn) < 64
+    indices = [int(ex.uid.rsplit("-", 1)[1]) for ex in sets[0].prompts]
+    assert indices[0] == 0 and indices == sorted(indices) and indices[-1] > 63
+    raw = countdown_prompts("val", indices[-1] + 1)
+    assert [ex.prompt for ex in sets[0].prompts] == [raw[i].prompt for i in indices]
+    assert all(  # every skipped draw repeats a problem taken before it
+        distinct_problems([raw[j] for j in indices if j < i] + [raw[i]]) == sum(j < i for j in indices)
+        for i in range(indices[-1] + 1)
+        if i not in indices
+    )
+    # a narrow difficulty (numbers in 1..10: 22 problems in the val bucket) cannot fill a set of 64: the set
+    # is shorter, and the datamodule says so, naming it; without distinct_eval the repeats stay, also named
+    narrow = CountdownDifficulty(max_number=10)
+    spec = [CountdownEvalSpec("narrow", "val", narrow, "id")]
     with caplog.at_level("WARNING", logger="echorl_lightning.data.countdown_dm"):
-        sets = CountdownDataModule(num_val=64).eval_sets()
-    id_distinct = distinct_problems(sets[0].prompts)
-    assert id_distinct < 32, id_distinct
-    assert f"eval set 'id' has 64 prompts but {id_distinct} distinct problems" in caplog.text
-    for eval_set in sets:  # a warning exactly for the sets that repeat a problem
-        repeats = distinct_problems(eval_set.prompts) < len(eval_set.prompts)
-        assert (f"eval set {eval_set.name!r} has" in caplog.text) == repeats, eval_set.name
+        short = CountdownDataModule(num_val=64, eval_sets=spec).eval_sets()[0]
+    assert distinct_problems(short.prompts) == len(short.prompts) < 32
+    assert f"eval set 'narrow' has {len(short.prompts)} distinct problems for the 64 prompts" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="echorl_lightning.data.countdown_dm"):
+        kept = CountdownDataModule(num_val=64, eval_sets=spec, distinct_eval=False).eval_sets()[0]
+    assert len(kept.prompts) == 64 and distinct_problems(kept.prompts) <= len(short.prompts)  # 64 draws
+    assert "64 prompts, repeats included" in caplog.text
+    # the validation loop's prompts are the first set's
+    dm = CountdownDataModule(num_val=8)
+    assert [ex.prompt for ex in dm.load_val_prompts()] == [ex.prompt for ex in dm.eval_sets()[0].prompts][:8]
 
 
 def test_sft_datamodule_batches() -> None:

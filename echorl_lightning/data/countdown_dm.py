@@ -73,22 +73,41 @@ def default_eval_specs(difficulty: CountdownDifficulty) -> list[CountdownEvalSpe
     ]
 
 
+DISTINCT_DRAWS_PER_PROMPT = 20  # with ``distinct``: draws allowed per prompt asked for before giving up
+
+
 def countdown_prompts(
-    split: Split, num: int, seed: int = 0, difficulty: CountdownDifficulty = DEFAULT_DIFFICULTY
+    split: Split,
+    num: int,
+    seed: int = 0,
+    difficulty: CountdownDifficulty = DEFAULT_DIFFICULTY,
+    distinct: bool = False,
 ) -> list[PromptExample]:
     """``num`` problems of ``split`` as prompt examples (reference = ``"<numbers> -> <target>"``, expert =
-    a solver trace)."""
-    examples = []
-    for i in range(num):
-        problem = make_problem(split, i, seed, difficulty)
-        examples.append(
-            PromptExample(
-                prompt=problem.prompt,
-                reference=problem.reference,
-                expert=problem.solution,
-                uid=f"countdown-{split}-{seed}-{i}",
+    a solver trace, uid ``countdown-<split>-<seed>-<index>``).
+
+    With ``distinct``, a draw that repeats a problem already taken (the same numbers in any order and the same
+    target) is skipped and the next index drawn, until ``num`` distinct problems or
+    ``DISTINCT_DRAWS_PER_PROMPT x num`` draws; the list is then shorter than ``num`` (the split's bucket holds
+    no more problems at this difficulty).
+    """
+    examples: list[PromptExample] = []
+    seen: set[tuple[tuple[int, ...], int]] = set()
+    index = 0
+    while len(examples) < num and (not distinct or index < DISTINCT_DRAWS_PER_PROMPT * num):
+        problem = make_problem(split, index, seed, difficulty)
+        key = (tuple(sorted(problem.numbers)), problem.target)
+        if not distinct or key not in seen:
+            seen.add(key)
+            examples.append(
+                PromptExample(
+                    prompt=problem.prompt,
+                    reference=problem.reference,
+                    expert=problem.solution,
+                    uid=f"countdown-{split}-{seed}-{index}",
+                )
             )
-        )
+        index += 1
     return examples
 
 
@@ -109,6 +128,9 @@ class CountdownDataModule(PromptDataModule):
         verifier: None uses :class:`CountdownVerifier`.
         val_batch_size: prompts per validation batch.
         eval_sets: named evaluation sets; None = :func:`default_eval_specs` of ``difficulty``.
+        distinct_eval: every evaluation prompt a different problem (a draw that repeats one is skipped, see
+            :func:`countdown_prompts`), so a set's accuracy rests on as many problems as it has prompts;
+            False keeps the generator's draws, repeats included.
     """
 
     def __init__(
@@ -120,6 +142,7 @@ class CountdownDataModule(PromptDataModule):
         verifier: VerifierFn | None = None,
         val_batch_size: int = 64,
         eval_sets: list[CountdownEvalSpec] | None = None,
+        distinct_eval: bool = True,
     ) -> None:
         super().__init__(verifier=verifier, val_batch_size=val_batch_size)
         if num_train < 1 or num_val < 0:
@@ -136,6 +159,16 @@ class CountdownDataModule(PromptDataModule):
         self.seed = seed
         self.difficulty = difficulty
         self.eval_specs = list(eval_sets) if eval_sets is not None else default_eval_specs(difficulty)
+        self.distinct_eval = distinct_eval
+
+    def _eval_prompts(self, spec: CountdownEvalSpec) -> list[PromptExample]:
+        return countdown_prompts(
+            spec.split,
+            self.num_val if spec.num is None else spec.num,
+            self.seed,
+            self.difficulty if spec.difficulty is None else spec.difficulty,
+            distinct=self.distinct_eval,
+        )
 
     def load_train_prompts(self) -> Sequence[PromptExample]:
         return countdown_prompts("train", self.num_train, self.seed, self.difficulty)
@@ -144,32 +177,30 @@ class CountdownDataModule(PromptDataModule):
         """The prompts of the first evaluation set (none without evaluation sets or with ``num_val=0``)."""
         if not self.eval_specs or self.num_val == 0:
             return []
-        spec = self.eval_specs[0]
-        return countdown_prompts(spec.split, self.num_val, self.seed, spec.difficulty or self.difficulty)
+        return self._eval_prompts(self.eval_specs[0])
 
     def load_eval_sets(self) -> Sequence[EvalSet]:
         """The configured evaluation sets, each scored by the datamodule's verifier and step checker. A set
-        whose prompts repeat problems (a narrow difficulty has few problems per held-out bucket) is logged as
-        a warning with its number of distinct problems: its accuracy rests on those, not on its prompts."""
+        with fewer distinct problems than prompts asked for (a narrow difficulty has few problems per held-out
+        bucket) is logged as a warning naming it: its accuracy rests on those problems, not on its prompts."""
         if self.num_val == 0:
             return []
         checker = self.default_step_checker()
         sets = []
         for spec in self.eval_specs:
-            examples = countdown_prompts(
-                spec.split,
-                self.num_val if spec.num is None else spec.num,
-                self.seed,
-                self.difficulty if spec.difficulty is None else spec.difficulty,
-            )
+            examples = self._eval_prompts(spec)
+            asked = self.num_val if spec.num is None else spec.num
             distinct = distinct_problems(examples)
-            if distinct < len(examples):
+            if distinct < asked:
                 logger.warning(
-                    "CountdownDataModule: eval set %r has %d prompts but %d distinct problems (the same numbers "
-                    "and target, reordered); widen its difficulty for more",
+                    "CountdownDataModule: eval set %r has %d distinct problems for the %d prompts asked for "
+                    "(%s); widen its difficulty for more",
                     spec.name,
-                    len(examples),
                     distinct,
+                    asked,
+                    "its held-out bucket holds no more"
+                    if self.distinct_eval
+                    else f"{len(examples)} prompts, repeats included",
                 )
             sets.append(
                 EvalSet(spec.name, examples, self.verifier, spec.group, self.default_answer_fn, checker)
