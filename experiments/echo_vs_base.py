@@ -56,7 +56,13 @@ HARNESS_KEYS = {
 _TRAINING_ONLY = {
     "seed_everything": None,
     "rollout": None,
-    "trainer": ("max_epochs", "check_val_every_n_epoch", "default_root_dir", "logger", "num_sanity_val_steps"),
+    "trainer": (
+        "max_epochs",
+        "check_val_every_n_epoch",
+        "default_root_dir",
+        "logger",
+        "num_sanity_val_steps",
+    ),
     "model": ("method", "echo", "algorithm", "lr"),
 }
 
@@ -155,8 +161,11 @@ def run_config(arm: Arm, seed: int, run_dir: Path, args: argparse.Namespace) -> 
         trainer["check_val_every_n_epoch"] = args.val_every
     if args.prompts_per_epoch is not None:
         rollout["prompts_per_epoch"] = args.prompts_per_epoch
-    if args.num_val is not None:
+    if args.num_val is not None:  # every evaluation set, also those that name their own size
         config["data"]["init_args"]["num_val"] = args.num_val
+        for spec in config["data"]["init_args"].get("eval_sets") or []:
+            if spec.get("num") is not None:
+                spec["num"] = args.num_val
     if args.harness.get("shared_start_eval"):
         trainer["num_sanity_val_steps"] = 0  # the step-0 evaluation comes from start_eval()
     return config
@@ -208,7 +217,9 @@ def start_eval(arm: Arm, seed: int, args: argparse.Namespace) -> dict[str, list[
             cwd=REPO, env=_env(args), stdout=log, stderr=subprocess.STDOUT, check=False,
         )  # fmt: skip
     if proc.returncode != 0:
-        raise RuntimeError(f"the shared evaluation failed (exit {proc.returncode}); see {run_dir / 'log.txt'}")
+        raise RuntimeError(
+            f"the shared evaluation failed (exit {proc.returncode}); see {run_dir / 'log.txt'}"
+        )
     scalars = {
         tag: series
         for tag, series in read_scalars(run_dir / "tb").items()
@@ -293,7 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--epochs", type=int, help="optimizer steps (rollout batches) per run")
     budget.add_argument("--val-every", type=int, help="evaluate every this many steps")
     budget.add_argument("--prompts-per-epoch", type=int, help="prompts per rollout batch")
-    budget.add_argument("--num-val", type=int, help="prompts per evaluation set")
+    budget.add_argument("--num-val", type=int, help="prompts per evaluation set (every set)")
     args = parser.parse_args(argv)
     base, harness = load_base(args.config)
     args.harness = harness

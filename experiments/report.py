@@ -110,6 +110,16 @@ def _difficulty(d: dict) -> str:
     )
 
 
+def _set_sizes(data: dict) -> str:
+    """``"128 prompts per set"``, or each set's own size when the config names one
+    (``"prompts per set: `id` 240, `ood_numbers` 64, ..."``)."""
+    specs = data.get("eval_sets") or []
+    if not any(spec.get("num") is not None for spec in specs):
+        return f"{data['num_val']} prompts per set"
+    sizes = ", ".join(f"`{spec['name']}` {spec.get('num') or data['num_val']}" for spec in specs)
+    return f"prompts per set: {sizes}"
+
+
 def _short(tag: str) -> str:
     """``val/ood_steps/avg@4`` -> ``ood_steps``, ``val/ood_avg`` -> ``ood_avg``,
     ``val/id/step_valid_frac`` -> ``id steps ok``."""
@@ -302,7 +312,7 @@ def write_report(
         f" = {steps * prompts * group:,} rollouts; lr {model['lr']:g}, rollout temperature "
         f"{rollout['temperature']:g}, response limit {rollout['max_new_tokens']} tokens",
         f"- model: `{model['model']}`; training task: {_difficulty(data['difficulty'])}",
-        f"- evaluation: {data['num_val']} prompts per set, avg@{model['eval']['n']} at temperature "
+        f"- evaluation: {_set_sizes(data)}, avg@{model['eval']['n']} at temperature "
         f"{model['eval']['temperature']:g}, every {trainer['check_val_every_n_epoch']} steps and before "
         "training; 'final' = after the last step. Sets: "
         + "; ".join(
@@ -330,8 +340,11 @@ def write_report(
     if hand_written and regime.exists():
         lines += [regime.read_text().strip(), ""]
     first = summaries[arm_names[0]][0]
+    first_shared = all(r.get("start_eval") == "shared" for r in records)
     lines += [
-        "Before training (every arm starts from the same model and samples its evaluations with the same seed): "
+        "Before training (every arm starts from the same model and samples its evaluations with the same seed"
+        + ("; evaluated once, by `cli.py validate`, and shared by every run" if first_shared else "")
+        + "): "
         + ", ".join(f"`{_short(t)}` {first[f'{t}:start']:.3f}" for t in per_set + groups if t != "val/id_avg")
         + ".",
         "",

@@ -121,7 +121,22 @@ def test_forking_config_harness_section(tmp_path):
         quick.epochs % config["trainer"]["check_val_every_n_epoch"] != 0 and quick.val_every == quick.epochs
     )
     full = parse_args(["--config", "experiments/configs/echo_forking.yaml", "--epochs", "20"])
-    assert full.val_every is None  # 10 divides 20: the config's schedule already ends on step 20
+    assert full.val_every is None  # 20 divides 20: the config's schedule already ends on step 20
+    # the config's sets are the datamodule's default sets, spelled out to give each its own size
+    from echorl_lightning.data.countdown import CountdownDifficulty
+    from echorl_lightning.data.countdown_dm import default_eval_specs
+
+    data = config["data"]["init_args"]
+    defaults = default_eval_specs(CountdownDifficulty(**data["difficulty"]))
+    written = [
+        (s["name"], s["split"], s["group"], s.get("difficulty") and CountdownDifficulty(**s["difficulty"]))
+        for s in data["eval_sets"]
+    ]
+    assert written == [(d.name, d.split, d.group, None if d.name == "id" else d.difficulty) for d in defaults]
+    # --num-val sizes every set, also those that name their own (the quick budget)
+    sized = run_config(arm_by_name("grpo"), 0, tmp_path / "q", quick)["data"]["init_args"]
+    assert sized["num_val"] == harness["quick_num_val"]
+    assert {s["num"] for s in sized["eval_sets"]} == {harness["quick_num_val"]}
     assert quick.runs_dir == str(REPO / "runs/echo_forking")
     default = parse_args([])  # the arithmetic sweep keeps its defaults
     assert (
@@ -237,7 +252,7 @@ def test_forking_quick_harness_tiny_budget(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = (tmp_path / "out/echo_forking_quick.md").read_text()
     assert text.startswith("# EchoRL vs its base methods on the Countdown forking task")
-    assert "Countdown, 3-3 numbers in 1..10, targets 10..99, 6-20 trace lines" in text
+    assert "Countdown, 3-3 numbers in 1..20, targets 10..99, 6-20 trace lines" in text
     assert "## Power: how many evaluation samples make a 2-point difference visible" in text
     grpo = json.loads((tmp_path / "runs/grpo/seed0/scalars.json").read_text())
     assert {"val/id/avg@4", "val/ood_numbers/avg@4", "val/ood_large/avg@4"} <= set(grpo["scalars"])
@@ -249,7 +264,7 @@ def test_forking_quick_harness_tiny_budget(tmp_path):
         assert grpo["scalars"][tag][0] == echo["scalars"][tag][0] == [0, start[tag][0][1]]
         steps = [step for step, _ in grpo["scalars"][tag]]  # before training, then after its one step
         assert len(steps) == 2 and steps[0] == 0 < steps[1]
-    assert proc.stdout.count("[eval]") == 1
+    assert proc.stdout.count("[eval]") == 1 and "evaluated once, by `cli.py validate`" in text
     header = next(line for line in text.splitlines() if line.startswith("| arm"))
     for tag in step_tags(grpo):  # a step column for every set that had a correct sample to judge
         assert f"{tag.split('/')[1]} steps ok final" in header
