@@ -181,6 +181,22 @@ def _env(args: argparse.Namespace) -> dict[str, str]:
     )
 
 
+def _cli(subcommand: str, run_dir: Path, config_text: str, args: argparse.Namespace) -> tuple[int, float]:
+    """``python cli.py <subcommand>`` on ``config_text`` in a fresh ``run_dir`` (an earlier attempt's record and
+    TensorBoard logs removed; config in ``config.yaml``, output in ``log.txt``): ``(exit code, wall seconds)``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "scalars.json").unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    (run_dir / "config.yaml").write_text(config_text)
+    start = time.perf_counter()
+    with open(run_dir / "log.txt", "w") as log:
+        proc = subprocess.run(
+            [sys.executable, "cli.py", subcommand, "--config", str(run_dir / "config.yaml")],
+            cwd=REPO, env=_env(args), stdout=log, stderr=subprocess.STDOUT, check=False,
+        )  # fmt: skip
+    return proc.returncode, time.perf_counter() - start
+
+
 def _eval_digest(config: dict) -> str:
     """Hash of what a step-0 evaluation depends on: the run config less its training-only keys."""
     kept = json.loads(json.dumps(config))
@@ -205,21 +221,10 @@ def start_eval(arm: Arm, seed: int, args: argparse.Namespace) -> dict[str, list[
     done = run_dir / "scalars.json"
     if done.exists() and json.loads(done.read_text()).get("eval_sha") == digest:
         return json.loads(done.read_text())["scalars"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    done.unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "tb", ignore_errors=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"[eval] before training (shared by every run) -> {run_dir}", flush=True)
-    start = time.perf_counter()
-    with open(run_dir / "log.txt", "w") as log:
-        proc = subprocess.run(
-            [sys.executable, "cli.py", "validate", "--config", str(run_dir / "config.yaml")],
-            cwd=REPO, env=_env(args), stdout=log, stderr=subprocess.STDOUT, check=False,
-        )  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"the shared evaluation failed (exit {proc.returncode}); see {run_dir / 'log.txt'}"
-        )
+    returncode, wall = _cli("validate", run_dir, yaml.safe_dump(config, sort_keys=False), args)
+    if returncode != 0:
+        raise RuntimeError(f"the shared evaluation failed (exit {returncode}); see {run_dir / 'log.txt'}")
     scalars = {
         tag: series
         for tag, series in read_scalars(run_dir / "tb").items()
@@ -227,7 +232,6 @@ def start_eval(arm: Arm, seed: int, args: argparse.Namespace) -> dict[str, list[
     }
     if not any("/avg@" in tag for tag in scalars):
         raise RuntimeError(f"the shared evaluation logged no val/<set>/avg@k; see {run_dir / 'log.txt'}")
-    wall = time.perf_counter() - start
     done.write_text(json.dumps({"eval_sha": digest, "wall_s": wall, "scalars": scalars}))
     print(f"[done] shared evaluation in {wall / 60:.1f} min", flush=True)
     return scalars
@@ -256,22 +260,10 @@ def run_one(
     if done.exists() and json.loads(done.read_text()).get("config_sha") == digest:
         print(f"[skip] {arm.name} seed {seed}: finished run in {run_dir}", flush=True)
         return run_dir, False
-    run_dir.mkdir(parents=True, exist_ok=True)
-    done.unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "tb", ignore_errors=True)
-    (run_dir / "config.yaml").write_text(text)
     print(f"[run ] {arm.name} seed {seed} -> {run_dir}", flush=True)
-    start = time.perf_counter()
-    with open(run_dir / "log.txt", "w") as log:
-        proc = subprocess.run(
-            [sys.executable, "cli.py", "fit", "--config", str(run_dir / "config.yaml")],
-            cwd=REPO, env=_env(args), stdout=log, stderr=subprocess.STDOUT, check=False,
-        )  # fmt: skip
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{arm.name} seed {seed} failed (exit {proc.returncode}); see {run_dir / 'log.txt'}"
-        )
+    returncode, wall = _cli("fit", run_dir, text, args)
+    if returncode != 0:
+        raise RuntimeError(f"{arm.name} seed {seed} failed (exit {returncode}); see {run_dir / 'log.txt'}")
     scalars = read_scalars(run_dir / "tb")
     if "rollout/frac_all_success" not in scalars:
         raise RuntimeError(f"{arm.name} seed {seed}: no rollout/frac_all_success logged in {run_dir / 'tb'}")
