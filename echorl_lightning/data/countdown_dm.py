@@ -76,6 +76,11 @@ def default_eval_specs(difficulty: CountdownDifficulty) -> list[CountdownEvalSpe
 DISTINCT_DRAWS_PER_PROMPT = 20  # with ``distinct``: draws allowed per prompt asked for before giving up
 
 
+def problem_key(numbers: Sequence[int], target: int) -> tuple[tuple[int, ...], int]:
+    """What makes two Countdown problems the same: the numbers in any order and the target."""
+    return tuple(sorted(numbers)), target
+
+
 def countdown_prompts(
     split: Split,
     num: int,
@@ -96,7 +101,7 @@ def countdown_prompts(
     index = 0
     while len(examples) < num and (not distinct or index < DISTINCT_DRAWS_PER_PROMPT * num):
         problem = make_problem(split, index, seed, difficulty)
-        key = (tuple(sorted(problem.numbers)), problem.target)
+        key = problem_key(problem.numbers, problem.target)
         if not distinct or key not in seen:
             seen.add(key)
             examples.append(
@@ -114,7 +119,7 @@ def countdown_prompts(
 def distinct_problems(examples: Sequence[PromptExample]) -> int:
     """How many different problems ``examples`` hold: the same numbers (in any order) and target count once."""
     parsed = [parse_reference(example.reference) for example in examples]
-    return len({(tuple(sorted(p[0])), p[1]) for p in parsed if p is not None})
+    return len({problem_key(*p) for p in parsed if p is not None})
 
 
 class CountdownDataModule(PromptDataModule):
