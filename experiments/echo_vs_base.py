@@ -15,7 +15,8 @@ again with the same settings, so an interrupted sweep resumes. :mod:`experiments
 
 ``--config`` names another base config; its optional top-level ``harness:`` mapping (removed from every
 run's config) sets the report name, the task's label, the runs folder, the default arms and seeds and the
-``--quick`` budget (``quick_epochs``, ``quick_num_val``), so one harness serves every task. With
+``--quick`` budget (``quick_epochs``, ``quick_num_val``) and the regime's ``all_success_target`` (default 0.40;
+null: not reported), so one harness serves every task. With
 ``shared_start_eval: true`` the evaluation before training, which is the same for every run (same model, same
 prompts, sampling seeded by the eval config, not by the run's seed), runs once as ``python cli.py validate``
 (cached in ``<runs_dir>/start_eval``) and is merged into each run's record as its step-0 point, instead of each
@@ -50,6 +51,7 @@ from experiments.scalars import read_scalars  # noqa: E402
 BASE_CONFIG = REPO / "experiments/configs/echo_vs_base.yaml"
 HARNESS_KEYS = {
     "name", "task", "runs_dir", "seeds", "arms", "quick_arms", "quick_epochs", "quick_num_val", "shared_start_eval",
+    "all_success_target",
 }  # fmt: skip
 # what an evaluation before training does not depend on: every run's step-0 evaluation is the same (same model,
 # same prompts, sampling seeded by the eval config), so with harness.shared_start_eval it runs once
@@ -141,6 +143,13 @@ def load_base(path: str | Path) -> tuple[dict, dict]:
             arm_by_name(name)
         except ValueError as err:
             raise ValueError(f"{path}: {err} (in harness)") from None
+    target = harness.get("all_success_target")
+    if target is not None and (
+        isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 <= target <= 1
+    ):
+        raise ValueError(
+            f"{path}: harness.all_success_target must be a fraction in [0, 1] or null, got {target!r}"
+        )
     return config, harness
 
 
@@ -377,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         sweep=sweep,
         hand_written=not args.quick,
         task=args.harness.get("task", "the embedded task"),
+        all_success_target=args.harness.get("all_success_target", 0.40),
     )
     print(f"wrote {md} and {png}", flush=True)
 

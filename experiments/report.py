@@ -275,8 +275,11 @@ def write_report(
     sweep: dict | None,
     hand_written: bool = False,
     task: str = "the embedded task",
+    all_success_target: float | None = 0.40,
 ) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<name>.md`` and ``<out_dir>/<name>.png``; returns both paths."""
+    """Write ``<out_dir>/<name>.md`` and ``<out_dir>/<name>.png``; returns both paths. ``all_success_target``:
+    the regime's all-success fraction that base GRPO's first and last steps are held against (None: not
+    reported)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path, png_path = out_dir / f"{name}.md", out_dir / f"{name}.png"
     per_set, groups = eval_tags(records[0])
@@ -349,12 +352,17 @@ def write_report(
         + ".",
         "",
     ]
-    base_final = [s["rollout/frac_all_success:final"] for s in summaries.get("grpo", [])]
-    if base_final:
-        mean = statistics.fmean(base_final)
+    base = summaries.get("grpo", [])
+    if base and all_success_target is not None:
+        start, end = (
+            statistics.fmean(s[f"rollout/frac_all_success:{when}"] for s in base)
+            for when in ("start", "final")
+        )
+        verdict = {True: "met", False: "not met"}
         lines += [
-            f"Base GRPO ends at an all-success fraction of **{mean:.2f}** (target >= 0.40: "
-            f"{'met' if mean >= 0.40 else 'not met'}).",
+            f"Base GRPO's all-success fraction: **{start:.2f}** over its first {TAIL} steps, **{end:.2f}** over its "
+            f"last {TAIL} (target >= {all_success_target:.2f}: {verdict[start >= all_success_target]} at the start, "
+            f"{verdict[end >= all_success_target]} at the end).",
             "",
         ]
     for study, title in STUDIES.items():

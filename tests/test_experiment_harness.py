@@ -160,6 +160,11 @@ def test_forking_config_harness_section(tmp_path):
     bad.write_text("harness: {seed: [0]}\n")
     with pytest.raises(ValueError, match="unknown harness keys \\['seed'\\]"):
         load_base(bad)
+    for target in ("0.2x", 1.5, True):  # a fraction or null, and the error names the key
+        bad.write_text(f"harness: {{all_success_target: {target}}}\n")
+        with pytest.raises(ValueError, match="harness.all_success_target must be a fraction"):
+            load_base(bad)
+    assert harness["all_success_target"] == 0.2 and parse_args([]).harness.get("all_success_target") is None
 
 
 def test_shared_start_eval_digest_and_merge(tmp_path):
@@ -219,6 +224,8 @@ def test_quick_harness_end_to_end(tmp_path):
     grpo = json.loads((tmp_path / "runs/grpo/seed0/scalars.json").read_text())
     assert {"rollout/frac_all_success", "val/id/avg@4", "val/ood_avg"} <= set(grpo["scalars"])
     assert all(v == 0 for _, v in grpo["scalars"]["echo/num_clips"])  # the base arm mines no clip
+    frac = grpo["scalars"]["rollout/frac_all_success"][0][1]  # one step: start and end are that step
+    assert f"**{frac:.2f}** over its first 5 steps, **{frac:.2f}** over its last 5 (target >= 0.40:" in text
 
     again = _harness(tmp_path)  # finished runs with the same settings are reused, not retrained
     assert again.returncode == 0, again.stderr[-3000:]
@@ -265,6 +272,7 @@ def test_forking_quick_harness_tiny_budget(tmp_path):
         steps = [step for step, _ in grpo["scalars"][tag]]  # before training, then after its one step
         assert len(steps) == 2 and steps[0] == 0 < steps[1]
     assert proc.stdout.count("[eval]") == 1 and "evaluated once, by `cli.py validate`" in text
+    assert "(target >= 0.20: " in text  # the harness's all_success_target, not the arithmetic task's 0.40
     header = next(line for line in text.splitlines() if line.startswith("| arm"))
     for tag in step_tags(grpo):  # a step column for every set that had a correct sample to judge
         assert f"{tag.split('/')[1]} steps ok final" in header
