@@ -45,7 +45,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from experiments.report import commit_id, write_report  # noqa: E402
+from experiments.report import DEFAULT_ALL_SUCCESS_TARGET, commit_id, write_report  # noqa: E402
 from experiments.scalars import read_scalars  # noqa: E402
 
 BASE_CONFIG = REPO / "experiments/configs/echo_vs_base.yaml"
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         sweep=sweep,
         hand_written=not args.quick,
         task=args.harness.get("task", "the embedded task"),
-        all_success_target=args.harness.get("all_success_target", 0.40),
+        all_success_target=args.harness.get("all_success_target", DEFAULT_ALL_SUCCESS_TARGET),
     )
     print(f"wrote {md} and {png}", flush=True)
 

@@ -166,10 +166,14 @@ class CountdownDataModule(PromptDataModule):
         self.eval_specs = list(eval_sets) if eval_sets is not None else default_eval_specs(difficulty)
         self.distinct_eval = distinct_eval
 
+    def _set_size(self, spec: CountdownEvalSpec) -> int:
+        """Prompts asked for in ``spec``: its own ``num``, else the datamodule's ``num_val``."""
+        return self.num_val if spec.num is None else spec.num
+
     def _eval_prompts(self, spec: CountdownEvalSpec) -> list[PromptExample]:
         return countdown_prompts(
             spec.split,
-            self.num_val if spec.num is None else spec.num,
+            self._set_size(spec),
             self.seed,
             self.difficulty if spec.difficulty is None else spec.difficulty,
             distinct=self.distinct_eval,
@@ -194,7 +198,7 @@ class CountdownDataModule(PromptDataModule):
         sets = []
         for spec in self.eval_specs:
             examples = self._eval_prompts(spec)
-            asked = self.num_val if spec.num is None else spec.num
+            asked = self._set_size(spec)
             distinct = distinct_problems(examples)
             if distinct < asked:
                 logger.warning(
