@@ -11,6 +11,7 @@ again with the same settings, so an interrupted sweep resumes. :mod:`experiments
     python experiments/echo_vs_base.py            # the full sweep: 11 arms x 3 seeds (measured 78 min, 2 cores)
     python experiments/echo_vs_base.py --quick    # one seed of GRPO vs GRPO + EchoRL (measured 6 min)
     python experiments/echo_vs_base.py --report-only   # rebuild the table and plot from finished runs
+    python experiments/echo_vs_base.py --report-only --partial   # ... of a sweep still running or cut short
     python experiments/echo_vs_base.py --config experiments/configs/echo_forking.yaml [--quick]   # Countdown
 
 ``--config`` names another base config; its optional top-level ``harness:`` mapping (removed from every
@@ -301,6 +302,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", help="default: the harness's runs_dir, else runs/echo_vs_base")
     parser.add_argument("--out", default=str(REPO / "experiments/results"), help="results folder")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs")
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --report-only: report the finished runs of the selection and list the unfinished ones "
+        "in the report (default: an unfinished run is an error)",
+    )
     budget = parser.add_argument_group("budget overrides (default: the base config's)")
     budget.add_argument("--epochs", type=int, help="optimizer steps (rollout batches) per run")
     budget.add_argument("--val-every", type=int, help="evaluate every this many steps")
@@ -328,6 +335,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     every = base.get("trainer", {}).get("check_val_every_n_epoch")
     if args.epochs is not None and args.val_every is None and every and args.epochs % every:
         args.val_every = args.epochs  # else the last step is never evaluated and 'final' is the step-0 point
+    if args.partial and not args.report_only:
+        parser.error("--partial only goes with --report-only (a sweep trains every run it selects)")
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
     return args
@@ -358,14 +367,22 @@ def main(argv: list[str] | None = None) -> None:
                     errors.append(str(error))
         if errors:
             raise SystemExit("some runs failed:\n  " + "\n  ".join(errors))
-    records = []
+    records, missing = [], []
     for arm, seed in jobs:
         path = Path(args.runs_dir).resolve() / arm.slug / f"seed{seed}" / "scalars.json"
-        if not path.exists():
+        if path.exists():
+            records.append(json.loads(path.read_text()))
+        elif args.partial:
+            missing.append((arm.name, seed))
+        else:
             raise SystemExit(
-                f"no finished run for {arm.name} seed {seed} ({path}); run without --report-only"
+                f"no finished run for {arm.name} seed {seed} ({path}); run without --report-only, or "
+                "add --partial to report the finished ones"
             )
-        records.append(json.loads(path.read_text()))
+    if not records:
+        raise SystemExit(f"no finished run of the selection in {args.runs_dir}")
+    if missing:
+        print(f"[partial] {len(missing)} of {len(jobs)} runs unfinished, listed in the report", flush=True)
     selection = hashlib.sha256(json.dumps([args.arms, args.seeds]).encode()).hexdigest()[:8]
     # one record per arm/seed selection, so a supplementary run never overwrites the main sweep's
     sweep_file = Path(args.runs_dir).resolve() / f"sweep_{selection}.json"
@@ -387,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         hand_written=not args.quick,
         task=args.harness.get("task", "the embedded task"),
         all_success_target=args.harness.get("all_success_target", DEFAULT_ALL_SUCCESS_TARGET),
+        missing=missing,
     )
     print(f"wrote {md} and {png}", flush=True)
 

@@ -26,9 +26,35 @@ TAIL = 5  # rollout fractions are averaged over the last (first) TAIL steps: one
 STUDIES = {
     "main": "EchoRL vs its base methods",
     "selector": "Clip-selector ablation (GRPO + EchoRL; `peak` is the paper's)",
-    "coef": "Echo-coefficient sweep (GRPO + EchoRL; 0.001 is the paper's)",
+    "coef": "Echo-coefficient sweep (EchoRL at other lambdas; 0.001 is the paper's)",
     "eligibility": "Clip eligibility (GRPO + EchoRL; `degenerate`, all-success groups only, is the paper's)",
 }
+
+
+def references(arm: Any) -> list[str]:
+    """The arms an ablation arm is read against: its method with the paper's EchoRL and without EchoRL
+    (``dapo+echo[coef=0.0015]`` -> ``["dapo+echo", "dapo"]``)."""
+    return [f"{arm.method}+echo", arm.method]
+
+
+def study_arms(study: str, arms: Sequence[Any], present: Sequence[str]) -> list[str]:
+    """The rows of one study's table (and lines of its plot): for an ablation, the reference arms of
+    :func:`references` that ran (base method first), then the study's arms, in the order given."""
+    names = [a.name for a in dict.fromkeys(arms) if a.study == study]
+    if study == "main":
+        return names
+    refs = [r for a in dict.fromkeys(arms) if a.study == study for r in reversed(references(a))]
+    return [r for r in dict.fromkeys(refs) if r in present] + names
+
+
+def study_pairs(study: str, arms: Sequence[Any], present: Sequence[str]) -> list[tuple[str, str]]:
+    """The paired comparisons ``(arm, reference)`` of one study, both arms present: in ``main`` each EchoRL
+    arm against its method; in an ablation each arm against each of its :func:`references` (all arms against
+    the first reference, then all against the second)."""
+    if study == "main":
+        return [(a.name, a.method) for a in arms if a.study == study and a.echo and a.method in present]
+    ablations = [a for a in arms if a.study == study]
+    return [(a.name, ref) for i in range(2) for a in ablations if (ref := references(a)[i]) in present]
 
 
 def _series(record: dict, tag: str) -> list[list[float]]:
@@ -219,9 +245,7 @@ def plot(records: list[dict], arms: list[Any], path: Path, per_set: list[str], g
     for record in records:
         by_arm.setdefault(record["arm"], []).append(record)
     for row, study in enumerate(studies):
-        names = [a.name for a in dict.fromkeys(arms) if a.study == study]
-        if study != "main":  # the ablations are read against the paper's arm and the base method
-            names = ["grpo", "grpo+echo", *names]
+        names = study_arms(study, arms, list(by_arm))  # ablations: with their references
         for col, (tag, title) in enumerate(panels):
             ax = axes[row][col]
             for i, name in enumerate(n for n in names if n in by_arm):
@@ -254,7 +278,10 @@ def plot(records: list[dict], arms: list[Any], path: Path, per_set: list[str], g
 def _sweep_line(sweep: dict | None) -> str:
     """How the last sweep invocation of this arm/seed selection went (``runs_dir/sweep_<hash>.json``)."""
     if not sweep:
-        return "no sweep record (runs_dir/sweep_<hash>.json) found"
+        return (
+            "no one invocation trained this arm/seed selection (no runs_dir/sweep_<hash>.json for it); "
+            "the run-minutes above are the runs' own"
+        )
     line = f"`{sweep.get('command', 'python experiments/echo_vs_base.py')}` took {sweep['wall_s'] / 60:.1f} min wall"
     if "trained" in sweep:
         line += f" for {sweep['trained']} runs trained, two at a time"
@@ -263,6 +290,23 @@ def _sweep_line(sweep: dict | None) -> str:
                 f" ({sweep['reused']} more reused from {sweep.get('reused_from', 'an earlier invocation')})"
             )
     return line
+
+
+def _missing_line(missing: Sequence[tuple[str, int]]) -> str:
+    """The report's line on unfinished runs: ``[("a", 3), ("a", 4), ("b", 0)]`` -> ``- **partial**: 3 runs
+    of the selection not finished, left out: `a` seeds 3, 4; `b` seed 0; ...``."""
+    by_arm: dict[str, list[int]] = {}
+    for arm, seed in missing:
+        by_arm.setdefault(arm, []).append(seed)
+    runs = "; ".join(
+        f"`{arm}` seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+        for arm, seeds in by_arm.items()
+    )
+    return (
+        f"- **partial**: {len(missing)} run{'s' if len(missing) > 1 else ''} of the selection not finished, "
+        f"left out: {runs}; an arm's `seeds` column says how many it has, and its paired differences use "
+        "the seeds both arms have"
+    )
 
 
 DEFAULT_ALL_SUCCESS_TARGET = 0.40  # the arithmetic task's regime (issue of the first comparison)
@@ -279,10 +323,11 @@ def write_report(
     hand_written: bool = False,
     task: str = "the embedded task",
     all_success_target: float | None = DEFAULT_ALL_SUCCESS_TARGET,
+    missing: Sequence[tuple[str, int]] = (),
 ) -> tuple[Path, Path]:
     """Write ``<out_dir>/<name>.md`` and ``<out_dir>/<name>.png``; returns both paths. ``all_success_target``:
     the regime's all-success fraction that base GRPO's first and last steps are held against (None: not
-    reported)."""
+    reported); ``missing``: the (arm, seed) runs of the selection that had not finished (listed, left out)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path, png_path = out_dir / f"{name}.md", out_dir / f"{name}.png"
     per_set, groups = eval_tags(records[0])
@@ -312,6 +357,7 @@ def write_report(
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
         f"{len(records)} runs, {sum(r['wall_s'] for r in records) / 60:.1f} run-minutes in all",
         f"- sweep: {_sweep_line(sweep)}",
+        *([_missing_line(missing)] if missing else []),
         f"- seeds: {', '.join(map(str, seeds))} (each sets `seed_everything` and the rollout seed; task, model "
         "and evaluation prompts are the same for every run)",
         f"- budget per run (equal for every arm): {steps} optimizer steps x {prompts} prompts x {group} rollouts"
@@ -369,17 +415,11 @@ def write_report(
             "",
         ]
     for study, title in STUDIES.items():
-        names = [n for n in arm_names if arm_of[n].study == study]
-        if not names:
+        if not any(arm_of[n].study == study for n in arm_names):
             continue
-        if study != "main":
-            names = [n for n in ("grpo", "grpo+echo") if n in summaries] + names
+        names = study_arms(study, [arm_of[n] for n in arm_names], list(summaries))
         lines += [f"## {title}", "", arm_table(names, summaries, per_set, groups, steps_ok), ""]
-        if study == "main":
-            pairs = [(n, arm_of[n].method) for n in names if arm_of[n].echo and arm_of[n].method in summaries]
-        else:
-            pairs = [(n, "grpo+echo") for n in names if arm_of.get(n) and arm_of[n].study == study]
-            pairs += [(n, "grpo") for n in names if arm_of.get(n) and arm_of[n].study == study]
+        pairs = study_pairs(study, [arm_of[n] for n in names if n in arm_of], list(summaries))
         keys = [f"{t}:final" for t in per_set + groups if t != "val/id_avg" or "val/id/" not in str(per_set)]
         keys += [f"{t}:final" for t in steps_ok]
         keys.append("rollout/frac_all_success:final")

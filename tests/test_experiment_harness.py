@@ -24,7 +24,7 @@ from experiments.echo_vs_base import (
     with_start,
 )
 from experiments.power import power_estimate
-from experiments.report import arm_table, paired_deltas, run_summary, step_tags
+from experiments.report import arm_table, paired_deltas, run_summary, step_tags, study_arms, study_pairs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,6 +79,41 @@ def test_arms_cover_the_issue():
     assert len(full.arms) == 11 and full.seeds == [0, 1, 2]
     # the eligibility arm runs on request only, outside the default sweep's time budget
     assert ARMS["grpo+echo[success]"].apply_to == "success" and "grpo+echo[success]" not in full.arms
+
+
+def test_ablations_read_against_their_own_method():
+    arms = [arm_by_name(n) for n in ("grpo", "grpo+echo", "dapo", "dapo+echo", "grpo+echo[lowest]",
+                                     "dapo+echo[coef=0.0015]", "grpo+echo[coef=0.0015]")]  # fmt: skip
+    present = [a.name for a in arms]
+    assert study_arms("main", arms, present) == ["grpo", "grpo+echo", "dapo", "dapo+echo"]
+    assert study_pairs("main", arms, present) == [("grpo+echo", "grpo"), ("dapo+echo", "dapo")]
+    # a DAPO coefficient arm is read against DAPO + EchoRL at 0.001 and plain DAPO, never against GRPO
+    assert study_arms("coef", arms, present) == [
+        "dapo",
+        "dapo+echo",
+        "grpo",
+        "grpo+echo",
+        "dapo+echo[coef=0.0015]",
+        "grpo+echo[coef=0.0015]",
+    ]
+    assert study_pairs("coef", arms, present) == [
+        ("dapo+echo[coef=0.0015]", "dapo+echo"), ("grpo+echo[coef=0.0015]", "grpo+echo"),
+        ("dapo+echo[coef=0.0015]", "dapo"), ("grpo+echo[coef=0.0015]", "grpo"),
+    ]  # fmt: skip
+    # a reference that did not run is neither a row nor a pair
+    without_dapo = [n for n in present if n != "dapo"]
+    assert study_arms("coef", arms, without_dapo)[:3] == ["dapo+echo", "grpo", "grpo+echo"]
+    assert ("dapo+echo[coef=0.0015]", "dapo") not in study_pairs("coef", arms, without_dapo)
+    assert study_pairs("selector", arms, present) == [
+        ("grpo+echo[lowest]", "grpo+echo"),
+        ("grpo+echo[lowest]", "grpo"),
+    ]
+
+
+def test_partial_needs_report_only():
+    with pytest.raises(SystemExit):
+        parse_args(["--partial"])
+    assert parse_args(["--report-only", "--partial"]).partial
 
 
 def test_step_correctness_columns_by_hand():
@@ -230,6 +265,17 @@ def test_quick_harness_end_to_end(tmp_path):
     again = _harness(tmp_path)  # finished runs with the same settings are reused, not retrained
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("[skip]") == 2 and "[run ]" not in again.stdout
+
+    # a report on a selection with an unfinished run: an error naming it, or with --partial the finished
+    # runs, the unfinished one listed
+    wider = ("--report-only", "--arms", "grpo", "grpo+echo", "grpo+echo[lowest]")
+    strict = _harness(tmp_path, *wider)
+    assert strict.returncode != 0 and "no finished run for grpo+echo[lowest] seed 0" in strict.stderr
+    partial = _harness(tmp_path, *wider, "--partial")
+    assert partial.returncode == 0, partial.stderr[-3000:]
+    text = md.read_text()
+    assert "- **partial**: 1 run of the selection not finished, left out: `grpo+echo[lowest]` seed 0;" in text
+    assert "| `grpo+echo` | 1 |" in text and "| `grpo+echo[lowest]` |" not in text
 
 
 @pytest.mark.slow
