@@ -1,0 +1,130 @@
+"""Which trace line ends the EchoClip under each selector, on Countdown rollouts of a model.
+
+Samples G rollouts per training prompt at the rollout temperature, rewards them with ``CountdownVerifier``,
+computes the policy's token entropy in one forward pass and picks clips with the training code's own
+:func:`~echorl_lightning.echo.clips.select_echo_clips` (all-success groups, one clip per group). For each
+selector it counts the kind of the line the clip ends on (``move``, ``no``, ``back``, ``answer``;
+:func:`~echorl_lightning.rewards.countdown.step_kind`), the clip's end position in its response (0 = first
+line, 1 = last) and its length in tokens. This explains the selector ablation of
+``experiments/results/echo_forking.md``: on the arithmetic task ``lowest`` and ``full`` end on the same
+``Answer:`` line; on Countdown they do not.
+
+    python experiments/clip_lines.py                        # the embedded tiny-countdown, 64 prompts x 8
+    python experiments/clip_lines.py --prompts 128 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY  # noqa: E402
+from echorl_lightning.data.countdown_dm import countdown_prompts  # noqa: E402
+from echorl_lightning.echo.clips import ECHO_SELECTORS, select_echo_clips  # noqa: E402
+from echorl_lightning.echo.steps import delimiter_token_ids, step_end_mask_from_tokens  # noqa: E402
+from echorl_lightning.ops import logprobs_and_entropy  # noqa: E402
+from echorl_lightning.rewards.countdown import CountdownVerifier, step_kind  # noqa: E402
+from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
+from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
+
+
+def token_entropy(model, prompt_ids: list[list[int]], completions: list[list[int]], temperature: float):
+    """``(entropy [N, T], response_mask [N, T], tokens [N, T])`` of right-padded completions, one forward."""
+    n, t = len(completions), max(max((len(c) for c in completions), default=0), 1)
+    width = max(len(p) + len(c) for p, c in zip(prompt_ids, completions, strict=True))
+    ids = torch.zeros((n, width), dtype=torch.long)  # [N, L] right-padded
+    attn = torch.zeros_like(ids)  # [N, L]
+    tokens = torch.zeros((n, t), dtype=torch.long)  # [N, T]
+    mask = torch.zeros((n, t), dtype=torch.bool)  # [N, T]
+    index = torch.zeros((n, t), dtype=torch.long)  # [N, T] the position whose logits predict token j
+    for i, (p, c) in enumerate(zip(prompt_ids, completions, strict=True)):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+        attn[i, : len(p) + len(c)] = 1
+        tokens[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[i, : len(c)] = True
+        index[i] = (len(p) - 1 + torch.arange(t)).clamp(max=width - 1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attn).logits  # [N, L, V]
+        logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # [N, T, V]
+        _, entropy = logprobs_and_entropy(logits.float(), tokens, temperature)  # [N, T]
+    return entropy, mask, tokens
+
+
+def clip_lines(model, tok, prompts: int, group: int, temperature: float, max_new_tokens: int, seed: int,
+               batch: int = 16) -> dict[str, dict]:  # fmt: skip
+    """Per selector: ``{"kinds": Counter, "pos": [...], "tokens": [...]}`` over the all-success groups."""
+    examples = countdown_prompts("train", prompts, seed, DEFAULT_DIFFICULTY)
+    verifier, newline_ids = CountdownVerifier(), delimiter_token_ids(tok)
+    out: dict[str, dict] = {s: {"kinds": Counter(), "pos": [], "tokens": []} for s in ECHO_SELECTORS.names()}
+    out["_groups"] = {"all_success": 0, "total": 0}
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(examples), batch):
+        chunk = examples[start : start + batch]
+        prompt_ids = tok([ex.prompt for ex in chunk], add_special_tokens=False)["input_ids"]
+        torch.manual_seed(seed + start)
+        completions, ended = sample_completions(model, prompt_ids, group, max_new_tokens, temperature,
+                                                tok.eos_token_id, tok.pad_token_id)  # fmt: skip
+        texts = tok.batch_decode(completions)
+        rewards = torch.tensor(
+            [s or 0.0 for s in verifier(texts, [ex.reference for ex in chunk for _ in range(group)])]
+        )  # [N]
+        rows = [prompt_ids[i // group] for i in range(len(completions))]
+        entropy, mask, tokens = token_entropy(model, rows, completions, temperature)
+        ends = step_end_mask_from_tokens(tokens, newline_ids) & mask  # [N, T]
+        out["_groups"]["total"] += len(chunk)
+        out["_groups"]["all_success"] += int((rewards.reshape(-1, group) == 1.0).all(1).sum())
+        for name in ECHO_SELECTORS.names():
+            clips = select_echo_clips(entropy, mask, ends, rewards, group, selector=name,
+                                      truncated=~ended.bool(), generator=generator)  # fmt: skip
+            for i in clips.any(1).nonzero().flatten().tolist():
+                k = int(clips[i].sum())
+                lines = texts[i].split("\n")
+                clip_text = tok.decode(completions[i][:k]).rstrip("\n")
+                end = clip_text.count("\n")  # the clip's last line, 0-based
+                out[name]["kinds"][step_kind(lines[end])] += 1
+                out[name]["pos"].append(end / max(len(lines) - 1, 1))
+                out[name]["tokens"].append(k)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=TINY_COUNTDOWN_PATH)
+    parser.add_argument("--prompts", type=int, default=64, help="training prompts (groups)")
+    parser.add_argument("--group", type=int, default=8, help="rollouts per prompt (G)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=384)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    stats = clip_lines(model, tok, args.prompts, args.group, args.temperature, args.max_new_tokens, args.seed)
+    groups = stats.pop("_groups")
+    print(f"{groups['all_success']} all-success groups of {groups['total']} ({args.model}, G = {args.group}, "
+          f"T = {args.temperature:g}, seed {args.seed})\n")  # fmt: skip
+    kinds = ["move", "no", "back", "answer", "other"]
+    print("| selector | clips | " + " | ".join(f"ends on `{k}`" for k in kinds) + " | end pos | tokens |")
+    print("|---|---|" + "---|" * (len(kinds) + 2))
+    for name, s in stats.items():
+        n = len(s["pos"])
+        if not n:
+            print(f"| `{name}` | 0 |" + " – |" * (len(kinds) + 2))
+            continue
+        cells = [f"{s['kinds'][k]}" for k in kinds]
+        print(f"| `{name}` | {n} | " + " | ".join(cells)
+              + f" | {statistics.fmean(s['pos']):.2f} | {statistics.fmean(s['tokens']):.1f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

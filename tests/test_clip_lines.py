@@ -1,0 +1,32 @@
+"""experiments/clip_lines.py: the selectors' clips on real rollouts of the embedded tiny-countdown model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from echorl_lightning.tiny import TINY_COUNTDOWN_PATH
+from experiments.clip_lines import clip_lines, main
+
+
+@pytest.mark.slow
+def test_clip_lines_on_the_embedded_model(capsys):
+    tok = AutoTokenizer.from_pretrained(TINY_COUNTDOWN_PATH)
+    model = AutoModelForCausalLM.from_pretrained(TINY_COUNTDOWN_PATH, dtype=torch.float32).eval()
+    stats = clip_lines(model, tok, prompts=8, group=8, temperature=1.0, max_new_tokens=384, seed=0)
+    groups = stats.pop("_groups")
+    assert groups["total"] == 8 and 0 < groups["all_success"] <= 8  # the warm-start solves ~2/3 of samples
+    counts = {name: len(s["pos"]) for name, s in stats.items()}
+    assert set(counts) == {"peak", "lowest", "random", "full"}
+    # one clip per all-success group, whatever the selector (eligibility does not depend on it)
+    assert len(set(counts.values())) == 1 and 0 < counts["peak"] <= groups["all_success"]
+    # `full` runs through the last line, the Answer; `peak` is a prefix of the same rollout
+    assert stats["full"]["pos"] == [1.0] * counts["full"]
+    assert stats["full"]["kinds"]["answer"] == counts["full"]
+    assert all(p <= f for p, f in zip(stats["peak"]["tokens"], stats["full"]["tokens"], strict=True))
+    for s in stats.values():
+        assert sum(s["kinds"].values()) == len(s["pos"]) and all(0.0 <= p <= 1.0 for p in s["pos"])
+    main(["--prompts", "2", "--group", "2", "--max-new-tokens", "16"])  # the table, even with no clip
+    out = capsys.readouterr().out
+    assert "all-success groups of 2" in out and "| `peak` | 0 |" in out
