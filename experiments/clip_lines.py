@@ -33,32 +33,10 @@ from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY  # noqa: E402
 from echorl_lightning.data.countdown_dm import countdown_prompts  # noqa: E402
 from echorl_lightning.echo.clips import ECHO_SELECTORS, select_echo_clips  # noqa: E402
 from echorl_lightning.echo.steps import delimiter_token_ids, step_end_mask_from_tokens  # noqa: E402
-from echorl_lightning.ops import logprobs_and_entropy  # noqa: E402
 from echorl_lightning.rewards.countdown import CountdownVerifier, step_kind  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
 from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
-
-
-def token_entropy(model, prompt_ids: list[list[int]], completions: list[list[int]], temperature: float):
-    """``(entropy [N, T], response_mask [N, T], tokens [N, T])`` of right-padded completions, one forward."""
-    n, t = len(completions), max(max((len(c) for c in completions), default=0), 1)
-    width = max(len(p) + len(c) for p, c in zip(prompt_ids, completions, strict=True))
-    ids = torch.zeros((n, width), dtype=torch.long)  # [N, L] right-padded
-    attn = torch.zeros_like(ids)  # [N, L]
-    tokens = torch.zeros((n, t), dtype=torch.long)  # [N, T]
-    mask = torch.zeros((n, t), dtype=torch.bool)  # [N, T]
-    index = torch.zeros((n, t), dtype=torch.long)  # [N, T] the position whose logits predict token j
-    for i, (p, c) in enumerate(zip(prompt_ids, completions, strict=True)):
-        ids[i, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
-        attn[i, : len(p) + len(c)] = 1
-        tokens[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-        mask[i, : len(c)] = True
-        index[i] = (len(p) - 1 + torch.arange(t)).clamp(max=width - 1)
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=attn).logits  # [N, L, V]
-        logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # [N, T, V]
-        _, entropy = logprobs_and_entropy(logits.float(), tokens, temperature)  # [N, T]
-    return entropy, mask, tokens
+from experiments.countdown_regime import token_entropy  # noqa: E402
 
 
 def clip_lines(model, tok, prompts: int, group: int, temperature: float, max_new_tokens: int, seed: int,

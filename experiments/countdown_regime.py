@@ -51,35 +51,38 @@ TARGET = "pass@1 0.3-0.6, all-success groups >= 20%, all-fail groups <= 25% (id 
 
 
 @torch.no_grad()
+def token_entropy(model, prompt_ids: list[list[int]], completions: list[list[int]], temperature: float):
+    """``(entropy [N, T], response_mask [N, T], tokens [N, T])`` of right-padded completions, one forward."""
+    n, t = len(completions), max(max((len(c) for c in completions), default=0), 1)
+    width = max(len(p) + len(c) for p, c in zip(prompt_ids, completions, strict=True))
+    ids = torch.zeros((n, width), dtype=torch.long)  # [N, L] right-padded
+    attn = torch.zeros_like(ids)  # [N, L]
+    tokens = torch.zeros((n, t), dtype=torch.long)  # [N, T]
+    mask = torch.zeros((n, t), dtype=torch.bool)  # [N, T]
+    index = torch.zeros((n, t), dtype=torch.long)  # [N, T] the position whose logits predict token j
+    for i, (p, c) in enumerate(zip(prompt_ids, completions, strict=True)):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+        attn[i, : len(p) + len(c)] = 1
+        tokens[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[i, : len(c)] = True
+        index[i] = (len(p) - 1 + torch.arange(t)).clamp(max=width - 1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attn).logits  # [N, L, V]
+        logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # [N, T, V]
+        _, entropy = logprobs_and_entropy(logits.float(), tokens, temperature)  # [N, T]
+    return entropy, mask, tokens
+
+
 def step_entropies(model, prompt_ids: list[list[int]], completions: list[list[int]], newline_ids: list[int],
                    temperature: float) -> list[list[float]]:  # fmt: skip
-    """Per completion the mean token entropy of each step (EOS excluded), from one forward pass."""
+    """Per completion the mean token entropy of each step (EOS excluded), one forward pass per 64."""
     out: list[list[float]] = []
     for start in range(0, len(completions), 64):
-        rows = [
-            (p, c)
-            for p, c in zip(prompt_ids[start : start + 64], completions[start : start + 64], strict=True)
-        ]
-        width = max(len(p) + len(c) for p, c in rows)
-        t = max(max(len(c) for _, c in rows), 1)
-        ids = torch.full((len(rows), width), 0, dtype=torch.long)  # [n, L] right-padded
-        attn = torch.zeros_like(ids)  # [n, L]
-        tokens = torch.zeros((len(rows), t), dtype=torch.long)  # [n, T]
-        mask = torch.zeros((len(rows), t), dtype=torch.bool)  # [n, T]
-        index = torch.zeros((len(rows), t), dtype=torch.long)  # [n, T] position predicting token j
-        for i, (p, c) in enumerate(rows):
-            ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-            attn[i, : len(p) + len(c)] = 1
-            tokens[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-            mask[i, : len(c)] = True
-            index[i] = (len(p) - 1 + torch.arange(t)).clamp(max=width - 1)
-        logits = model(input_ids=ids, attention_mask=attn).logits  # [n, L, V]
-        logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # [n, T, V]
-        _, entropy = logprobs_and_entropy(logits.float(), tokens, temperature)  # [n, T]
+        entropy, mask, tokens = token_entropy(
+            model, prompt_ids[start : start + 64], completions[start : start + 64], temperature
+        )
         steps = split_steps(entropy, mask, step_end_mask_from_tokens(tokens, newline_ids))
-        for i in range(len(rows)):
-            k = int(steps.num_steps[i])
-            out.append(steps.entropy[i, :k].tolist())
+        out += [steps.entropy[i, : int(steps.num_steps[i])].tolist() for i in range(entropy.shape[0])]
     return out
 
 

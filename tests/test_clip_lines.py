@@ -30,3 +30,29 @@ def test_clip_lines_on_the_embedded_model(capsys):
     main(["--prompts", "2", "--group", "2", "--max-new-tokens", "16"])  # the table, even with no clip
     out = capsys.readouterr().out
     assert "all-success groups of 2" in out and "| `peak` | 0 |" in out
+
+
+def test_step_entropies_are_line_means():
+    """countdown_regime.step_entropies = the mean token entropy of each line (its newline included), from the
+    same forward pass that clip_lines uses (token_entropy)."""
+    from echorl_lightning.echo.steps import delimiter_token_ids
+    from experiments.countdown_regime import step_entropies, token_entropy
+
+    tok = AutoTokenizer.from_pretrained(TINY_COUNTDOWN_PATH)
+    model = AutoModelForCausalLM.from_pretrained(TINY_COUNTDOWN_PATH, dtype=torch.float32).eval()
+    prompt = tok(["Numbers: 3 5 12\nTarget: 20\n"], add_special_tokens=False)["input_ids"]
+    text = ["3+5=8 [8 12 -> 20]\n8+12=20 [20 -> 20]\nAnswer: 3+5+12", "12+5=17 [17 3 -> 20]"]
+    completions = tok(text, add_special_tokens=False)["input_ids"]
+    entropy, mask, tokens = token_entropy(model, prompt * 2, completions, 1.0)
+    assert entropy.shape == mask.shape == tokens.shape == (2, len(completions[0]))
+    assert mask.sum(1).tolist() == [len(c) for c in completions]
+    steps = step_entropies(model, prompt * 2, completions, delimiter_token_ids(tok), 1.0)
+    assert [len(s) for s in steps] == [3, 1]  # lines of each completion
+    newline = set(delimiter_token_ids(tok))
+    for row, comp in enumerate(completions):
+        means, start = [], 0
+        for j, token in enumerate(comp):
+            if token in newline or j == len(comp) - 1:  # a line ends at its newline, the last at the end
+                means.append(entropy[row, start : j + 1].mean().item())
+                start = j + 1
+        assert steps[row] == pytest.approx(means, rel=1e-5)
