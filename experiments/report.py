@@ -117,6 +117,7 @@ def _fmt(values: Sequence[float], digits: int = 3) -> str:
     if not values:
         return "–"
     mean, std = _mean_std(values)
+    mean = round(mean, digits) + 0.0  # a mean that rounds to zero reads 0.000, not -0.000
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 

@@ -67,6 +67,13 @@ def test_paired_deltas_by_hand():
     assert "0.015 ± 0.049 (1/2 > 0)" in table
 
 
+def test_paired_delta_that_rounds_to_zero_has_no_sign():
+    by_seed = {"a": {0: {"k": 0.5000}, 1: {"k": 0.6000}}, "b": {0: {"k": 0.5004}, 1: {"k": 0.5998}}}
+    table = paired_deltas([("a", "b")], by_seed, ["k"])
+    # diffs -0.0004 and +0.0002: mean -0.0001 -> 0.000 (not -0.000); std sqrt(2 * 0.0003^2) = 0.00042 -> 0.000
+    assert "| 0.000 ± 0.000 (1/2 > 0) |" in table and "-0.000" not in table
+
+
 def test_arms_cover_the_issue():
     names = set(ARMS)
     for method in ("grpo", "dapo", "dr_grpo"):
