@@ -6,7 +6,8 @@ shipped warm-started model (``TINY_MODEL_PATH``) that the CPU demo and the end-t
 architecture with a 512-token context) are Hugging Face folders (config, generation config, safetensors,
 tokenizer) loadable with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``;
 regenerate them with the commands in ``configs/warmstart_sft.yaml`` and ``configs/warmstart_countdown.yaml``
-(whose last stage is ``configs/warmstart_countdown_rl.yaml``).
+(whose last stage is ``configs/warmstart_countdown_rl.yaml``). ``bpe.train_bpe_tokenizer`` trains merges on a
+task's texts over the same byte ids (no shipped model uses it yet; ``benchmarks/countdown_tokens.py``).
 """
 
 from __future__ import annotations
