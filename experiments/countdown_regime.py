@@ -66,10 +66,9 @@ def token_entropy(model, prompt_ids: list[list[int]], completions: list[list[int
         tokens[i, : len(c)] = torch.tensor(c, dtype=torch.long)
         mask[i, : len(c)] = True
         index[i] = (len(p) - 1 + torch.arange(t)).clamp(max=width - 1)
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=attn).logits  # [N, L, V]
-        logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # [N, T, V]
-        _, entropy = logprobs_and_entropy(logits.float(), tokens, temperature)  # [N, T]
+    logits = model(input_ids=ids, attention_mask=attn).logits  # [N, L, V]
+    logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # [N, T, V]
+    _, entropy = logprobs_and_entropy(logits.float(), tokens, temperature)  # [N, T]
     return entropy, mask, tokens
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, get_args
 
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
 from tokenizers.models import BPE
@@ -35,7 +35,7 @@ from transformers import PreTrainedTokenizerFast
 from echorl_lightning.tiny.tokenizer import EOS_TOKEN, NUM_BYTES, PAD_TOKEN, VOCAB_SIZE, byte_symbols
 
 PreTokenization = Literal["qwen2", "gpt2"]
-PRE_TOKENIZATIONS: tuple[str, ...] = ("qwen2", "gpt2")
+PRE_TOKENIZATIONS: tuple[str, ...] = get_args(PreTokenization)
 
 
 def _pre_tokenizer(kind: str) -> pre_tokenizers.PreTokenizer:
@@ -86,7 +86,7 @@ def train_bpe_tokenizer(
     backend = Tokenizer(BPE(vocab=vocab, merges=merges))
     if pre_tokenization == "qwen2":
         backend.normalizer = normalizers.NFC()  # as Qwen2Tokenizer, so encodings match after a reload
-    backend.pre_tokenizer = _pre_tokenizer(pre_tokenization)
+    backend.pre_tokenizer = pre
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([EOS_TOKEN, PAD_TOKEN])  # already in the vocabulary: they keep 256 and 257
     tokenizer = PreTrainedTokenizerFast(
