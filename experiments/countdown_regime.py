@@ -30,9 +30,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, make_problem, parse_reference  # noqa: E402
+from echorl_lightning.data.countdown import (  # noqa: E402
+    AnyDifficulty,
+    CountdownMixture,
+    component_name,
+    make_problem,
+    parse_difficulty,
+    parse_reference,
+)
 from echorl_lightning.data.countdown_dm import countdown_prompts, default_eval_specs, distinct_problems  # noqa: E402
 from echorl_lightning.data.countdown_solver import count_solutions  # noqa: E402
 from echorl_lightning.echo.steps import delimiter_token_ids, split_steps, step_end_mask_from_tokens  # noqa: E402
@@ -117,7 +125,9 @@ def quantiles(values: list[float]) -> str:
 
 
 def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new_tokens: int,
-                 newline_ids: list[int], seed: int) -> dict:  # fmt: skip
+                 newline_ids: list[int], seed: int, components: list[str] | None = None) -> dict:  # fmt: skip
+    """The set's statistics; ``components`` (one mixture component name per example) adds pass@1 and the
+    all-success / all-fail shares of each component."""
     verifier, checker = CountdownVerifier(), CountdownStepChecker()
     prompt_ids = tok([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
     completions: list[list[int]] = []
@@ -156,6 +166,15 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
         if samples > 1
         else float("nan"),
     }
+    if components:
+        by: dict[str, list[list[float]]] = {}
+        for name, group in zip(components, groups, strict=True):
+            by.setdefault(name, []).append(group)
+        stats["by_component"] = {
+            name: (len(gs), statistics.fmean(x for g in gs for x in g), sum(all(g) for g in gs) / len(gs),
+                   sum(not any(g) for g in gs) / len(gs))
+            for name, gs in sorted(by.items())
+        }  # fmt: skip
     stats.update(fault_stats(texts, flat_examples, scores))
     # searches going round in a loop (a move re-tried from a pool it was already tried from), overall and
     # among the rollouts cut at max_new_tokens
@@ -182,19 +201,20 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
     return stats
 
 
-def task_stats(num: int) -> dict:
+def task_stats(num: int, difficulty: AnyDifficulty) -> dict:
     """Solver trace lengths and distinct solutions per problem on the ``id`` val problems."""
     lengths, solutions = [], []
     for i in range(num):
-        problem = make_problem("val", i, 0, DEFAULT_DIFFICULTY)
+        problem = make_problem("val", i, 0, difficulty)
+        component = difficulty
+        if isinstance(difficulty, CountdownMixture):
+            component = difficulty.components[difficulty.component_index("val", i, 0)]
         lengths.append(len(problem.solution.split("\n")))
-        solutions.append(
-            count_solutions(problem.numbers, problem.target, DEFAULT_DIFFICULTY.max_intermediate)
-        )
+        solutions.append(count_solutions(problem.numbers, problem.target, component.max_intermediate))
     # how many different problems the generator has at this difficulty: draws are independent, so a split
     # whose distinct count stops growing with more draws is that small
     space = {
-        split: distinct_problems(countdown_prompts(split, draws))
+        split: distinct_problems(countdown_prompts(split, draws, 0, difficulty))
         for split, draws in (("train", 4096), ("val", 2048))
     }
     return {"lengths": lengths, "solutions": solutions, "space": space}
@@ -221,6 +241,11 @@ def cpu_minutes(time_files: list[str] | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=TINY_COUNTDOWN_PATH)
+    parser.add_argument(
+        "--config",
+        default=str(REPO / "configs/warmstart_countdown.yaml"),
+        help="a config whose data.init_args.difficulty is the id difficulty (the warm-start's)",
+    )
     parser.add_argument("--num", type=int, default=256, help="held-out prompts of the id set")
     parser.add_argument("--num-ood", type=int, default=128, help="held-out prompts of each ood set")
     parser.add_argument("--notes", default=None, help="a markdown file appended to the report")
@@ -238,16 +263,23 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     newline_ids = delimiter_token_ids(tok)
+    difficulty = parse_difficulty(
+        yaml.safe_load(Path(args.config).read_text())["data"]["init_args"].get("difficulty")
+    )
     results = {}
-    for spec in default_eval_specs(DEFAULT_DIFFICULTY):
+    for spec in default_eval_specs(difficulty):
         if spec.name in args.sets:
             num = args.num if spec.group == "id" else args.num_ood
             # distinct problems, as the datamodule evaluates
             examples = countdown_prompts(spec.split, num, 0, spec.difficulty, distinct=True)
+            components = None
+            if isinstance(spec.difficulty, CountdownMixture):  # uid countdown-<split>-<seed>-<index>
+                components = [component_name(spec.split, int(ex.uid.rsplit("-", 1)[1]), 0, spec.difficulty)
+                              for ex in examples]  # fmt: skip
             results[spec.name] = evaluate_set(model, tok, examples, args.samples, args.temperature,
-                                              args.max_new_tokens, newline_ids, args.seed)  # fmt: skip
+                                              args.max_new_tokens, newline_ids, args.seed, components)  # fmt: skip
             print(spec.name, {k: v for k, v in results[spec.name].items()}, flush=True)
-    task = task_stats(args.num)
+    task = task_stats(args.num, difficulty)
     n_params = sum(p.numel() for p in model.parameters())
     write_report(Path(args.out), args, results, task, n_params)
 
@@ -286,6 +318,13 @@ def write_report(path: Path, args: argparse.Namespace, results: dict, task: dict
         "|---|" + "---|" * len(sets),
     ]
     lines += [f"| {name} | " + " | ".join(fn(results[s]) for s in sets) + " |" for name, fn in rows]
+    if any("by_component" in results[s] for s in sets):
+        lines += ["", "## By mixture component (prompts; pass@1; all-success; all-fail)", ""]
+        for s in sets:
+            for name, (n, p, ok, bad) in results[s].get("by_component", {}).items():
+                lines.append(
+                    f"- `{s}` / `{name}`: {n} prompts; pass@1 {p:.3f}; all-success {ok:.3f}; all-fail {bad:.3f}"
+                )
     lines += ["", "## Distinct correct answers per prompt (prompts with at least one success)", ""]
     for s in sets:
         counts = results[s]["distinct_correct"]

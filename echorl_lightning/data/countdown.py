@@ -23,6 +23,10 @@ never trained on), when the target has at least ``min_solutions`` distinct solut
 finds a trace of the allowed length. Difficulty knobs give the in-distribution setting and two
 out-of-distribution ones (:func:`more_numbers`, :func:`larger_numbers`). Leaves out the TV show's fixed
 number cards and its closest-answer scoring (here only the exact target scores).
+
+A :class:`CountdownMixture` draws each problem from one of several difficulties (its component chosen by the
+problem's own seeded RNG, by weight): a task whose prompts range from easy to hard, so a policy's groups
+include both all-success ones (EchoRL's) and ones with a learning signal (GRPO's).
 """
 
 from __future__ import annotations
@@ -95,20 +99,101 @@ class CountdownDifficulty:
 DEFAULT_DIFFICULTY = CountdownDifficulty()
 
 
-def more_numbers(base: CountdownDifficulty) -> CountdownDifficulty:
-    """Out of distribution by count: one more number than ``base`` allows (and 4 more trace lines)."""
-    count = min(base.max_numbers + 1, 6)
-    return replace(base, min_numbers=count, max_numbers=count, max_steps=base.max_steps + 4)
+@dataclass(frozen=True)
+class CountdownMixture:
+    """A weighted mix of difficulties (YAML: ``difficulty: {components: [{...}, {...}], weights: [1, 2]}``).
+
+    Problem ``(split, seed, index)`` picks its component from its own seeded RNG with probability
+    proportional to ``weights``, then is that component's problem ``(split, seed, index)``; random access and
+    determinism are kept.
+
+    Attributes:
+        components: the difficulties mixed (at least one).
+        weights: one positive weight per component (they need not sum to 1).
+        names: one name per component for per-component statistics; empty = ``c0, c1, ...``.
+    """
+
+    components: tuple[CountdownDifficulty, ...]
+    weights: tuple[float, ...]
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # YAML hands lists and dicts: store tuples of difficulties so the mixture stays hashable and frozen
+        components = tuple(
+            c if isinstance(c, CountdownDifficulty) else CountdownDifficulty(**c) for c in self.components
+        )
+        object.__setattr__(self, "components", components)
+        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        object.__setattr__(self, "names", tuple(self.names) or tuple(f"c{i}" for i in range(len(components))))
+        if not components:
+            raise ValueError("CountdownMixture: components must not be empty")
+        if len(self.weights) != len(components) or len(self.names) != len(components):
+            raise ValueError(
+                f"CountdownMixture: {len(components)} components need as many weights and names; got "
+                f"weights {list(self.weights)} and names {list(self.names)}"
+            )
+        if any(not w > 0 for w in self.weights):
+            raise ValueError(f"CountdownMixture: weights must be > 0, got {list(self.weights)}")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"CountdownMixture: names must differ, got {list(self.names)}")
+
+    def component_index(self, split: str, index: int, seed: int = 0) -> int:
+        """Which component problem ``(split, seed, index)`` is drawn from."""
+        rng = random.Random(f"countdown-mix:{split}:{seed}:{index}")
+        return rng.choices(range(len(self.components)), weights=self.weights)[0]
 
 
-def larger_numbers(base: CountdownDifficulty) -> CountdownDifficulty:
-    """Out of distribution by size: numbers up to 2.5x larger, targets and intermediates up to 2x."""
-    return replace(
-        base,
-        max_number=int(base.max_number * 2.5),
-        max_target=base.max_target * 2 + 1,
-        max_intermediate=base.max_intermediate * 2,
-    )
+AnyDifficulty = CountdownDifficulty | CountdownMixture
+
+
+def parse_difficulty(value: dict | None) -> AnyDifficulty:
+    """A difficulty from its YAML mapping (a config's ``data.init_args.difficulty``): a mixture when it has
+    ``components``, else a plain difficulty; None = the default."""
+    if value is None:
+        return DEFAULT_DIFFICULTY
+    if "components" in value:
+        return CountdownMixture(**value)
+    return CountdownDifficulty(**value)
+
+
+def _map_components(base: AnyDifficulty, change) -> AnyDifficulty:
+    if isinstance(base, CountdownMixture):
+        return replace(base, components=tuple(change(c) for c in base.components))
+    return change(base)
+
+
+def more_numbers(base: AnyDifficulty) -> AnyDifficulty:
+    """Out of distribution by count: one more number than ``base`` allows (and 4 more trace lines); a
+    mixture's every component."""
+
+    def change(d: CountdownDifficulty) -> CountdownDifficulty:
+        count = min(d.max_numbers + 1, 6)
+        return replace(d, min_numbers=count, max_numbers=count, max_steps=d.max_steps + 4)
+
+    return _map_components(base, change)
+
+
+def larger_numbers(base: AnyDifficulty) -> AnyDifficulty:
+    """Out of distribution by size: numbers up to 2.5x larger, targets and intermediates up to 2x; a
+    mixture's every component."""
+
+    def change(d: CountdownDifficulty) -> CountdownDifficulty:
+        return replace(
+            d,
+            max_number=int(d.max_number * 2.5),
+            max_target=d.max_target * 2 + 1,
+            max_intermediate=d.max_intermediate * 2,
+        )
+
+    return _map_components(base, change)
+
+
+def component_name(split: Split, index: int, seed: int, difficulty: AnyDifficulty) -> str:
+    """The name of the mixture component problem ``(split, seed, index)`` comes from (``""`` for a plain
+    difficulty)."""
+    if isinstance(difficulty, CountdownMixture):
+        return difficulty.names[difficulty.component_index(split, index, seed)]
+    return ""
 
 
 @dataclass(frozen=True)
@@ -162,7 +247,7 @@ def _in_split(bucket: int, split: Split) -> bool:
 
 
 def make_problem(
-    split: Split, index: int, seed: int = 0, difficulty: CountdownDifficulty = DEFAULT_DIFFICULTY
+    split: Split, index: int, seed: int = 0, difficulty: AnyDifficulty = DEFAULT_DIFFICULTY
 ) -> CountdownProblem:
     """Problem number ``index`` of ``split`` for ``seed``: the same arguments always give the same problem
     (with the same solution trace)."""
@@ -170,6 +255,8 @@ def make_problem(
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     if index < 0:
         raise ValueError(f"make_problem: index must be >= 0, got {index}")
+    if isinstance(difficulty, CountdownMixture):
+        difficulty = difficulty.components[difficulty.component_index(split, index, seed)]
     d = difficulty
     rng = random.Random(f"countdown:{split}:{seed}:{index}")
     for _ in range(_MAX_DRAWS):
@@ -213,7 +300,7 @@ def make_problems(
     split: Split,
     num: int,
     seed: int = 0,
-    difficulty: CountdownDifficulty = DEFAULT_DIFFICULTY,
+    difficulty: AnyDifficulty = DEFAULT_DIFFICULTY,
     start: int = 0,
 ) -> list[CountdownProblem]:
     """Problems ``start .. start+num-1`` of ``split`` (see :func:`make_problem`)."""

@@ -29,7 +29,7 @@ from typing import Literal
 from echorl_lightning.data.base import EvalSet, PromptDataModule
 from echorl_lightning.data.countdown import (
     DEFAULT_DIFFICULTY,
-    CountdownDifficulty,
+    AnyDifficulty,
     Split,
     larger_numbers,
     make_problem,
@@ -58,12 +58,12 @@ class CountdownEvalSpec:
 
     name: str
     split: EvalSplit = "val"
-    difficulty: CountdownDifficulty | None = None
+    difficulty: AnyDifficulty | None = None
     group: Literal["id", "ood"] | None = "id"
     num: int | None = None
 
 
-def default_eval_specs(difficulty: CountdownDifficulty) -> list[CountdownEvalSpec]:
+def default_eval_specs(difficulty: AnyDifficulty) -> list[CountdownEvalSpec]:
     """``id`` (the training difficulty), ``ood_numbers`` (:func:`more_numbers`) and ``ood_large``
     (:func:`larger_numbers`), all from the ``val`` split."""
     return [
@@ -85,7 +85,7 @@ def countdown_prompts(
     split: Split,
     num: int,
     seed: int = 0,
-    difficulty: CountdownDifficulty = DEFAULT_DIFFICULTY,
+    difficulty: AnyDifficulty = DEFAULT_DIFFICULTY,
     distinct: bool = False,
 ) -> list[PromptExample]:
     """``num`` problems of ``split`` as prompt examples (reference = ``"<numbers> -> <target>"``, expert =
@@ -129,7 +129,9 @@ class CountdownDataModule(PromptDataModule):
         num_train: size of the training prompt pool (problems 0..num_train-1 of the ``train`` split).
         num_val: number of prompts of an evaluation set without its own ``num``.
         seed: the generator seed shared by all splits (a problem is fixed by split, seed and index).
-        difficulty: the training difficulty (and that of evaluation sets without their own).
+        difficulty: the training difficulty (and that of evaluation sets without their own): a
+            :class:`~echorl_lightning.data.countdown.CountdownDifficulty` or a
+            :class:`~echorl_lightning.data.countdown.CountdownMixture` of several.
         verifier: None uses :class:`CountdownVerifier`.
         val_batch_size: prompts per validation batch.
         eval_sets: named evaluation sets; None = :func:`default_eval_specs` of ``difficulty``.
@@ -143,7 +145,7 @@ class CountdownDataModule(PromptDataModule):
         num_train: int = 4096,
         num_val: int = 256,
         seed: int = 0,
-        difficulty: CountdownDifficulty = DEFAULT_DIFFICULTY,
+        difficulty: AnyDifficulty = DEFAULT_DIFFICULTY,
         verifier: VerifierFn | None = None,
         val_batch_size: int = 64,
         eval_sets: list[CountdownEvalSpec] | None = None,
@@ -236,7 +238,7 @@ class CountdownSFTDataModule(SFTDataModule):
         num_val: number of evaluation prompts.
         split: which held-out split the validation loop samples on.
         seed: the generator seed (a problem is fixed by split, seed and index).
-        difficulty: the generator's knobs.
+        difficulty: the generator's knobs (a difficulty or a mixture of several).
         val_batch_size: prompts per validation batch.
     """
 
@@ -246,7 +248,7 @@ class CountdownSFTDataModule(SFTDataModule):
         num_val: int = 256,
         split: EvalSplit = "val",
         seed: int = 0,
-        difficulty: CountdownDifficulty = DEFAULT_DIFFICULTY,
+        difficulty: AnyDifficulty = DEFAULT_DIFFICULTY,
         val_batch_size: int = 128,
     ) -> None:
         super().__init__(

@@ -19,11 +19,20 @@ The pre-tokenization decides what merges can exist, and it must be the one the f
   merge too. A folder whose model type has no tokenizer class of its own (a Llama config, for one) is
   loaded as a generic fast tokenizer that keeps this pre-tokenizer; a ``qwen2`` folder would not.
 
+A task's tokenizer folder for :class:`~echorl_lightning.tiny.sft.SFTModule`'s ``tokenizer_path``::
+
+    python -m echorl_lightning.tiny.bpe --task countdown --vocab-size 512 --pre-tokenization gpt2 \
+        --out runs/countdown_bpe
+
+trains on the prompts and worked solutions of the task's first ``--texts`` ``train`` problems (the held-out
+splits are never read).
+
 Left out: a unigram or WordPiece model, dropout, and any chat template.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterable
 from typing import Literal, get_args
@@ -98,3 +107,37 @@ def train_bpe_tokenizer(
             f"expected {NUM_BYTES} and {NUM_BYTES + 1}"
         )
     return tokenizer
+
+
+def task_texts(task: str, num: int, seed: int = 0) -> list[str]:
+    """``prompt + solution`` of problems ``0..num-1`` of ``task``'s ``train`` split (``"countdown"`` or
+    ``"arithmetic"``, at the task's default difficulty)."""
+    if task == "countdown":
+        from echorl_lightning.data.countdown import make_problems
+    elif task == "arithmetic":
+        from echorl_lightning.data.arithmetic import make_problems
+    else:
+        raise ValueError(f"task must be countdown or arithmetic; got {task!r}")
+    return [p.prompt + p.solution for p in make_problems("train", num, seed)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train a task BPE tokenizer and save it as a folder.")
+    parser.add_argument("--task", required=True, choices=["countdown", "arithmetic"])
+    parser.add_argument("--out", required=True, help="the tokenizer folder to write")
+    parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--pre-tokenization", choices=PRE_TOKENIZATIONS, default="gpt2")
+    parser.add_argument("--texts", type=int, default=4096, help="train problems to learn merges from")
+    parser.add_argument("--seed", type=int, default=0, help="the task generator's seed")
+    args = parser.parse_args(argv)
+    tokenizer = train_bpe_tokenizer(
+        task_texts(args.task, args.texts, args.seed), args.vocab_size, args.pre_tokenization
+    )
+    tokenizer.save_pretrained(args.out)
+    print(
+        f"{args.out}: {len(tokenizer)} tokens ({args.pre_tokenization} pre-tokenization, {args.texts} {args.task} texts)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,23 +1,38 @@
-"""The tiny Qwen2 configuration of the embedded default policy.
+"""The tiny configurations of the embedded policies.
 
-Implements one function building a ``Qwen2Config`` small enough to SFT and RL-train on two CPU cores in
-minutes (defaults: hidden 96, 4 layers, 4 query / 2 KV heads, MLP 256, tied embeddings: 431k
-parameters), with the byte tokenizer's EOS/pad ids written into the config and the generation config.
-Leaves out sliding-window attention and anything GPU-specific. Used by the EchoRL CPU demo (EchoRL,
-arXiv 2605.31228).
+Implements a ``Qwen2Config`` (:func:`tiny_qwen2_config`) or ``LlamaConfig`` (:func:`tiny_config` with
+``architecture="llama"``) small enough to SFT and RL-train on two CPU cores in minutes (defaults: hidden 96,
+4 layers, 4 query / 2 KV heads, MLP 256, tied embeddings: 431k parameters with the byte tokenizer), with the
+byte tokenizer's EOS/pad ids written into the config and the generation config. The Llama variant exists for
+task-trained BPE tokenizers with GPT-2's pre-tokenizer: transformers reloads every ``qwen2`` folder with
+Qwen2's digit-splitting pre-tokenizer (see :mod:`echorl_lightning.tiny.bpe`), a ``llama`` folder keeps the
+one in ``tokenizer.json``. Leaves out sliding-window attention and anything GPU-specific. Used by the EchoRL
+CPU demo and the Countdown miniature (EchoRL, arXiv 2605.31228).
 """
 
 from __future__ import annotations
 
-from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+from typing import Literal, get_args
+
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+)
 
 from echorl_lightning.tiny.tokenizer import NUM_BYTES, VOCAB_SIZE
 
 EOS_TOKEN_ID = NUM_BYTES
 PAD_TOKEN_ID = NUM_BYTES + 1
+Architecture = Literal["qwen2", "llama"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 
 
-def tiny_qwen2_config(
+def tiny_config(
+    architecture: Architecture = "qwen2",
     hidden_size: int = 96,
     num_hidden_layers: int = 4,
     num_attention_heads: int = 4,
@@ -25,8 +40,11 @@ def tiny_qwen2_config(
     intermediate_size: int = 256,
     max_position_embeddings: int = 256,
     vocab_size: int = VOCAB_SIZE,
-) -> Qwen2Config:
-    """A tiny Qwen2 config for the byte tokenizer (EOS id 256 doubles as BOS, as in Qwen2; pad id 257)."""
+) -> PretrainedConfig:
+    """A tiny causal-LM config of ``architecture`` for the byte tokenizer's special ids (EOS id 256 doubles
+    as BOS, as in Qwen2; pad id 257); ``vocab_size`` may be larger (a BPE with merges from id 258)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}; got {architecture!r}")
     if hidden_size % num_attention_heads != 0:
         raise ValueError(
             f"hidden_size={hidden_size} is not a multiple of num_attention_heads={num_attention_heads}"
@@ -35,7 +53,8 @@ def tiny_qwen2_config(
         raise ValueError(
             f"num_attention_heads={num_attention_heads} is not a multiple of num_key_value_heads={num_key_value_heads}"
         )
-    return Qwen2Config(
+    config_class = Qwen2Config if architecture == "qwen2" else LlamaConfig
+    return config_class(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -52,10 +71,33 @@ def tiny_qwen2_config(
     )
 
 
-def build_tiny_model(config: Qwen2Config) -> Qwen2ForCausalLM:
-    """A randomly initialised ``Qwen2ForCausalLM`` (float32) with a generation config carrying the special
-    ids (so ``generate`` stops at EOS and pads with the pad token)."""
-    model = Qwen2ForCausalLM(config)
+def tiny_qwen2_config(
+    hidden_size: int = 96,
+    num_hidden_layers: int = 4,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    intermediate_size: int = 256,
+    max_position_embeddings: int = 256,
+    vocab_size: int = VOCAB_SIZE,
+) -> Qwen2Config:
+    """:func:`tiny_config` with ``architecture="qwen2"`` (the embedded arithmetic model's)."""
+    return tiny_config(
+        "qwen2",
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        vocab_size=vocab_size,
+    )
+
+
+def build_tiny_model(config: PretrainedConfig) -> PreTrainedModel:
+    """A randomly initialised causal LM of ``config`` (float32; ``Qwen2ForCausalLM`` for a Qwen2 config)
+    with a generation config carrying the special ids (so ``generate`` stops at EOS and pads with the pad
+    token)."""
+    model = AutoModelForCausalLM.from_config(config)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,

@@ -1,7 +1,8 @@
 """Supervised warm-start (SFT) of the tiny policy on worked solutions.
 
-Implements :class:`SFTModule`: a ``Qwen2ForCausalLM`` built from scratch (the tiny config of
-:mod:`echorl_lightning.tiny.model` with the byte tokenizer) or loaded from a folder, trained with token-mean
+Implements :class:`SFTModule`: a tiny Qwen2 or Llama built from scratch (the tiny config of
+:mod:`echorl_lightning.tiny.model`, with the byte tokenizer or a tokenizer folder such as a task BPE of
+:mod:`echorl_lightning.tiny.bpe`) or loaded from a folder, trained with token-mean
 next-token NLL on the response tokens and EOS (:func:`response_nll`), AdamW with linear warm-up and cosine
 decay. Validation samples ``val_samples`` completions per prompt at ``val_temperature`` plus one greedy
 completion and logs ``val/pass@1`` (mean reward of the samples), ``val/frac_all_correct`` and
@@ -24,7 +25,13 @@ from torchmetrics import MeanMetric
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from echorl_lightning.data.types import Verifier
-from echorl_lightning.tiny.model import build_tiny_model, tiny_qwen2_config
+from echorl_lightning.tiny.model import (
+    EOS_TOKEN_ID,
+    PAD_TOKEN_ID,
+    Architecture,
+    build_tiny_model,
+    tiny_config,
+)
 from echorl_lightning.tiny.tokenizer import build_tokenizer
 
 
@@ -106,7 +113,11 @@ class SFTModule(L.LightningModule):
 
     Args:
         model_path: a folder with an HF causal LM and its tokenizer to start from; None builds the tiny
-            Qwen2 of :func:`tiny_qwen2_config` from scratch with the byte tokenizer.
+            model of :func:`tiny_config` from scratch.
+        architecture: ``"qwen2"`` or ``"llama"``, the from-scratch model's (ignored with ``model_path``;
+            a tokenizer with GPT-2's pre-tokenizer needs ``"llama"``, see :mod:`echorl_lightning.tiny.bpe`).
+        tokenizer_path: a tokenizer folder for the from-scratch model (EOS id 256, pad id 257, as
+            :func:`~echorl_lightning.tiny.bpe.train_bpe_tokenizer` writes); None = the byte tokenizer.
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size,
             max_position_embeddings: the tiny config (ignored with ``model_path``).
         lr: peak AdamW learning rate.
@@ -122,6 +133,8 @@ class SFTModule(L.LightningModule):
     def __init__(
         self,
         model_path: str | None = None,
+        architecture: Architecture = "qwen2",
+        tokenizer_path: str | None = None,
         hidden_size: int = 96,
         num_hidden_layers: int = 4,
         num_attention_heads: int = 4,
@@ -140,8 +153,18 @@ class SFTModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if model_path is None:
-            self.tokenizer = build_tokenizer()
-            config = tiny_qwen2_config(
+            if tokenizer_path is None:
+                self.tokenizer = build_tokenizer()
+            else:
+                self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+                ids = (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+                if ids != (EOS_TOKEN_ID, PAD_TOKEN_ID):
+                    raise ValueError(
+                        f"SFTModule: tokenizer_path {tokenizer_path!r} has EOS/pad ids {ids}; the tiny config "
+                        f"needs {(EOS_TOKEN_ID, PAD_TOKEN_ID)} (build it with echorl_lightning.tiny.bpe)"
+                    )
+            config = tiny_config(
+                architecture,
                 hidden_size=hidden_size,
                 num_hidden_layers=num_hidden_layers,
                 num_attention_heads=num_attention_heads,
