@@ -310,8 +310,8 @@ def write_report(path: Path, args: argparse.Namespace, results: dict, task: dict
         f" {args.num} held-out `val` prompts in `id`, {args.num_ood} in each ood set, {args.samples} samples at T = {args.temperature},"
         f" at most {args.max_new_tokens} new tokens). Target (issue 14): {TARGET}.",
         "",
-        f"Warm-start cost (`configs/warmstart_countdown.yaml` and `configs/warmstart_countdown_rl.yaml`, one thread, "
-        f"{len(args.warmstart_time or [])} stage(s)): "
+        f"Warm-start cost (the commands in the header of `{os.path.relpath(Path(args.config).resolve(), REPO)}`, one thread, "
+        f"{len(args.warmstart_time or [])} timed stage(s)): "
         f"{cpu_minutes(args.warmstart_time)}.",
         "",
         "| | " + " | ".join(f"`{s}`" for s in sets) + " |",

@@ -17,9 +17,11 @@ import platform
 import statistics
 import subprocess
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from echorl_lightning.data.countdown import CountdownDifficulty
 from experiments.power import power_lines
 
 TAIL = 5  # rollout fractions are averaged over the last (first) TAIL steps: one step holds only 64 groups
@@ -123,11 +125,21 @@ def _fmt(values: Sequence[float], digits: int = 3) -> str:
 
 def _difficulty(d: dict) -> str:
     """``{min_operands: 3, max_operands: 4, ...}`` -> ``3-4 operands, +/- operands of 1-1 digits, ops +-*``;
-    a Countdown difficulty (``min_numbers``, ...) -> ``3-3 numbers in 1..10, targets 10..99, 6-20 lines``."""
+    a Countdown difficulty (``min_numbers``, ...) -> ``3-3 numbers in 1..10, targets 10..99, intermediates
+    <= 200, 6-20 trace lines``; a Countdown mixture (``components``, ``weights``) -> its components, each with
+    its share."""
+    if "components" in d:
+        total = sum(d["weights"])
+        names = d.get("names") or [f"c{i}" for i in range(len(d["components"]))]
+        return "mixture of " + "; ".join(
+            f"{name} ({w / total:.0%}): {_difficulty({**asdict(CountdownDifficulty()), **c})}"
+            for name, w, c in zip(names, d["weights"], d["components"], strict=True)
+        )
     if "min_numbers" in d:
         return (
             f"Countdown, {d['min_numbers']}-{d['max_numbers']} numbers in {d['min_number']}..{d['max_number']},"
-            f" targets {d['min_target']}..{d['max_target']}, {d['min_steps']}-{d['max_steps']} trace lines"
+            f" targets {d['min_target']}..{d['max_target']}, intermediates <= {d['max_intermediate']},"
+            f" {d['min_steps']}-{d['max_steps']} trace lines"
         )
     ops = "-".join(str(d[k]) for k in ("min_operands", "max_operands"))
     digits = "-".join(str(d[k]) for k in ("min_digits", "max_digits"))

@@ -60,7 +60,9 @@ def test_ood_knobs_apply_to_every_component() -> None:
     assert [c.max_steps for c in more.components] == [16, 20]  # 12 + 4, 16 + 4
     large = larger_numbers(MIX)
     # numbers up to int(20 * 2.5) = 50, targets up to 99 * 2 + 1 = 199, intermediates 200 * 2 = 400
-    assert [(c.max_number, c.max_target, c.max_intermediate) for c in large.components] == [(50, 199, 400)] * 2
+    assert [(c.max_number, c.max_target, c.max_intermediate) for c in large.components] == [
+        (50, 199, 400)
+    ] * 2
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,13 @@
-"""The embedded default policy: a byte-level tokenizer, a tiny Qwen2 config, its SFT warm-start, and the
-shipped warm-started model (``TINY_MODEL_PATH``) that the CPU demo and the end-to-end tests run EchoRL
-(arXiv 2605.31228) on.
+"""The embedded default policies: a byte-level tokenizer and a task-trained BPE over the same ids, tiny Qwen2
+and Llama configs, their SFT warm-start, and the shipped warm-started models that the CPU demos and the
+end-to-end tests run EchoRL (arXiv 2605.31228) on.
 
-``TINY_MODEL_PATH`` (the arithmetic task) and ``TINY_COUNTDOWN_PATH`` (the Countdown task, the same
-architecture with a 512-token context) are Hugging Face folders (config, generation config, safetensors,
-tokenizer) loadable with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``;
-regenerate them with the commands in ``configs/warmstart_sft.yaml`` and ``configs/warmstart_countdown.yaml``
-(whose last stage is ``configs/warmstart_countdown_rl.yaml``). ``bpe.train_bpe_tokenizer`` trains merges on a
-task's texts over the same byte ids (no shipped model uses it yet; ``benchmarks/countdown_tokens.py``).
+``TINY_MODEL_PATH`` (the arithmetic task: a Qwen2 with the byte tokenizer) and ``TINY_COUNTDOWN_PATH`` (the
+Countdown task: a Llama of the same size with a 512-token BPE trained on Countdown traces by
+``bpe.train_bpe_tokenizer``, and a 512-position context) are Hugging Face folders (config, generation config,
+safetensors, tokenizer) loadable with ``AutoModelForCausalLM.from_pretrained`` /
+``AutoTokenizer.from_pretrained``; regenerate them with the commands in ``configs/warmstart_sft.yaml`` and
+``configs/warmstart_countdown.yaml``.
 """
 
 from __future__ import annotations

@@ -71,26 +71,10 @@ def tiny_config(
     )
 
 
-def tiny_qwen2_config(
-    hidden_size: int = 96,
-    num_hidden_layers: int = 4,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
-    intermediate_size: int = 256,
-    max_position_embeddings: int = 256,
-    vocab_size: int = VOCAB_SIZE,
-) -> Qwen2Config:
-    """:func:`tiny_config` with ``architecture="qwen2"`` (the embedded arithmetic model's)."""
-    return tiny_config(
-        "qwen2",
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        vocab_size=vocab_size,
-    )
+def tiny_qwen2_config(**kwargs: int) -> Qwen2Config:
+    """:func:`tiny_config` with ``architecture="qwen2"`` (the embedded arithmetic model's); ``kwargs`` are
+    :func:`tiny_config`'s size arguments."""
+    return tiny_config("qwen2", **kwargs)
 
 
 def build_tiny_model(config: PretrainedConfig) -> PreTrainedModel:
