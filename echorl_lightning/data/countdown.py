@@ -105,7 +105,9 @@ class CountdownMixture:
 
     Problem ``(split, seed, index)`` picks its component from its own seeded RNG with probability
     proportional to ``weights``, then is that component's problem ``(split, seed, index)``; random access and
-    determinism are kept.
+    determinism are kept. An evaluation set of distinct problems
+    (:func:`~echorl_lightning.data.countdown_dm.countdown_prompts` with ``distinct``) skips repeats, so a
+    component with few problems in the held-out bucket holds fewer prompts than its weight asks.
 
     Attributes:
         components: the difficulties mixed (at least one).
