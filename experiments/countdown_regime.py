@@ -40,6 +40,7 @@ from echorl_lightning.data.countdown import (  # noqa: E402
     make_problem,
     parse_difficulty,
     parse_reference,
+    problem_difficulty,
 )
 from echorl_lightning.data.countdown_dm import countdown_prompts, default_eval_specs, distinct_problems  # noqa: E402
 from echorl_lightning.data.countdown_solver import count_solutions  # noqa: E402
@@ -206,9 +207,7 @@ def task_stats(num: int, difficulty: AnyDifficulty) -> dict:
     lengths, solutions = [], []
     for i in range(num):
         problem = make_problem("val", i, 0, difficulty)
-        component = difficulty
-        if isinstance(difficulty, CountdownMixture):
-            component = difficulty.components[difficulty.component_index("val", i, 0)]
+        component = problem_difficulty("val", i, 0, difficulty)
         lengths.append(len(problem.solution.split("\n")))
         solutions.append(count_solutions(problem.numbers, problem.target, component.max_intermediate))
     # how many different problems the generator has at this difficulty: draws are independent, so a split

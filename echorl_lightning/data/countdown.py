@@ -198,6 +198,14 @@ def component_name(split: Split, index: int, seed: int, difficulty: AnyDifficult
     return ""
 
 
+def problem_difficulty(split: Split, index: int, seed: int, difficulty: AnyDifficulty) -> CountdownDifficulty:
+    """The plain difficulty problem ``(split, seed, index)`` is drawn at: its mixture component, or
+    ``difficulty`` itself."""
+    if isinstance(difficulty, CountdownMixture):
+        return difficulty.components[difficulty.component_index(split, index, seed)]
+    return difficulty
+
+
 @dataclass(frozen=True)
 class CountdownProblem:
     """One Countdown problem.
@@ -257,9 +265,7 @@ def make_problem(
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     if index < 0:
         raise ValueError(f"make_problem: index must be >= 0, got {index}")
-    if isinstance(difficulty, CountdownMixture):
-        difficulty = difficulty.components[difficulty.component_index(split, index, seed)]
-    d = difficulty
+    d = problem_difficulty(split, index, seed, difficulty)
     rng = random.Random(f"countdown:{split}:{seed}:{index}")
     for _ in range(_MAX_DRAWS):
         k = rng.randint(d.min_numbers, d.max_numbers)
