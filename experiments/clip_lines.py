@@ -10,7 +10,10 @@ line, 1 = last) and its length in tokens. This explains the selector ablation of
 ``Answer:`` line; on Countdown they do not.
 
     python experiments/clip_lines.py                        # the embedded tiny-countdown, 64 prompts x 8
-    python experiments/clip_lines.py --prompts 128 --seed 1
+    python experiments/clip_lines.py --prompts 256 --config experiments/configs/echo_forking.yaml
+
+The training prompts are drawn at the difficulty of ``--config``'s ``data.init_args.difficulty`` (default: the
+warm-start's, configs/warmstart_countdown.yaml, the sweep's too).
 """
 
 from __future__ import annotations
@@ -29,20 +32,21 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY  # noqa: E402
+from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, AnyDifficulty  # noqa: E402
 from echorl_lightning.data.countdown_dm import countdown_prompts  # noqa: E402
 from echorl_lightning.echo.clips import ECHO_SELECTORS, select_echo_clips  # noqa: E402
 from echorl_lightning.echo.steps import delimiter_token_ids, step_end_mask_from_tokens  # noqa: E402
 from echorl_lightning.rewards.countdown import CountdownVerifier, step_kind  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
 from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
-from experiments.countdown_regime import token_entropy  # noqa: E402
+from experiments.countdown_regime import config_difficulty, token_entropy  # noqa: E402
 
 
 def clip_lines(model, tok, prompts: int, group: int, temperature: float, max_new_tokens: int, seed: int,
-               batch: int = 16) -> dict[str, dict]:  # fmt: skip
-    """Per selector: ``{"kinds": Counter, "pos": [...], "tokens": [...]}`` over the all-success groups."""
-    examples = countdown_prompts("train", prompts, seed, DEFAULT_DIFFICULTY)
+               batch: int = 16, difficulty: AnyDifficulty = DEFAULT_DIFFICULTY) -> dict[str, dict]:  # fmt: skip
+    """Per selector: ``{"kinds": Counter, "pos": [...], "tokens": [...]}`` over the all-success groups of
+    ``prompts`` training prompts at ``difficulty``."""
+    examples = countdown_prompts("train", prompts, seed, difficulty)
     verifier, newline_ids = CountdownVerifier(), delimiter_token_ids(tok)
     out: dict[str, dict] = {s: {"kinds": Counter(), "pos": [], "tokens": []} for s in ECHO_SELECTORS.names()}
     out["_groups"] = {"all_success": 0, "total": 0}
@@ -84,10 +88,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=384)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--config",
+        default=str(REPO / "configs/warmstart_countdown.yaml"),
+        help="a config whose data.init_args.difficulty is the training task",
+    )
     args = parser.parse_args(argv)
+    difficulty = config_difficulty(args.config)
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    stats = clip_lines(model, tok, args.prompts, args.group, args.temperature, args.max_new_tokens, args.seed)
+    stats = clip_lines(model, tok, args.prompts, args.group, args.temperature, args.max_new_tokens, args.seed,
+                       difficulty=difficulty)  # fmt: skip
     groups = stats.pop("_groups")
     print(f"{groups['all_success']} all-success groups of {groups['total']} ({args.model}, G = {args.group}, "
           f"T = {args.temperature:g}, seed {args.seed})\n")  # fmt: skip

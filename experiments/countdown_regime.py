@@ -60,6 +60,11 @@ TARGET = "pass@1 0.3-0.6, all-success groups >= 20%, all-fail groups <= 25% (id 
 
 
 @torch.no_grad()
+def config_difficulty(path: str | Path) -> AnyDifficulty:
+    """The task difficulty of a config (its ``data.init_args.difficulty``; none = the default)."""
+    return parse_difficulty(yaml.safe_load(Path(path).read_text())["data"]["init_args"].get("difficulty"))
+
+
 def token_entropy(model, prompt_ids: list[list[int]], completions: list[list[int]], temperature: float):
     """``(entropy [N, T], response_mask [N, T], tokens [N, T])`` of right-padded completions, one forward."""
     n, t = len(completions), max(max((len(c) for c in completions), default=0), 1)
@@ -262,9 +267,7 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     newline_ids = delimiter_token_ids(tok)
-    difficulty = parse_difficulty(
-        yaml.safe_load(Path(args.config).read_text())["data"]["init_args"].get("difficulty")
-    )
+    difficulty = config_difficulty(args.config)
     results = {}
     for spec in default_eval_specs(difficulty):
         if spec.name in args.sets:

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH
-from experiments.clip_lines import clip_lines, main
+from experiments.clip_lines import REPO, clip_lines, main
 
 
 @pytest.mark.slow
@@ -30,6 +30,32 @@ def test_clip_lines_on_the_embedded_model(capsys):
     main(["--prompts", "2", "--group", "2", "--max-new-tokens", "16"])  # the table, even with no clip
     out = capsys.readouterr().out
     assert "all-success groups of 2" in out and "| `peak` | 0 |" in out
+
+
+def test_config_difficulty_reads_the_sweep_task(tmp_path):
+    """clip_lines and countdown_regime draw prompts at a config's data.init_args.difficulty: the forking
+    sweep's task caps traces at 12 lines where the default allows 20; a mixture comes back as a mixture; a
+    config without one gets the default; a wrong key names itself."""
+    from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, CountdownMixture
+    from experiments.countdown_regime import config_difficulty
+
+    sweep = config_difficulty(REPO / "experiments/configs/echo_forking.yaml")
+    assert sweep.max_steps == 12 and DEFAULT_DIFFICULTY.max_steps == 20
+    # the sweep trains on the warm-start's task
+    assert config_difficulty(REPO / "configs/warmstart_countdown.yaml") == sweep
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(
+        "data:\n  init_args:\n    difficulty:\n      components: [{max_number: 10}, {}]\n      weights: [1, 3]\n"
+    )
+    got = config_difficulty(mix)
+    assert isinstance(got, CountdownMixture) and got.components[0].max_number == 10
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("data:\n  init_args: {num_train: 8}\n")
+    assert config_difficulty(bare) == DEFAULT_DIFFICULTY
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  init_args:\n    difficulty: {max_numbr: 10}\n")
+    with pytest.raises(TypeError, match="max_numbr"):
+        config_difficulty(bad)
 
 
 def test_step_entropies_are_line_means():
