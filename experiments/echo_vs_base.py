@@ -5,7 +5,8 @@ Every run is one ``python cli.py fit`` of ``experiments/configs/echo_vs_base.yam
 ``echo.*`` settings, so all arms share the task, the model, the evaluation sets and the rollout budget
 (``max_epochs x prompts_per_epoch x group_size`` rollouts). Runs go to ``runs/echo_vs_base/<arm>/seed<k>``;
 a finished run leaves ``scalars.json`` (every TensorBoard scalar) and is skipped when the harness is run
-again with the same settings, so an interrupted sweep resumes. :mod:`experiments.report` turns the runs into
+again with the same settings, so an interrupted sweep resumes; one with other settings is moved aside to
+``seed<k>.replaced-<hash>``, never overwritten. ``--quick`` runs go to the runs folder's ``quick/``. :mod:`experiments.report` turns the runs into
 ``experiments/results/echo_vs_base.md`` and its plot.
 
     python experiments/echo_vs_base.py            # the full sweep: 11 arms x 3 seeds (measured 78 min, 2 cores)
@@ -191,9 +192,34 @@ def _env(args: argparse.Namespace) -> dict[str, str]:
     )
 
 
+def set_aside(run_dir: Path) -> Path | None:
+    """Move a finished run (one with ``scalars.json``) out of the way of a run with other settings, to
+    ``<name>.replaced-<its config hash>`` beside it (``-2``, ``-3``... if taken), so nothing finished is lost.
+    Returns where it went, or None when ``run_dir`` holds no finished run (an unfinished attempt stays, to be
+    overwritten)."""
+    done = run_dir / "scalars.json"
+    if not done.exists():
+        return None
+    try:
+        record = json.loads(done.read_text())
+        sha = record.get("config_sha") or record.get("eval_sha") or "unknown"
+    except (json.JSONDecodeError, AttributeError):
+        sha = "unreadable"
+    target, n = run_dir.with_name(f"{run_dir.name}.replaced-{sha}"), 1
+    while target.exists():
+        n += 1
+        target = run_dir.with_name(f"{run_dir.name}.replaced-{sha}-{n}")
+    shutil.move(str(run_dir), str(target))
+    return target
+
+
 def _cli(subcommand: str, run_dir: Path, config_text: str, args: argparse.Namespace) -> tuple[int, float]:
-    """``python cli.py <subcommand>`` on ``config_text`` in a fresh ``run_dir`` (an earlier attempt's record and
-    TensorBoard logs removed; config in ``config.yaml``, output in ``log.txt``): ``(exit code, wall seconds)``."""
+    """``python cli.py <subcommand>`` on ``config_text`` in a fresh ``run_dir`` (a finished run with other
+    settings moved aside by :func:`set_aside`, an unfinished attempt's record and TensorBoard logs removed;
+    config in ``config.yaml``, output in ``log.txt``): ``(exit code, wall seconds)``."""
+    moved = set_aside(run_dir)
+    if moved is not None:
+        print(f"[keep] {run_dir} held a finished run with other settings: moved to {moved}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "scalars.json").unlink(missing_ok=True)
     shutil.rmtree(run_dir / "tb", ignore_errors=True)
@@ -299,7 +325,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; --quick: 0)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--runs-dir", help="default: the harness's runs_dir, else runs/echo_vs_base")
+    parser.add_argument(
+        "--runs-dir",
+        help="default: the harness's runs_dir, else runs/echo_vs_base (with --quick: its quick/)",
+    )
     parser.add_argument("--out", default=str(REPO / "experiments/results"), help="results folder")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs")
     parser.add_argument(
@@ -316,8 +345,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     base, harness = load_base(args.config)
     args.harness = harness
-    if args.runs_dir is None:
-        args.runs_dir = str(REPO / harness.get("runs_dir", "runs/echo_vs_base"))
+    if (
+        args.runs_dir is None
+    ):  # --quick runs apart from the full sweep's (same arm/seed folders, other budget)
+        runs_dir = REPO / harness.get("runs_dir", "runs/echo_vs_base")
+        args.runs_dir = str(runs_dir / "quick" if args.quick else runs_dir)
     if args.arms is None:
         args.arms = harness.get("quick_arms", QUICK_ARMS) if args.quick else harness.get("arms", DEFAULT_ARMS)
     for name in args.arms:

@@ -21,6 +21,7 @@ from experiments.echo_vs_base import (
     load_base,
     parse_args,
     run_config,
+    set_aside,
     with_start,
 )
 from experiments.power import power_estimate
@@ -179,7 +180,10 @@ def test_forking_config_harness_section(tmp_path):
     sized = run_config(arm_by_name("grpo"), 0, tmp_path / "q", quick)["data"]["init_args"]
     assert sized["num_val"] == harness["quick_num_val"]
     assert {s["num"] for s in sized["eval_sets"]} == {harness["quick_num_val"]}
-    assert quick.runs_dir == str(REPO / "runs/echo_forking")
+    assert quick.runs_dir == str(REPO / "runs/echo_forking/quick")  # never the full sweep's folders
+    assert parse_args(["--config", "experiments/configs/echo_forking.yaml"]).runs_dir == str(
+        REPO / "runs/echo_forking"
+    )
     default = parse_args([])  # the arithmetic sweep keeps its defaults
     assert (
         default.harness == {}
@@ -207,6 +211,29 @@ def test_forking_config_harness_section(tmp_path):
         with pytest.raises(ValueError, match="harness.all_success_target must be a fraction"):
             load_base(bad)
     assert harness["all_success_target"] == 0.2 and parse_args([]).harness.get("all_success_target") is None
+
+
+def test_a_finished_run_with_other_settings_is_set_aside_not_overwritten(tmp_path):
+    """A rerun with changed settings (another budget, a --quick run in the full sweep's folder) moves the
+    finished run beside itself, named by its config hash; an unfinished attempt is left to be overwritten."""
+    run = tmp_path / "grpo" / "seed0"
+    run.mkdir(parents=True)
+    assert set_aside(run) is None and run.is_dir()  # no scalars.json: nothing finished to keep
+    (run / "scalars.json").write_text(json.dumps({"config_sha": "abc123", "scalars": {}}))
+    (run / "log.txt").write_text("the first run")
+    moved = set_aside(run)
+    assert moved == tmp_path / "grpo" / "seed0.replaced-abc123" and not run.exists()
+    assert (moved / "log.txt").read_text() == "the first run"
+    run.mkdir()  # the same settings finished twice and replaced twice: the second copy gets its own name
+    (run / "scalars.json").write_text(json.dumps({"config_sha": "abc123"}))
+    assert set_aside(run) == tmp_path / "grpo" / "seed0.replaced-abc123-2"
+    start = tmp_path / "start_eval"  # the shared evaluation records eval_sha; a broken record is still kept
+    start.mkdir()
+    (start / "scalars.json").write_text(json.dumps({"eval_sha": "e0"}))
+    assert set_aside(start).name == "start_eval.replaced-e0"
+    start.mkdir()
+    (start / "scalars.json").write_text("{not json")
+    assert set_aside(start).name == "start_eval.replaced-unreadable"
 
 
 def test_shared_start_eval_digest_and_merge(tmp_path):
