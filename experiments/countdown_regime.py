@@ -59,12 +59,12 @@ from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
 TARGET = "pass@1 0.3-0.6, all-success groups >= 20%, all-fail groups <= 25% (id set, T = 1, 8 samples)"
 
 
-@torch.no_grad()
 def config_difficulty(path: str | Path) -> AnyDifficulty:
     """The task difficulty of a config (its ``data.init_args.difficulty``; none = the default)."""
     return parse_difficulty(yaml.safe_load(Path(path).read_text())["data"]["init_args"].get("difficulty"))
 
 
+@torch.no_grad()
 def token_entropy(model, prompt_ids: list[list[int]], completions: list[list[int]], temperature: float):
     """``(entropy [N, T], response_mask [N, T], tokens [N, T])`` of right-padded completions, one forward."""
     n, t = len(completions), max(max((len(c) for c in completions), default=0), 1)

@@ -6,8 +6,8 @@ Every run is one ``python cli.py fit`` of ``experiments/configs/echo_vs_base.yam
 (``max_epochs x prompts_per_epoch x group_size`` rollouts). Runs go to ``runs/echo_vs_base/<arm>/seed<k>``;
 a finished run leaves ``scalars.json`` (every TensorBoard scalar) and is skipped when the harness is run
 again with the same settings, so an interrupted sweep resumes; one with other settings is moved aside to
-``seed<k>.replaced-<hash>``, never overwritten. ``--quick`` runs go to the runs folder's ``quick/``. :mod:`experiments.report` turns the runs into
-``experiments/results/echo_vs_base.md`` and its plot.
+``seed<k>.replaced-<hash>``, never overwritten. ``--quick`` runs go to the runs folder's ``quick/``.
+:mod:`experiments.report` turns the runs into ``experiments/results/echo_vs_base.md`` and its plot.
 
     python experiments/echo_vs_base.py            # the full sweep: 11 arms x 3 seeds (measured 78 min, 2 cores)
     python experiments/echo_vs_base.py --quick    # one seed of GRPO vs GRPO + EchoRL (measured 6 min)
