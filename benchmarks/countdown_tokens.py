@@ -15,7 +15,8 @@ Three tokenizations of the same Countdown texts (prompt + solver trace, the warm
 
 Each BPE is trained on ``--train`` ``train`` texts and measured on ``--held-out`` ``val`` texts (exact round trip
 checked). Then, for each, a randomly initialised policy of the ``tiny-countdown`` shape (a 4-layer
-Qwen2, hidden 96, with that vocabulary; the shipped model is now a Llama of that size with the ``bpe-gpt2`` kind) runs the two halves of an RL step at that tokenization's lengths:
+Qwen2, hidden 96, with that vocabulary; the shipped model is now a Llama of that size with the ``bpe-gpt2``
+kind) runs the two halves of an RL step at that tokenization's lengths:
 **rollout**: ``generate`` of ``--rows`` rows from the held-out prompts, forced to exactly the mean response
 length (``min_new_tokens = max_new_tokens``, so EOS cannot shorten one variant); **update**: forward +
 backward of the next-token loss on those rows in 4 micro-batches, and one AdamW step. ``--rounds`` alternates

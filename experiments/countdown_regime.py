@@ -130,6 +130,18 @@ def quantiles(values: list[float]) -> str:
     return f"p10 {q[0]:.3f}, median {statistics.median(values):.3f}, p90 {q[8]:.3f} (n = {len(values)})"
 
 
+def group_regime(scores: list[float], k: int) -> tuple[float, float, float]:
+    """``(pass@1, all-success fraction, all-fail fraction)`` of ``k`` contiguous 0/1 scores per problem."""
+    if not scores or len(scores) % k:
+        raise ValueError(f"group_regime: {len(scores)} scores are not whole groups of {k}")
+    groups = [scores[i : i + k] for i in range(0, len(scores), k)]
+    return (
+        sum(scores) / len(scores),
+        sum(all(s == 1.0 for s in g) for g in groups) / len(groups),
+        sum(all(s == 0.0 for s in g) for g in groups) / len(groups),
+    )
+
+
 def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new_tokens: int,
                  newline_ids: list[int], seed: int, components: list[str] | None = None) -> dict:  # fmt: skip
     """The set's statistics; ``components`` (one mixture component name per example) adds pass@1 and the
@@ -150,10 +162,11 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
     valid = checker(texts, flat_examples)
     groups = [scores[i * samples : (i + 1) * samples] for i in range(len(examples))]
     ok = [i for i, s in enumerate(scores) if s == 1.0]
+    pass1, all_success, all_fail = group_regime(scores, samples)
     stats: dict = {
-        "pass@1": sum(scores) / len(scores),
-        "all_success": sum(all(g) for g in groups) / len(groups),
-        "all_fail": sum(not any(g) for g in groups) / len(groups),
+        "pass@1": pass1,
+        "all_success": all_success,
+        "all_fail": all_fail,
         "eos_rate": sum(ended) / len(ended),
         "lines": statistics.mean(len([ln for ln in t.split("\n") if ln.strip()]) for t in texts),
         "lines_ok": statistics.mean(len([ln for ln in texts[i].split("\n") if ln.strip()]) for i in ok)

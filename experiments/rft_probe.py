@@ -37,7 +37,7 @@ from echorl_lightning.data.sft import sft_collate  # noqa: E402
 from echorl_lightning.rewards.countdown import CountdownVerifier  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
 from echorl_lightning.tiny.sft import response_nll, sample_completions  # noqa: E402
-from experiments.countdown_regime import config_difficulty  # noqa: E402
+from experiments.countdown_regime import config_difficulty, group_regime  # noqa: E402
 
 
 def sample_scored(model, tok, examples, k: int, verifier, max_new_tokens: int = 384, batch: int = 16):
@@ -56,18 +56,6 @@ def sample_scored(model, tok, examples, k: int, verifier, max_new_tokens: int = 
             score = float(scores[i] or 0.0) if ended[i] else 0.0
             rows.append((prompt_ids[i // k], completion, score))
     return rows
-
-
-def group_regime(scores: list[float], k: int) -> tuple[float, float, float]:
-    """``(pass@1, all-success fraction, all-fail fraction)`` of ``k`` contiguous scores per problem."""
-    if not scores or len(scores) % k:
-        raise ValueError(f"group_regime: {len(scores)} scores are not whole groups of {k}")
-    groups = [scores[i : i + k] for i in range(0, len(scores), k)]
-    return (
-        sum(scores) / len(scores),
-        sum(all(s == 1.0 for s in g) for g in groups) / len(groups),
-        sum(all(s == 0.0 for s in g) for g in groups) / len(groups),
-    )
 
 
 def fine_tune(model, kept, steps: int, lr: float, eos_id: int, pad_id: int, rng: random.Random,

@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from echorl_lightning.data.sft import sft_collate
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH
 from echorl_lightning.tiny.sft import response_nll
-from experiments.rft_probe import fine_tune, group_regime, main
+from experiments.countdown_regime import group_regime
+from experiments.rft_probe import fine_tune, main
 
 
 def test_group_regime_hand_computed():
