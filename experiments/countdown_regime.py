@@ -30,15 +30,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from echorl_lightning.data.countdown import (  # noqa: E402
     AnyDifficulty,
     CountdownMixture,
     component_name,
+    config_difficulty,
     make_problem,
-    parse_difficulty,
     parse_reference,
     problem_difficulty,
 )
@@ -57,11 +56,6 @@ from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
 from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
 
 TARGET = "pass@1 0.3-0.6, all-success groups >= 20%, all-fail groups <= 25% (id set, T = 1, 8 samples)"
-
-
-def config_difficulty(path: str | Path) -> AnyDifficulty:
-    """The task difficulty of a config (its ``data.init_args.difficulty``; none = the default)."""
-    return parse_difficulty(yaml.safe_load(Path(path).read_text())["data"]["init_args"].get("difficulty"))
 
 
 @torch.no_grad()

@@ -34,7 +34,10 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
+
+import yaml
 
 from echorl_lightning.data.countdown_solver import count_solutions, reachable, search_trace
 
@@ -156,6 +159,12 @@ def parse_difficulty(value: dict | None) -> AnyDifficulty:
     if "components" in value:
         return CountdownMixture(**value)
     return CountdownDifficulty(**value)
+
+
+def config_difficulty(path: str | Path) -> AnyDifficulty:
+    """The task difficulty of a LightningCLI config file (its ``data.init_args.difficulty``; none = the
+    default)."""
+    return parse_difficulty(yaml.safe_load(Path(path).read_text())["data"]["init_args"].get("difficulty"))
 
 
 def _map_components(base: AnyDifficulty, change) -> AnyDifficulty:
