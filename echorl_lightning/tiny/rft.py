@@ -2,12 +2,15 @@
 
 SFT on solver traces (``configs/warmstart_countdown.yaml``) spreads per-problem success around its mean, so few
 problems are solved 8 times in 8: too few advantage-degenerated groups for EchoRL (arXiv 2605.31228) to feed on.
-A round of RFT samples ``k`` completions per training problem from the current policy at T = 1, keeps the right
-answers (by default only those whose every step is valid, ``CountdownVerifier(require_valid_trace=True)``,
-so the stage never imitates a faulty step that happened to end well) and fine-tunes on them: token-mean NLL of
-completion + EOS (:func:`~echorl_lightning.tiny.sft.response_nll`), AdamW at a constant ``lr``, ``steps``
-batches of ``batch`` pairs drawn with replacement across batches. Repeating it concentrates the policy on the
-problems and searches it already solves, and makes per-problem success bimodal.
+A round of RFT samples ``k`` completions per training problem from the current policy (at ``temperature``,
+default 0.7: more right answers per sample than T = 1; at most ``max_new_tokens``, default 192, since a valid
+solver trace is at most about 160 tokens and a search still running there has gone wrong), keeps the right
+answers (by default only those whose every step is valid, ``CountdownVerifier(require_valid_trace=True)``, so
+the stage never imitates a faulty step that happened to end well) and fine-tunes on them: token-mean NLL of
+completion + EOS (:func:`~echorl_lightning.tiny.sft.response_nll`), a fresh AdamW at a constant ``lr`` each
+round, ``steps`` batches of ``batch`` distinct pairs. Repeating it concentrates the policy on the problems and
+searches it already solves, and makes per-problem success bimodal: the shipped recipe's 3 rounds take the
+all-success groups at T = 1 from 6% to 22% (``experiments/results/countdown_regime.md``).
 
     OMP_NUM_THREADS=1 python -m echorl_lightning.tiny.rft --model runs/warmstart_countdown/hf \\
         --config configs/warmstart_countdown.yaml --out runs/warmstart_countdown/rft
