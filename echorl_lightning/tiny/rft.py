@@ -74,9 +74,9 @@ def sample_scored(
     batch: int = 16,
     temperature: float = 1.0,
 ) -> list[Sample]:
-    """``k`` completions per example at ``temperature``, each ``(prompt ids, completion ids, score)``; the ``k`` rows of
-    one example are contiguous. A completion that never produced EOS, or that the verifier scores None, scores
-    0."""
+    """``k`` completions per example at ``temperature``, each ``(prompt ids, completion ids, score)``; the
+    ``k`` rows of one example are contiguous. A completion that never produced EOS, or that the verifier scores
+    None, scores 0."""
     model.eval()
     rows: list[Sample] = []
     for start in range(0, len(examples), batch):
@@ -105,13 +105,14 @@ def fine_tune(
     """``steps`` AdamW steps (constant ``lr``, no weight decay), each on ``batch`` distinct ``(prompt ids,
     completion ids)`` pairs drawn from ``pairs`` (all of them when fewer): the token-mean NLL of completion +
     EOS. Returns the last batch's loss."""
+    pairs = list(pairs)  # one copy to draw from, not one a step
     if not pairs:
         raise ValueError("fine_tune: no (prompt, completion) pairs to train on")
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
-        drawn = rng.sample(list(pairs), min(batch, len(pairs)))
+        drawn = rng.sample(pairs, min(batch, len(pairs)))
         b = sft_collate([p for p, _ in drawn], [c for _, c in drawn], eos_id, pad_id)
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits  # [N, L, V]
         loss, _ = response_nll(logits, b["input_ids"], b["loss_mask"])
