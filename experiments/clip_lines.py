@@ -5,7 +5,9 @@ computes the policy's token entropy in one forward pass and picks clips with the
 :func:`~echorl_lightning.echo.clips.select_echo_clips` (all-success groups, one clip per group). For each
 selector it counts the kind of the line the clip ends on (``move``, ``no``, ``back``, ``answer``;
 :func:`~echorl_lightning.rewards.countdown.step_kind`), the clip's end position in its response (0 = first
-line, 1 = last) and its length in tokens. This explains the selector ablation of
+line, 1 = last), its length in tokens, and whether a line up to and including its last one is an invalid
+step of the search (:func:`~echorl_lightning.rewards.countdown.first_invalid_step`: the clip then teaches a
+faulty step that happened to end well). This explains the selector ablation of
 ``experiments/results/echo_forking.md``: on the arithmetic task ``lowest`` and ``full`` end on the same
 ``Answer:`` line; on Countdown they do not.
 
@@ -32,11 +34,11 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, AnyDifficulty  # noqa: E402
+from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, AnyDifficulty, parse_reference  # noqa: E402
 from echorl_lightning.data.countdown_dm import countdown_prompts  # noqa: E402
 from echorl_lightning.echo.clips import ECHO_SELECTORS, select_echo_clips  # noqa: E402
 from echorl_lightning.echo.steps import delimiter_token_ids, step_end_mask_from_tokens  # noqa: E402
-from echorl_lightning.rewards.countdown import CountdownVerifier, step_kind  # noqa: E402
+from echorl_lightning.rewards.countdown import CountdownVerifier, first_invalid_step, step_kind  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
 from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
 from experiments.countdown_regime import config_difficulty, token_entropy  # noqa: E402
@@ -44,11 +46,14 @@ from experiments.countdown_regime import config_difficulty, token_entropy  # noq
 
 def clip_lines(model, tok, prompts: int, group: int, temperature: float, max_new_tokens: int, seed: int,
                batch: int = 16, difficulty: AnyDifficulty = DEFAULT_DIFFICULTY) -> dict[str, dict]:  # fmt: skip
-    """Per selector: ``{"kinds": Counter, "pos": [...], "tokens": [...]}`` over the all-success groups of
-    ``prompts`` training prompts at ``difficulty``."""
+    """Per selector: ``{"kinds": Counter, "pos": [...], "tokens": [...], "faulty": [...]}`` (one entry per
+    clip; ``faulty``: the clip holds an invalid step) over the all-success groups of ``prompts`` training
+    prompts at ``difficulty``."""
     examples = countdown_prompts("train", prompts, seed, difficulty)
     verifier, newline_ids = CountdownVerifier(), delimiter_token_ids(tok)
-    out: dict[str, dict] = {s: {"kinds": Counter(), "pos": [], "tokens": []} for s in ECHO_SELECTORS.names()}
+    out: dict[str, dict] = {
+        s: {"kinds": Counter(), "pos": [], "tokens": [], "faulty": []} for s in ECHO_SELECTORS.names()
+    }
     out["_groups"] = {"all_success": 0, "total": 0}
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, len(examples), batch):
@@ -62,6 +67,8 @@ def clip_lines(model, tok, prompts: int, group: int, temperature: float, max_new
             [s or 0.0 for s in verifier(texts, [ex.reference for ex in chunk for _ in range(group)])]
         )  # [N]
         rows = [prompt_ids[i // group] for i in range(len(completions))]
+        faults = [first_invalid_step(text, *parse_reference(chunk[i // group].reference))
+                  for i, text in enumerate(texts)]  # fmt: skip
         entropy, mask, tokens = token_entropy(model, rows, completions, temperature)
         ends = step_end_mask_from_tokens(tokens, newline_ids) & mask  # [N, T]
         out["_groups"]["total"] += len(chunk)
@@ -77,6 +84,9 @@ def clip_lines(model, tok, prompts: int, group: int, temperature: float, max_new
                 out[name]["kinds"][step_kind(lines[end])] += 1
                 out[name]["pos"].append(end / max(len(lines) - 1, 1))
                 out[name]["tokens"].append(k)
+                # first_invalid_step counts non-empty lines: the clip's last one is its count minus one
+                last = sum(1 for line in clip_text.split("\n") if line.strip()) - 1
+                out[name]["faulty"].append(faults[i] is not None and faults[i][0] <= last)
     return out
 
 
@@ -103,16 +113,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{groups['all_success']} all-success groups of {groups['total']} ({args.model}, G = {args.group}, "
           f"T = {args.temperature:g}, seed {args.seed})\n")  # fmt: skip
     kinds = ["move", "no", "back", "answer", "other"]
-    print("| selector | clips | " + " | ".join(f"ends on `{k}`" for k in kinds) + " | end pos | tokens |")
-    print("|---|---|" + "---|" * (len(kinds) + 2))
+    print(
+        "| selector | clips | "
+        + " | ".join(f"ends on `{k}`" for k in kinds)
+        + " | end pos | tokens | through a faulty step |"
+    )
+    print("|---|---|" + "---|" * (len(kinds) + 3))
     for name, s in stats.items():
         n = len(s["pos"])
         if not n:
-            print(f"| `{name}` | 0 |" + " – |" * (len(kinds) + 2))
+            print(f"| `{name}` | 0 |" + " – |" * (len(kinds) + 3))
             continue
         cells = [f"{s['kinds'][k]}" for k in kinds]
         print(f"| `{name}` | {n} | " + " | ".join(cells)
-              + f" | {statistics.fmean(s['pos']):.2f} | {statistics.fmean(s['tokens']):.1f} |")  # fmt: skip
+              + f" | {statistics.fmean(s['pos']):.2f} | {statistics.fmean(s['tokens']):.1f} | {sum(s['faulty'])} |")  # fmt: skip
 
 
 if __name__ == "__main__":

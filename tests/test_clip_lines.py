@@ -25,8 +25,11 @@ def test_clip_lines_on_the_embedded_model(capsys):
     assert stats["full"]["pos"] == [1.0] * counts["full"]
     assert stats["full"]["kinds"]["answer"] == counts["full"]
     assert all(p <= f for p, f in zip(stats["peak"]["tokens"], stats["full"]["tokens"], strict=True))
+    # a fault inside the peak's prefix is inside the whole response too (the same rollout)
+    assert all(f or not p for p, f in zip(stats["peak"]["faulty"], stats["full"]["faulty"], strict=True))
     for s in stats.values():
-        assert sum(s["kinds"].values()) == len(s["pos"]) and all(0.0 <= p <= 1.0 for p in s["pos"])
+        assert sum(s["kinds"].values()) == len(s["pos"]) == len(s["faulty"])
+        assert all(0.0 <= p <= 1.0 for p in s["pos"])
     main(["--prompts", "2", "--group", "2", "--max-new-tokens", "16"])  # the table, even with no clip
     out = capsys.readouterr().out
     assert "all-success groups of 2" in out and "| `peak` | 0 |" in out
