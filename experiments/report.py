@@ -239,8 +239,9 @@ def commit_id() -> str:
 
 
 def plot(records: list[dict], arms: list[Any], path: Path, per_set: list[str], groups: list[str]) -> None:
-    """One row per study, columns: ID accuracy, OOD average accuracy, all-success fraction (rolling mean
-    over TAIL steps) against optimizer step; a line per arm = mean over seeds, band = ± std."""
+    """One row per study, columns: ID accuracy, OOD average accuracy, all-success fraction and, when the task
+    checks steps, the training batches' step correctness (rollout/step_valid_frac; rollout curves are rolling
+    means over TAIL steps) against optimizer step; a line per arm = mean over seeds, band = ± std."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,6 +253,8 @@ def plot(records: list[dict], arms: list[Any], path: Path, per_set: list[str], g
     panels = [(id_tag, "held-out ID accuracy (avg@k)"), ("rollout/frac_all_success", "all-success fraction")]
     if "val/ood_avg" in groups:
         panels.insert(1, ("val/ood_avg", "held-out OOD accuracy (avg@k)"))
+    if any(_series(r, "rollout/step_valid_frac") for r in records):
+        panels.append(("rollout/step_valid_frac", "correct rollouts with every step valid"))
     fig, axes = plt.subplots(len(studies), len(panels), figsize=(5 * len(panels), 3.6 * len(studies)),
                              squeeze=False)  # fmt: skip
     by_arm: dict[str, list[dict]] = {}

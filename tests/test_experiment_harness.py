@@ -356,3 +356,8 @@ def test_forking_quick_harness_tiny_budget(tmp_path):
     header = next(line for line in text.splitlines() if line.startswith("| arm"))
     for tag in step_tags(grpo):  # a step column for every set that had a correct sample to judge
         assert f"{tag.split('/')[1]} steps ok final" in header
+    # the plot gains a fourth panel, the training batches' step correctness, when a run logged it:
+    # width = panels x 5 in x 110 dpi = 3 x 550 = 1,650 px without it, 4 x 550 = 2,200 px with it
+    png = (tmp_path / "out/echo_forking_quick.png").read_bytes()
+    logged = any("rollout/step_valid_frac" in r["scalars"] for r in (grpo, echo))
+    assert int.from_bytes(png[16:20], "big") == (2200 if logged else 1650)
