@@ -34,14 +34,19 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, AnyDifficulty, parse_reference  # noqa: E402
+from echorl_lightning.data.countdown import (  # noqa: E402
+    DEFAULT_DIFFICULTY,
+    AnyDifficulty,
+    config_difficulty,
+    parse_reference,
+)
 from echorl_lightning.data.countdown_dm import countdown_prompts  # noqa: E402
 from echorl_lightning.echo.clips import ECHO_SELECTORS, select_echo_clips  # noqa: E402
 from echorl_lightning.echo.steps import delimiter_token_ids, step_end_mask_from_tokens  # noqa: E402
 from echorl_lightning.rewards.countdown import CountdownVerifier, first_invalid_step, step_kind  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
 from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
-from experiments.countdown_regime import config_difficulty, token_entropy  # noqa: E402
+from experiments.countdown_regime import token_entropy  # noqa: E402
 
 
 def clip_lines(model, tok, prompts: int, group: int, temperature: float, max_new_tokens: int, seed: int,

@@ -39,8 +39,7 @@ def test_config_difficulty_reads_the_sweep_task(tmp_path):
     """clip_lines and countdown_regime draw prompts at a config's data.init_args.difficulty: the forking
     sweep's task caps traces at 12 lines where the default allows 20; a mixture comes back as a mixture; a
     config without one gets the default; a wrong key names itself."""
-    from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, CountdownMixture
-    from experiments.countdown_regime import config_difficulty
+    from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, CountdownMixture, config_difficulty
 
     sweep = config_difficulty(REPO / "experiments/configs/echo_forking.yaml")
     assert sweep.max_steps == 12 and DEFAULT_DIFFICULTY.max_steps == 20
