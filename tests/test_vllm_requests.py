@@ -53,7 +53,10 @@ def test_sampling_kwargs_stop_on_trainer_eos_only() -> None:
         ignore_eos=True,  # the checkpoint's generation_config EOS ids stay out of the stop set
         stop_token_ids=[EOS],  # ... and the trainer's EOS is the one stop token
         detokenize=False,
+        logprobs=None,
     )
+    with_logprobs = SamplingConfig(n=4, max_new_tokens=16, return_logprobs=True)
+    assert sampling_kwargs(with_logprobs, eos_id=EOS, seed=1)["logprobs"] == 0  # the sampled token's own
     greedy = sampling_kwargs(SamplingConfig(n=3, temperature=0.0, top_p=0.5), eos_id=EOS, seed=None)
     assert (greedy["n"], greedy["top_p"], greedy["seed"]) == (1, 1.0, None)
     assert samples_per_request_prompt(SamplingConfig(n=3, temperature=0.0)) == 1
@@ -86,6 +89,16 @@ def test_completion_from_sample_finish_reasons() -> None:
     for reason in (None, "abort", "error", "repetition"):
         with pytest.raises(RuntimeError, match=f"reason {reason!r}"):
             completion_from_sample([5, EOS], reason, EOS, 4)
+
+
+def test_completion_logprobs_cut_with_the_tokens() -> None:
+    # vLLM's per-position dicts {token_id: Logprob}; the sampled token's entry is the one kept
+    positions = [{5: SimpleNamespace(logprob=-0.5)}, {EOS: SimpleNamespace(logprob=-1.25)}, {7: SimpleNamespace(logprob=-3.0)}]
+    cut = completion_from_sample([5, EOS, 7], "stop", EOS, 4, positions)
+    assert cut == Completion([5, EOS], False, logprobs=[-0.5, -1.25])  # cut after the first EOS, as the ids
+    assert completion_from_sample([5, EOS], "stop", EOS, 4).logprobs is None  # none asked for
+    with pytest.raises(RuntimeError, match="1 log-probs for 2 tokens"):
+        completion_from_sample([5, EOS], "stop", EOS, 4, positions[:1])
 
 
 def test_completions_from_outputs_groups_prompt_major() -> None:

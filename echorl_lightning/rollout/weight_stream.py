@@ -8,8 +8,9 @@
 * as a full tensor: an FSDP2 parameter (a ``DTensor`` shard) is cast on its shard first and then gathered
   with ``full_tensor()``, so the all-gather moves engine-dtype bytes; every rank must consume the stream in
   the same order, as the collective requires;
-* once per storage: a tied output embedding (``lm_head.weight`` is ``model.embed_tokens.weight``) is
-  yielded under its first name only; the engine ties its own copy from the model config.
+* once per storage by default: a tied output embedding (``lm_head.weight`` is ``model.embed_tokens.weight``)
+  is yielded under its first name only; with ``every_name`` under both (the vLLM engine is built untied,
+  because vLLM's in-place reload leaves a tied output head stale).
 
 At most one gathered/cast tensor is alive at a time (the one being loaded): the stream never builds a
 second full copy of the model. A tensor already in the engine's dtype and not sharded is yielded as is,
@@ -80,15 +81,19 @@ def full_weight(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor
 
 
-def streamed_weights(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(checkpoint name, full tensor in dtype)`` for each distinct tensor of ``model``'s state dict, lazily.
+def streamed_weights(
+    model: torch.nn.Module, dtype: torch.dtype, *, every_name: bool = False
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(checkpoint name, full tensor in dtype)`` for each state-dict entry of ``model``, lazily.
 
-    Collective under FSDP2: all ranks must iterate the stream to the end, in step.
+    A tensor that appears under several names (tied embeddings) is yielded under its first name only, or
+    under each of its names with ``every_name`` (for an engine built untied, which keeps the output head as a
+    tensor of its own). Collective under FSDP2: all ranks must iterate the stream to the end, in step.
     """
     require_streamable(model)
     seen: set[int] = set()
     for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:  # tied weights: the same Parameter under a second name
+        if id(tensor) in seen and not every_name:  # tied weights: the same Parameter under a second name
             continue
         seen.add(id(tensor))
         yield vllm_weight_name(name), full_weight(tensor, dtype)
