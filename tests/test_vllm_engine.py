@@ -67,10 +67,8 @@ def qwen2_checkpoint(path: Path, *, tied: bool, head_dim: int = 32, seed: int = 
 
 
 def cpu_engine(**kwargs: Any) -> VLLMEngine:
-    """A VLLMEngine for the tests: fp32 (exact parity with the fp32 policy), eager, a 64 MiB KV cache."""
-    settings: dict[str, Any] = dict(
-        dtype="float32", enforce_eager=True, max_model_len=128, kv_cache_memory_bytes=64 << 20
-    )
+    """A VLLMEngine for the tests: the policy's dtype (fp32: exact parity), a 64 MiB KV cache."""
+    settings: dict[str, Any] = dict(max_model_len=128, kv_cache_memory_bytes=64 << 20)
     return VLLMEngine(**{**settings, **kwargs})
 
 
@@ -104,7 +102,9 @@ def test_llm_kwargs_single_and_multi_rank() -> None:
     single = engine.llm_kwargs("ckpt", rank=0, world_size=1)
     assert "distributed_executor_backend" not in single
     assert (single["model"], single["seed"], single["max_model_len"]) == ("ckpt", 5, 64)
-    assert single["dtype"] == "bfloat16" and single["tensor_parallel_size"] == 1
+    assert single["dtype"] == "float32" and single["tensor_parallel_size"] == 1  # the policy's dtype
+    assert engine.llm_kwargs("ckpt", 0, 1, torch.bfloat16)["dtype"] == "bfloat16"
+    assert VLLMEngine(dtype="float16").llm_kwargs("ckpt", 0, 1)["dtype"] == "float16"  # set: kept
     assert single["skip_tokenizer_init"] is True and single["generation_config"] == "vllm"
     # built untied from dummy weights: the sync writes every tensor, the output head as one of its own
     assert single["hf_overrides"] == {"tie_word_embeddings": False} and single["load_format"] == "dummy"
@@ -114,10 +114,11 @@ def test_llm_kwargs_single_and_multi_rank() -> None:
 
 def test_platform_settings_cpu_and_cuda() -> None:
     requested = VLLMEngine(enable_sleep_mode=True).llm_kwargs("ckpt", 0, 1)
+    assert requested["enforce_eager"] is None  # decided by the platform
     cuda, notes = platform_settings(requested, on_cpu=False)
-    assert cuda == requested and notes == []  # CUDA: unchanged (chunked prefill left to vLLM)
+    assert cuda == {**requested, "enforce_eager": False} and notes == []  # CUDA graphs; chunked prefill: vLLM's
     cpu, notes = platform_settings(requested, on_cpu=True)
-    assert cpu["enable_sleep_mode"] is False and cpu["enable_chunked_prefill"] is False
+    assert cpu["enable_sleep_mode"] is False and cpu["enable_chunked_prefill"] is False and cpu["enforce_eager"]
     assert cpu["kv_cache_memory_bytes"] == DEFAULT_CPU_KV_CACHE_BYTES == 1024**3
     assert any("sleep" in note for note in notes) and requested["enable_sleep_mode"] is True  # not mutated
     explicit, notes = platform_settings({**requested, "kv_cache_memory_bytes": 5}, on_cpu=True)

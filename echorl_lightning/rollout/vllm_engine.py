@@ -178,13 +178,16 @@ class VLLMEngine:
         model: checkpoint path or hub id whose config (architecture, vocabulary) the ``LLM`` is built from;
             None uses the policy's ``name_or_path``. The engine starts from dummy weights and samples only
             after ``load_weights`` has copied the policy's.
-        dtype: vLLM's weight and activation dtype; streamed weights are cast to it. ``float32`` for exact
-            log-prob parity with an fp32 policy (e.g. on CPU).
+        dtype: vLLM's weight and activation dtype; streamed weights are cast to it. None takes the policy's
+            parameter dtype (``float32`` for the embedded models: log-probs equal to the policy's to 1e-6);
+            vLLM's own ``"auto"`` would serve a float32 checkpoint in bfloat16.
         gpu_memory_utilization: fraction of the GPU vLLM may take (weights + KV cache); the rest is training's.
         enable_sleep_mode: offload weights and free the KV cache between rollouts (``LLM.sleep(level=1)``);
             CUDA only (ignored, with a warning, on CPU).
         max_model_len: prompt + response token limit; None takes the model config's.
-        enforce_eager: no CUDA graphs or ``torch.compile`` (faster start, usually slower decoding).
+        enforce_eager: no CUDA graphs or ``torch.compile`` (faster start, usually slower decoding); None
+            decides by platform: eager on CPU (the engine starts in seconds instead of a minute), compiled on
+            CUDA.
         seed: engine seed (used for unseeded requests); rank r uses ``seed + r``.
         enable_prefix_caching: reuse KV blocks of shared prompt prefixes (the G samples of a prompt).
         kv_cache_memory_bytes: KV-cache size in bytes, overriding ``gpu_memory_utilization``'s sizing; None
@@ -194,11 +197,11 @@ class VLLMEngine:
     def __init__(
         self,
         model: str | None = None,
-        dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16",
+        dtype: Literal["bfloat16", "float16", "float32", "auto"] | None = None,
         gpu_memory_utilization: float = 0.3,
         enable_sleep_mode: bool = False,
         max_model_len: int | None = None,
-        enforce_eager: bool = False,
+        enforce_eager: bool | None = None,
         seed: int = 0,
         enable_prefix_caching: bool = True,
         kv_cache_memory_bytes: int | None = None,
@@ -226,7 +229,9 @@ class VLLMEngine:
         self.synced = False  # whether load_weights has run since the engine was built
         self._asleep: set[str] = set()  # vLLM memory tags ("weights", "kv_cache") currently released
 
-    def llm_kwargs(self, model_path: str, rank: int, world_size: int) -> dict[str, Any]:
+    def llm_kwargs(
+        self, model_path: str, rank: int, world_size: int, policy_dtype: torch.dtype = torch.float32
+    ) -> dict[str, Any]:
         """Keyword arguments of ``vllm.LLM`` for this rank, before the platform's adjustments (no vLLM import).
 
         The engine is built untied (``tie_word_embeddings=False``) from dummy weights: the sync then writes the
@@ -235,7 +240,7 @@ class VLLMEngine:
         """
         kwargs: dict[str, Any] = dict(
             model=model_path,
-            dtype=self.dtype,
+            dtype=self.dtype or str(policy_dtype).removeprefix("torch."),
             seed=self.seed + rank,
             gpu_memory_utilization=self.gpu_memory_utilization,
             enable_sleep_mode=self.enable_sleep_mode,
@@ -275,7 +280,10 @@ class VLLMEngine:
         cuda_device = torch.cuda.current_device() if torch.cuda.is_available() else 0
         os.environ.update(launcher_env(rank, world_size, cuda_device, os.environ))
         force_inprocess_engine_core()
-        kwargs, notes = platform_settings(self.llm_kwargs(model_path, rank, world_size), on_cpu=on_cpu)
+        policy_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        kwargs, notes = platform_settings(
+            self.llm_kwargs(model_path, rank, world_size, policy_dtype), on_cpu=on_cpu
+        )
         for note in notes:
             log.warning("VLLMEngine: %s", note)
         with preserved_rng_state():
