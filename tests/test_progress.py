@@ -208,7 +208,7 @@ def test_demo_through_cli_shows_table_progress_and_one_line_per_epoch(tmp_path: 
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.splitlines()
     assert sum("echorl-lightning run" in line for line in lines) == 1
-    assert any("431,904 total, 431,904 trainable" in line for line in lines)
+    assert any("469,408 total, 469,408 trainable" in line for line in lines)  # the embedded model (README)
     assert any("4 prompts x G=4 = 16 rollouts" in line for line in lines)
     for epoch in (0, 1):  # the on-policy demo skips the old-log-prob pass: generate and verify only
         assert sum(line.startswith(f"epoch {epoch} rollout · generate 16/16 rows · ") for line in lines) == 1

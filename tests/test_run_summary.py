@@ -72,8 +72,10 @@ def test_fit_starts_with_the_table(tmp_path: Path, capsys: pytest.CaptureFixture
     }
 
     total, trainable = count_parameters(module.policy)
-    assert total == trainable == 431_904  # the embedded model (README), all trainable without LoRA
-    assert rows["parameters"] == "431,904 total, 431,904 trainable"
+    # the embedded model (README), all trainable without LoRA: the head-24 Qwen2's 431,904 plus the zero padding
+    # of its heads widened to 32, 4 layers x (q 32*96 + 32 + k, v 2 x (16*96 + 16) + o 96*32 + o bias 96 = 9,376)
+    assert total == trainable == 431_904 + 4 * 9_376 == 469_408
+    assert rows["parameters"] == "469,408 total, 469,408 trainable"
     assert rows["model"] == TINY_MODEL_PATH
     assert rows["preset"] == "rloo"
     # the resolved axes: RLOO's preset (rloo advantage, token-mean) with the clip_high override applied
@@ -82,7 +84,7 @@ def test_fit_starts_with_the_table(tmp_path: Path, capsys: pytest.CaptureFixture
     )
     assert "loss_agg_mode='token-mean'" in rows["axes"]
     assert rows["EchoRL"] == "on" and "selector='lowest'" in rows["echo settings"]
-    assert rows["policy class"] == "Qwen2ForCausalLM in EchoRLModule"
+    assert rows["policy class"] == "LlamaForCausalLM in EchoRLModule"
     assert (
         rows["engine"] == "HFGenerateEngine" and rows["engine settings"] == "batch_size=256, use_cache=True"
     )

@@ -6,7 +6,10 @@ Implements a ``Qwen2Config`` (:func:`tiny_qwen2_config`) or ``LlamaConfig`` (:fu
 byte tokenizer's EOS/pad ids written into the config and the generation config. The Llama variant exists for
 task-trained BPE tokenizers with GPT-2's pre-tokenizer: transformers reloads every ``qwen2`` folder with
 Qwen2's digit-splitting pre-tokenizer (see :mod:`echorl_lightning.tiny.bpe`), a ``llama`` folder keeps the
-one in ``tokenizer.json``. Leaves out sliding-window attention and anything GPU-specific. Used by the EchoRL
+one in ``tokenizer.json``; and for vLLM's CPU attention, which serves head sizes 32, 64, 80, 96, ... but not
+96 / 4 = 24: the warm-start configs build a Llama with ``head_dim=32`` (468k parameters with the byte tokenizer),
+the shape of the shipped models, which were trained at head size 24 and widened exactly by
+:mod:`echorl_lightning.tiny.widen_heads`. Leaves out sliding-window attention and anything GPU-specific. Used by the EchoRL
 CPU demo and the Countdown miniature (EchoRL, arXiv 2605.31228).
 """
 
@@ -40,12 +43,28 @@ def tiny_config(
     intermediate_size: int = 256,
     max_position_embeddings: int = 256,
     vocab_size: int = VOCAB_SIZE,
+    head_dim: int | None = None,
 ) -> PretrainedConfig:
     """A tiny causal-LM config of ``architecture`` for the byte tokenizer's special ids (EOS id 256 doubles
-    as BOS, as in Qwen2; pad id 257); ``vocab_size`` may be larger (a BPE with merges from id 258)."""
+    as BOS, as in Qwen2; pad id 257); ``vocab_size`` may be larger (a BPE with merges from id 258).
+
+    ``head_dim``: the attention head size, Llama only (None = ``hidden_size // num_attention_heads``). The
+    shipped models use 32 with hidden 96 and 4 heads (q_proj 96 -> 128, o_proj 128 -> 96): vLLM's CPU
+    attention serves head sizes 32, 64, 80, 96, ... but not 24. Refused for Qwen2, whose vLLM implementation
+    ignores a config's ``head_dim`` (it takes ``hidden_size // num_attention_heads``)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}; got {architecture!r}")
-    if hidden_size % num_attention_heads != 0:
+    if head_dim is not None:
+        if architecture != "llama":
+            raise ValueError(
+                f"head_dim={head_dim} needs architecture='llama': vLLM's Qwen2 ignores a config's head_dim "
+                f"(it builds hidden_size // num_attention_heads), so its weights would not load there"
+            )
+        if head_dim <= 0 or head_dim % 2 != 0:
+            raise ValueError(
+                f"head_dim must be a positive even number (RoPE rotates pairs of dims); got {head_dim}"
+            )
+    elif hidden_size % num_attention_heads != 0:
         raise ValueError(
             f"hidden_size={hidden_size} is not a multiple of num_attention_heads={num_attention_heads}"
         )
@@ -54,6 +73,7 @@ def tiny_config(
             f"num_attention_heads={num_attention_heads} is not a multiple of num_key_value_heads={num_key_value_heads}"
         )
     config_class = Qwen2Config if architecture == "qwen2" else LlamaConfig
+    extra = {} if head_dim is None else {"head_dim": head_dim}
     return config_class(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -68,11 +88,13 @@ def tiny_config(
         eos_token_id=EOS_TOKEN_ID,
         pad_token_id=PAD_TOKEN_ID,
         use_cache=True,
+        **extra,
     )
 
 
 def tiny_qwen2_config(**kwargs: int) -> Qwen2Config:
-    """:func:`tiny_config` with ``architecture="qwen2"`` (the embedded arithmetic model's); ``kwargs`` are
+    """:func:`tiny_config` with ``architecture="qwen2"`` (the embedded arithmetic model's before its heads were
+    widened to 32); ``kwargs`` are
     :func:`tiny_config`'s size arguments."""
     return tiny_config("qwen2", **kwargs)
 

@@ -120,6 +120,9 @@ class SFTModule(L.LightningModule):
             :func:`~echorl_lightning.tiny.bpe.train_bpe_tokenizer` writes); None = the byte tokenizer.
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size,
             max_position_embeddings: the tiny config (ignored with ``model_path``).
+        head_dim: the attention head size of a from-scratch Llama (None = ``hidden_size //
+            num_attention_heads``; the shipped models' 32 is a size vLLM's CPU attention serves, see
+            :func:`~echorl_lightning.tiny.model.tiny_config`).
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps; then cosine decay to ``min_lr_ratio * lr`` at ``max_steps``.
@@ -141,6 +144,7 @@ class SFTModule(L.LightningModule):
         num_key_value_heads: int = 2,
         intermediate_size: int = 256,
         max_position_embeddings: int = 256,
+        head_dim: int | None = None,
         lr: float = 3e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 50,
@@ -172,6 +176,7 @@ class SFTModule(L.LightningModule):
                 intermediate_size=intermediate_size,
                 max_position_embeddings=max_position_embeddings,
                 vocab_size=len(self.tokenizer),
+                head_dim=head_dim,
             )
             self.policy = build_tiny_model(config)
         else:
