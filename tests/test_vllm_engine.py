@@ -294,3 +294,61 @@ def test_sleep_mode_is_off_on_cpu_and_setup_keeps_the_trainers_rng(
     assert "no sleep mode on CPU" in caplog.text
     engine.load_weights(policy)
     assert sampled_diff(engine, policy, seed=0) < PARITY_TOL
+
+
+def _fsdp2_parity_worker(rank: int, world_size: int, port: int, folder: str, results: str) -> None:
+    """One rank: shard the policy with FSDP2, build this rank's engine (external_launcher), and record the
+    max log-prob diff after each of 3 (perturb every shard, sync) cycles against the gathered weights."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from echorl_lightning.tiny.tokenizer import build_tokenizer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    policy = Qwen2ForCausalLM.from_pretrained(folder).eval()
+    mesh = init_device_mesh("cpu", (world_size,))
+    for layer in policy.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(policy, mesh=mesh)
+    assert isinstance(policy.model.embed_tokens.weight, DTensor)
+    engine = cpu_engine()
+    engine.setup(policy, build_tokenizer())
+    gathered = Qwen2ForCausalLM.from_pretrained(folder).eval()  # the full weights, for the reference log-probs
+    diffs = []
+    for cycle in range(4):  # cycle 0: the first sync; 1-3: perturb every shard, then sync
+        if cycle:
+            generator = torch.Generator().manual_seed(100 * cycle + rank)
+            with torch.no_grad():
+                for param in policy.parameters():
+                    local = param.to_local()
+                    local.add_(torch.randn(local.shape, generator=generator) * 0.05)
+        engine.load_weights(policy)  # collective: every rank gathers each tensor in step
+        full = {name: tensor.full_tensor() for name, tensor in policy.state_dict().items()}
+        gathered.load_state_dict(full)
+        sampling = SamplingConfig(n=4, max_new_tokens=16, seed=cycle, return_logprobs=True)
+        diffs.append(engine_logprob_diff(gathered, PROMPTS, engine.generate(PROMPTS, sampling))[1])
+    Path(results, f"rank{rank}.json").write_text(json.dumps(diffs))
+    engine.llm.llm_engine.engine_core.shutdown()  # vLLM destroys its groups and the default one
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_sync_parity_from_an_fsdp2_sharded_policy_on_two_processes(vllm_installed, tmp_path) -> None:
+    import socket
+
+    qwen2_checkpoint(tmp_path / "ckpt", tied=True, seed=9)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torch.multiprocessing.spawn(
+        _fsdp2_parity_worker, args=(2, port, str(tmp_path / "ckpt"), str(tmp_path)), nprocs=2, join=True
+    )
+    for rank in range(2):
+        diffs = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert len(diffs) == 4 and max(diffs) < PARITY_TOL, (rank, diffs)
