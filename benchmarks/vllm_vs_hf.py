@@ -78,7 +78,9 @@ def smol_shape(folder: Path, prompts: int) -> tuple[torch.nn.Module, object, lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["tiny-arith", "tiny-countdown", "smol-shape"], default="tiny-arith")
+    parser.add_argument(
+        "--model", choices=["tiny-arith", "tiny-countdown", "smol-shape"], default="tiny-arith"
+    )
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -113,7 +115,9 @@ def main() -> None:
                 seconds = time.perf_counter() - start
                 tokens = sum(len(c.token_ids) for group in out for c in group)
                 rates[name].append(tokens / seconds)
-                print(f"round {round_idx} {name:4s}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.0f} tok/s")
+                print(
+                    f"round {round_idx} {name:4s}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.0f} tok/s"
+                )
 
     hf_rate, vllm_rate = statistics.median(rates["hf"]), statistics.median(rates["vllm"])
     print(

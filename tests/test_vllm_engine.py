@@ -25,7 +25,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from echorl_lightning.rollout import Completion, RolloutEngine, SamplingConfig, VLLMEngine
 from echorl_lightning.rollout.seeds import derive_seed
 from echorl_lightning.rollout.sync_check import engine_logprob_diff
-from echorl_lightning.rollout.vllm_engine import (
+from echorl_lightning.rollout.vllm_launch import (
     MULTIPROCESSING_ENV,
     force_inprocess_engine_core,
     launcher_env,
@@ -116,9 +116,13 @@ def test_platform_settings_cpu_and_cuda() -> None:
     requested = VLLMEngine(enable_sleep_mode=True).llm_kwargs("ckpt", 0, 1)
     assert requested["enforce_eager"] is None  # decided by the platform
     cuda, notes = platform_settings(requested, on_cpu=False)
-    assert cuda == {**requested, "enforce_eager": False} and notes == []  # CUDA graphs; chunked prefill: vLLM's
+    assert (
+        cuda == {**requested, "enforce_eager": False} and notes == []
+    )  # CUDA graphs; chunked prefill: vLLM's
     cpu, notes = platform_settings(requested, on_cpu=True)
-    assert cpu["enable_sleep_mode"] is False and cpu["enable_chunked_prefill"] is False and cpu["enforce_eager"]
+    assert (
+        cpu["enable_sleep_mode"] is False and cpu["enable_chunked_prefill"] is False and cpu["enforce_eager"]
+    )
     assert cpu["kv_cache_memory_bytes"] == DEFAULT_CPU_KV_CACHE_BYTES == 1024**3
     assert any("sleep" in note for note in notes) and requested["enable_sleep_mode"] is True  # not mutated
     explicit, notes = platform_settings({**requested, "kv_cache_memory_bytes": 5}, on_cpu=True)
@@ -132,7 +136,9 @@ def test_head_size_of_configs_and_the_refusal() -> None:
     assert attention_head_size(SimpleNamespace()) is None
     check_head_size("m", 32, [32, 64])
     check_head_size("m", None, [32, 64])  # unknown: vLLM decides
-    with pytest.raises(ValueError, match=r"cannot serve /x/tiny: its attention head size is 24.*supports 32, 64"):
+    with pytest.raises(
+        ValueError, match=r"cannot serve /x/tiny: its attention head size is 24.*supports 32, 64"
+    ):
         check_head_size("/x/tiny", 24, [32, 64])
     assert head_size_in("Unsupported CPU attention configuration: head_dim=24") == 24
     assert head_size_in("some other error") is None
@@ -222,7 +228,9 @@ def test_sync_parity_with_lora_merged_weights(vllm_installed, tmp_path, tiny_tok
     engine = cpu_engine()
     engine.setup(policy, tiny_tokenizer)
     for cycle in range(3):
-        with torch.no_grad():  # "training": the adapters move (B starts at 0, so the first cycle has a delta too)
+        with (
+            torch.no_grad()
+        ):  # "training": the adapters move (B starts at 0, so the first cycle has a delta too)
             generator = torch.Generator().manual_seed(cycle)
             for name, param in policy.named_parameters():
                 if "lora_" in name:
@@ -243,12 +251,16 @@ def test_generate_seeded_reproducible_past_the_chunked_prefill_budget(built) -> 
     first = engine.generate(prompts, sampling)
     assert [len(group) for group in first] == [2] * 150
     assert engine.generate(prompts[:3], sampling) == first[:3]  # the same seeds alone: the same samples
-    again = engine.generate(prompts[:3], sampling, prompt_seeds=[derive_seed(sampling.seed, i) for i in range(3)])
+    again = engine.generate(
+        prompts[:3], sampling, prompt_seeds=[derive_seed(sampling.seed, i) for i in range(3)]
+    )
     assert again == first[:3]  # prompt_seeds default to derive_seed(seed, i)
 
 
 @pytest.mark.vllm
-def test_generate_stops_on_the_trainers_eos_only_and_greedy_repeats(vllm_installed, tmp_path, tiny_tokenizer) -> None:
+def test_generate_stops_on_the_trainers_eos_only_and_greedy_repeats(
+    vllm_installed, tmp_path, tiny_tokenizer
+) -> None:
     policy = qwen2_checkpoint(tmp_path, tied=False, seed=5)
     # the checkpoint's generation_config also lists token 0 as an EOS: the engine must stop on 256 only
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [EOS, 0]}))
@@ -273,9 +285,13 @@ def test_generate_stops_on_the_trainers_eos_only_and_greedy_repeats(vllm_install
 
 
 @pytest.mark.vllm
-def test_cpu_engine_refuses_an_unsupported_head_size_naming_the_model(vllm_installed, tmp_path, tiny_tokenizer) -> None:
+def test_cpu_engine_refuses_an_unsupported_head_size_naming_the_model(
+    vllm_installed, tmp_path, tiny_tokenizer
+) -> None:
     policy = qwen2_checkpoint(tmp_path, tied=True, head_dim=24)
-    with pytest.raises(ValueError, match=rf"cannot serve {tmp_path}: its attention head size is 24.*supports 32, 64"):
+    with pytest.raises(
+        ValueError, match=rf"cannot serve {tmp_path}: its attention head size is 24.*supports 32, 64"
+    ):
         cpu_engine().setup(policy, tiny_tokenizer)
 
 
@@ -317,7 +333,9 @@ def _fsdp2_parity_worker(rank: int, world_size: int, port: int, folder: str, res
     assert isinstance(policy.model.embed_tokens.weight, DTensor)
     engine = cpu_engine()
     engine.setup(policy, build_tokenizer())
-    gathered = Qwen2ForCausalLM.from_pretrained(folder).eval()  # the full weights, for the reference log-probs
+    gathered = Qwen2ForCausalLM.from_pretrained(
+        folder
+    ).eval()  # the full weights, for the reference log-probs
     diffs = []
     for cycle in range(4):  # cycle 0: the first sync; 1-3: perturb every shard, then sync
         if cycle:

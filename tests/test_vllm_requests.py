@@ -93,7 +93,11 @@ def test_completion_from_sample_finish_reasons() -> None:
 
 def test_completion_logprobs_cut_with_the_tokens() -> None:
     # vLLM's per-position dicts {token_id: Logprob}; the sampled token's entry is the one kept
-    positions = [{5: SimpleNamespace(logprob=-0.5)}, {EOS: SimpleNamespace(logprob=-1.25)}, {7: SimpleNamespace(logprob=-3.0)}]
+    positions = [
+        {5: SimpleNamespace(logprob=-0.5)},
+        {EOS: SimpleNamespace(logprob=-1.25)},
+        {7: SimpleNamespace(logprob=-3.0)},
+    ]
     cut = completion_from_sample([5, EOS, 7], "stop", EOS, 4, positions)
     assert cut == Completion([5, EOS], False, logprobs=[-0.5, -1.25])  # cut after the first EOS, as the ids
     assert completion_from_sample([5, EOS], "stop", EOS, 4).logprobs is None  # none asked for

@@ -17,7 +17,9 @@ from echorl_lightning.rollout.types import Completion
 
 
 @torch.no_grad()
-def policy_token_logprobs(model: torch.nn.Module, prompt: Sequence[int], response: Sequence[int]) -> torch.Tensor:
+def policy_token_logprobs(
+    model: torch.nn.Module, prompt: Sequence[int], response: Sequence[int]
+) -> torch.Tensor:
     """The policy's log-prob at temperature 1 of each response token given the prompt and the tokens before it.
 
     Returns:
