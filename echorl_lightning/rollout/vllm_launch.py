@@ -71,7 +71,7 @@ def require_inprocess(llm: Any) -> None:
     if getattr(getattr(llm, "llm_engine", None), "model_executor", None) is None:
         raise RuntimeError(
             "vLLM started its engine core in a separate process (llm.llm_engine.model_executor is missing), "
-            f"so apply_model cannot load the policy's weights by reference; {MULTIPROCESSING_ENV} must be 0 "
+            f"so the weight sync cannot hand the policy's tensors to its worker by reference; {MULTIPROCESSING_ENV} must be 0 "
             "when the LLM is built"
         )
 
