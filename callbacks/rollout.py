@@ -46,6 +46,7 @@ from echorl_lightning.rollout.buffer import RolloutBuffer, make_microbatches
 from echorl_lightning.rollout.collect import ScoredRows, generate_and_score, pad_per_token
 from echorl_lightning.rollout.seeds import derive_seed
 from echorl_lightning.rollout.stats import rollout_metrics
+from echorl_lightning.rollout.sync_check import check_engine_settings, engine_check
 from echorl_lightning.rollout.types import SamplingConfig
 from echorl_lightning.rollout.verifier_counts import VerifierCounts
 from echorl_lightning.training.contract import RolloutPolicy
@@ -80,6 +81,12 @@ class RolloutCallback(L.Callback):
             KL reference, no expert rows) and the engine returns token entropies (the HF engine does), skip the
             no-grad old-log-prob pass: pi_old is the update's own forward, detached (ratio 1), and EchoClips are
             chosen from the engine's entropies. Still zero extra forwards for EchoRL.
+        engine_logprob_tolerance: an engine that reports its log-probs (vLLM) is checked every epoch against the
+            old-log-prob pass (``rollout/engine_logprob_diff_{mean,max}``); a mean difference above this many nats
+            stops the run (its weight sync did not happen). None: log only.
+        engine_is_cap: truncated importance sampling for the engine/trainer mismatch (TRL's
+            ``vllm_importance_sampling_correction``, cap 2.0 there): each token's policy-gradient loss is
+            weighted by ``min(exp(logp_trainer - logp_engine), cap)``. None (default): off. Needs such an engine.
     """
 
     def __init__(
@@ -94,6 +101,8 @@ class RolloutCallback(L.Callback):
         logprob_batch_size: int = 64,
         seed: int = 0,
         on_policy_shortcut: bool = True,
+        engine_logprob_tolerance: float | None = 0.5,
+        engine_is_cap: float | None = None,
     ) -> None:
         for key, value in dict(
             prompts_per_epoch=prompts_per_epoch,
@@ -107,6 +116,7 @@ class RolloutCallback(L.Callback):
                 raise ValueError(f"RolloutCallback.{key} must be >= 1, got {value}")
         if temperature <= 0:
             raise ValueError(f"RolloutCallback.temperature must be > 0 for RL rollouts, got {temperature}")
+        check_engine_settings(engine_logprob_tolerance, engine_is_cap)
         self.prompts_per_epoch = prompts_per_epoch
         self.group_size = group_size
         self.max_new_tokens = max_new_tokens
@@ -117,6 +127,8 @@ class RolloutCallback(L.Callback):
         self.logprob_batch_size = logprob_batch_size
         self.seed = seed
         self.on_policy_shortcut = on_policy_shortcut
+        self.engine_logprob_tolerance = engine_logprob_tolerance
+        self.engine_is_cap = engine_is_cap
         self._pending_metrics: dict[str, torch.Tensor] = {}
         self.last_rollout: RolloutRecord | None = None
         self._verifier_counts = VerifierCounts()
@@ -218,6 +230,7 @@ class RolloutCallback(L.Callback):
             top_p=self.top_p,
             seed=seed,
             return_entropy=self._on_policy(policy.method_cfg),
+            return_logprobs=True,  # an engine with its own weights (vLLM) reports them: checked in _fill
         )
         prompt_ids = policy.encode_prompts([ex.prompt for ex in examples])
         observer = observer or progress.NullObserver()
@@ -288,6 +301,10 @@ class RolloutCallback(L.Callback):
                     tokens, batch_size=self.logprob_batch_size, reference=True
                 )
         logp_s = time.perf_counter() - t1
+        engine_metrics, is_weight = engine_check(  # the engine's own log-probs (vLLM) against the pass above
+            old_logp, rows.sampler_logp, tokens.response_mask, off_policy,
+            tolerance=self.engine_logprob_tolerance, is_cap=self.engine_is_cap,
+        )  # fmt: skip
 
         rewards = scores.clone()  # (f) rewards -> advantages, EchoClips, DAPO's row filter
         if method.overlong_shaping:
@@ -324,6 +341,7 @@ class RolloutCallback(L.Callback):
             {k: v.detach().float() for k, v in echo_metrics(entropy, step_mask, step_end, clip_mask).items()}
         )
         metrics.update(self._verifier_counts.deltas(dm.verifier))
+        metrics.update(engine_metrics)
         metrics.update({
             "rollout/unjudged": torch.tensor(float(rows.num_unjudged)),
             "rollout/groups_kept": pg_mask.view(-1, gsize)[:, 0].sum(),
@@ -337,7 +355,7 @@ class RolloutCallback(L.Callback):
             **{f.name: getattr(tokens, f.name) for f in fields(tokens)},
             old_logp=old_logp, advantages=advantages, pg_mask=pg_mask, clip_mask=clip_mask,
             off_policy_mask=tokens.response_mask * off_policy[:, None].float(), ref_logp=ref_logp,
-            num_tokens=torch.zeros(()), num_seqs=torch.zeros(()), num_clips=torch.zeros(()),
+            num_tokens=torch.zeros(()), num_seqs=torch.zeros(()), num_clips=torch.zeros(()), is_weight=is_weight,
         )  # fmt: skip
         micro = make_microbatches(
             batch.rows(keep_rows.nonzero().flatten()),

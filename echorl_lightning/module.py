@@ -299,6 +299,7 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
             scale=scale,
             ref_logp=batch.ref_logp,
             off_policy_mask=batch.off_policy_mask,
+            is_weight=batch.is_weight,
         )
         n_tokens = batch.response_mask.sum()
         metrics["actor/entropy"] = (entropy * batch.response_mask).sum() / n_tokens.clamp(min=1)

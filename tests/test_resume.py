@@ -142,7 +142,12 @@ def test_kill_9_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(
         assert resumed[tag] == points, tag
     assert sorted(resumed["reward/mean"]) == [0, 1]  # one rollout batch per epoch
     assert len(resumed["val/accuracy"]) == 2  # before training and after epoch 1
-    if engine == "vllm":  # the same TensorBoard tags as the HF engine's run of the same config
+    if engine == "vllm":
+        # synced every epoch: the engine's log-probs of its own samples are the policy's (fp32, 1e-6)
+        diffs = resumed["rollout/engine_logprob_diff_max"]
+        assert sorted(diffs) == [0, 1] and max(diffs.values()) < 1e-4, diffs
+        # the same TensorBoard tags as the HF engine's run of the same config, plus the engine check's
         hf = tmp_path / "hf"
         run(tiny_demo(hf), tmp_path / "hf.log")
-        assert sorted(merged(per_file_scalars(hf))) == sorted(resumed)
+        engine_tags = {"rollout/engine_logprob_diff_mean", "rollout/engine_logprob_diff_max"}
+        assert sorted(set(merged(per_file_scalars(hf))) | engine_tags) == sorted(resumed)

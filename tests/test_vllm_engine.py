@@ -216,6 +216,11 @@ def test_sync_parity_over_three_perturb_sync_cycles(built) -> None:
         assert stale > 1e-2, f"cycle {cycle}: the perturbation did not move the policy away from the engine"
         engine.load_weights(policy)
         assert sampled_diff(engine, policy, seed=cycle) < PARITY_TOL, f"cycle {cycle}"
+    # the engine's log-probs are those of the distribution it sampled from: at T = 0.7, the policy's at 0.7
+    sampling = SamplingConfig(n=4, max_new_tokens=24, temperature=0.7, seed=9, return_logprobs=True)
+    groups = engine.generate(PROMPTS, sampling)
+    assert engine_logprob_diff(policy, PROMPTS, groups, temperature=0.7)[1] < PARITY_TOL
+    assert engine_logprob_diff(policy, PROMPTS, groups, temperature=1.0)[1] > 1e-2  # not the T = 1 ones
 
 
 @pytest.mark.vllm

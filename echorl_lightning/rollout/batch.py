@@ -142,6 +142,8 @@ class RolloutBatch(TokenBatch):
         num_seqs: 0-dim float, policy-gradient rows of the whole optimizer step, all ranks.
         num_clips: 0-dim float, rows holding an EchoClip in the whole optimizer step, all ranks.
         ref_logp: [n, T] float32 reference-model log-probs when the method has a KL term, else None.
+        is_weight: [n, T] float32 truncated importance weights for the engine/trainer mismatch
+            (``rollout.engine_is_correction``), multiplying each token's policy-gradient loss, else None.
     """
 
     old_logp: Tensor | None
@@ -153,6 +155,7 @@ class RolloutBatch(TokenBatch):
     num_seqs: Tensor
     num_clips: Tensor
     ref_logp: Tensor | None = None
+    is_weight: Tensor | None = None
 
 
 @dataclass

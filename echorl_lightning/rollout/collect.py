@@ -34,6 +34,9 @@ class ScoredRows:
             the engine gave none for some row (expert rows never have one).
         step_valid: N step-checker verdicts (True: every step valid; None: not judged), or None without a
             step checker.
+        sampler_logp: N per-token lists of the engine's log-probs of its sampled tokens
+            (``SamplingConfig.return_logprobs``; an expert row's list is empty), or None when the engine gave
+            none.
     """
 
     prompts: list[list[int]] = field(default_factory=list)
@@ -44,6 +47,7 @@ class ScoredRows:
     num_unjudged: int = 0
     entropy: list[list[float]] | None = field(default_factory=list)
     step_valid: list[bool | None] | None = None
+    sampler_logp: list[list[float]] | None = field(default_factory=list)
 
     def extend(self, other: ScoredRows) -> None:
         """Append another round's rows."""
@@ -56,6 +60,10 @@ class ScoredRows:
             self.entropy = None
         else:
             self.entropy.extend(other.entropy)
+        if self.sampler_logp is None or other.sampler_logp is None:
+            self.sampler_logp = None
+        else:
+            self.sampler_logp.extend(other.sampler_logp)
 
 
 def generate_and_score(
@@ -93,6 +101,12 @@ def generate_and_score(
             rows.entropy.extend(list(c.entropy) for c in group)
         else:
             rows.entropy = None
+        if rows.sampler_logp is not None and all(c.logprobs is not None for c in group):
+            rows.sampler_logp.extend(list(c.logprobs or []) for c in group)
+            if with_expert:
+                rows.sampler_logp.append([])  # the expert row was not sampled
+        else:
+            rows.sampler_logp = None
         if with_expert:
             if not ex.expert:
                 raise ValueError(

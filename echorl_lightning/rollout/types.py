@@ -25,9 +25,9 @@ class SamplingConfig:
         seed: base seed for reproducible sampling, or None.
         return_entropy: also return each sampled token's full-vocabulary entropy at ``temperature`` (before
             top-p), where the engine can (``Completion.entropy``; None where it cannot).
-        return_logprobs: also return the engine's log-prob of each sampled token at temperature 1, where the
-            engine keeps its own copy of the weights (``Completion.logprobs``; the vLLM engine), so a caller
-            can check that copy against the policy.
+        return_logprobs: also return the engine's log-prob of each sampled token in the distribution it was
+            sampled from (temperature and top-p applied), where the engine keeps its own copy of the weights
+            (``Completion.logprobs``; the vLLM engine), so a caller can check that copy against the policy.
     """
 
     n: int = 1
@@ -48,8 +48,9 @@ class Completion:
         truncated: True when no EOS was produced within max_new_tokens.
         entropy: per token of ``token_ids``, the entropy of the distribution it was sampled from (at the
             sampling temperature, before top-p), when requested and the engine computes it; else None.
-        logprobs: per token of ``token_ids``, the engine's log-prob of that token at temperature 1, when
-            requested and the engine reports it; else None.
+        logprobs: per token of ``token_ids``, the engine's log-prob of that token in the distribution it was
+            sampled from (at the sampling temperature, after top-p), when requested and the engine reports it;
+            else None.
     """
 
     token_ids: list[int]

@@ -29,7 +29,8 @@ each of them), but no test here runs it.
 * ``generate`` checks every ``len(prompt) + max_new_tokens <= max_model_len`` before waking the engine,
   sends one seeded request per sample (:mod:`echorl_lightning.rollout.vllm_requests`: stop on the trainer's
   EOS only, seeds from :func:`~echorl_lightning.rollout.seeds.derive_seed`) and converts the outputs. With
-  ``sampling.return_logprobs`` each completion carries vLLM's log-prob of each sampled token at temperature 1.
+  ``sampling.return_logprobs`` each completion carries vLLM's log-prob of each sampled token in the
+  distribution it was sampled from (``logprobs_mode="processed_logprobs"``: temperature and top-p applied).
   With ``enable_sleep_mode`` (CUDA) the engine sleeps between calls (level 1: weights offloaded to CPU, KV
   cache freed), also when generation fails (``finally``), so the optimizer step gets the GPU memory back.
 
@@ -165,6 +166,7 @@ class VLLMEngine:
             generation_config="vllm",  # neutral sampling defaults (the EOS ids are handled per request)
             hf_overrides={"tie_word_embeddings": False},
             load_format="dummy",
+            logprobs_mode="processed_logprobs",  # after temperature and top-p: the sampling distribution's
         )
         if world_size > 1:
             kwargs["distributed_executor_backend"] = "external_launcher"

@@ -14,9 +14,9 @@ vllm/sampling_params.py), so an Instruct model would otherwise stop on a token t
 as EOS. vLLM keeps the stop token in ``token_ids`` (``check_stop`` in vllm/v1/core/sched/utils.py runs
 after appending it); a completion is cut just after the first EOS.
 
-Log-probs. With ``sampling.return_logprobs`` a request asks for ``logprobs=0`` (the sampled token's own):
-vLLM's default ``logprobs_mode`` reports them from the raw logits, i.e. at temperature 1, whatever the
-sampling temperature.
+Log-probs. With ``sampling.return_logprobs`` a request asks for ``logprobs=0`` (the sampled token's own); the
+engine is built with ``logprobs_mode="processed_logprobs"``, so they are log-probs in the distribution the token
+was sampled from (temperature, then top-p renormalisation).
 
 Sampling is exactly temperature + top-p (top-k, min-p and penalties at vLLM's neutral values), as in
 :mod:`echorl_lightning.rollout.hf_engine`. Left out: stop strings, per-prompt sampling settings.

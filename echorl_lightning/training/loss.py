@@ -32,6 +32,7 @@ def rlvr_echo_loss(
     scale: float = 1.0,
     ref_logp: Tensor | None = None,
     off_policy_mask: Tensor | None = None,
+    is_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss of one micro-batch and its detached metrics.
 
@@ -50,6 +51,8 @@ def rlvr_echo_loss(
         scale: world size x accumulation steps.
         ref_logp: [n, T] reference-model log-probs, needed when ``method.kl_coef > 0``.
         off_policy_mask: [n, T] 1 on expert tokens (LUFFY).
+        is_weight: [n, T] truncated importance weights of the engine/trainer mismatch, multiplying each
+            token's policy-gradient loss (TRL's ``vllm_importance_sampling_correction``), or None.
 
     Returns:
         ``(loss, metrics)``; metrics are detached, names ``actor/*`` and ``echo/loss``.
@@ -68,6 +71,8 @@ def rlvr_echo_loss(
         clip_high=method.clip_high,
         **kwargs,
     )
+    if is_weight is not None:
+        loss_mat = loss_mat * is_weight
     pg_loss = aggregate_loss(
         method.loss_agg_mode, loss_mat, pg_token_mask, max_len, num_tokens=num_tokens, num_seqs=num_seqs
     )
