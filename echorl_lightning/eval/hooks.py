@@ -94,10 +94,16 @@ class SampledEvalHooks:
             and self.global_step == 0
             and self.logger is not None
         ):
-            # the sanity pass is not logged by Lightning: record it as the accuracy before training (once: a
-            # resumed run's sanity pass is not logged again)
+            # the sanity pass is not logged by Lightning: record it as the accuracy before training (a resumed
+            # run has no sanity pass: on_fit_start)
             results["val/accuracy"] = accuracy
             self.logger.log_metrics({name: float(v) for name, v in results.items()}, step=self.global_step)
+
+    def on_fit_start(self) -> None:
+        """A resumed fit skips Lightning's sanity validation: an uninterrupted run does not validate at the step
+        it resumes from, so neither does the resumed one (no extra pass, no extra console line)."""
+        if self.trainer.ckpt_path is not None:
+            self.trainer.num_sanity_val_steps = 0
 
     def validation_step(self, batch: EvalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, "val", dataloader_idx)
