@@ -7,7 +7,9 @@ and parameters, gradients and AdamW state then live as ``DTensor`` shards, 1/wor
 
 - :class:`FSDP2Strategy`: ``ModelParallelStrategy`` with pure data parallelism by default (all ranks shard,
   no tensor parallelism) and the mixed-precision settings of the shards (:class:`ShardingConfig`). A plain
-  ``ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1)`` works too, with the defaults.
+  ``ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1)`` trains too, with the defaults, but
+  its load unpickles a checkpoint folder unrestricted; ``FSDP2Strategy.load_checkpoint`` reads every pickle
+  weights-only (``checkpoint_safety``), and ``cli.py`` resumes with no other sharded strategy.
 - :func:`apply_fsdp2`: ``fully_shard`` of every transformer block (the model's ``_no_split_modules``
   classes) and then of the root, which keeps the embeddings, the final norm and the LM head (tied or not:
   a tied head is the embedding, one parameter in one unit). ``MixedPrecisionPolicy``: ``param_dtype`` bf16
@@ -33,6 +35,7 @@ pretrained weights (every rank loads the full checkpoint on the CPU before shard
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +47,14 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from echorl_lightning.rollout.weight_stream import full_weight, require_streamable, vllm_weight_name
+from echorl_lightning.training.checkpoint_safety import META_FILE, load_sharded_checkpoint, reading_checkpoint
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _fsdp2() -> Any:
@@ -131,12 +136,23 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        """Resume from this run's own checkpoint: unless told otherwise, its metadata (the module's
-        hyperparameters are dataclasses) is read with ``weights_only=False``, as Lightning reads a
-        single-file checkpoint (torch's own default refuses them)."""
-        return super().load_checkpoint(
-            checkpoint_path, weights_only=False if weights_only is None else weights_only
-        )
+        """Resume from a distributed checkpoint folder or a full file with every pickle in it read weights-only
+        (``checkpoint_safety``; Lightning's own load unpickles a folder's ``.metadata`` and its non-tensor
+        entries unrestricted). ``weights_only=False``, passed on purpose, loads as Lightning does.
+
+        Raises:
+            CheckpointRefused: a pickle in it would call something a checkpoint of this project never holds.
+        """
+        if weights_only is False:
+            log.warning("%s: loading with weights_only=False: its pickles may run any code", checkpoint_path)
+            return super().load_checkpoint(checkpoint_path, weights_only=False)
+        path = Path(self.broadcast(checkpoint_path))
+        if path.is_dir() and (path / META_FILE).is_file():
+            return load_sharded_checkpoint(
+                path, self.model, self.optimizers, strict=self.lightning_module.strict_loading
+            )
+        with reading_checkpoint(path):
+            return super().load_checkpoint(path, weights_only=True)
 
 
 def sharding_config(strategy: Any) -> ShardingConfig:
