@@ -17,8 +17,9 @@ if __name__ == "__main__":
 
     from echorl_lightning.cli import main
     from echorl_lightning.config_checks import ConfigError
+    from echorl_lightning.training.checkpoint_safety import CheckpointRefused
 
     try:
         main()
-    except ConfigError as err:  # a bad config value: the message names the key, a traceback adds nothing
+    except (ConfigError, CheckpointRefused) as err:  # it names the key or file; a traceback adds nothing
         sys.exit(f"cli.py: {err}")

@@ -7,11 +7,14 @@ on every run), ``progress`` (:class:`~callbacks.progress.RolloutProgress`: rollo
 epoch) and ``run_summary`` (:class:`~callbacks.run_summary.RunSummary`: the table ``fit`` starts with).
 ``trainer.callbacks`` keeps the other callbacks (checkpoints, export).
 
-Order of a run: (1) parse; (2) :func:`~echorl_lightning.config_checks.check_config` on the parsed values,
+Order of a run: (1) parse (Lightning reads a ``--ckpt_path`` file's hyperparameters here: weights-only, under
+``checkpoint_safety``'s allowlist); (2) :func:`~echorl_lightning.config_checks.check_config` on the parsed values,
 before anything is instantiated (each problem names its full key); with ``--ckpt_path``, the logger is
 pointed at the version folder of the run the checkpoint came from (read from ``run.json``, which this CLI
 writes next to the checkpoints, or from a ``version_N`` folder in the checkpoint's path), so a resumed run
-continues one TensorBoard run; (3) the classes are built (the module loads its tokenizer only); (4) before
+continues one TensorBoard run; (3) the classes are built (the module loads its tokenizer only), and the
+trainer's strategy reads checkpoints weights-only (:func:`use_safe_checkpoint_loads`; ``--ckpt_path`` with a
+strategy that cannot is refused); (4) before
 each subcommand: ``datamodule.connect(model.tokenizer)`` (as litgpt does: the YAML never repeats the model
 path), then ``datamodule.check_data(max_prompt_tokens)`` with the model's context minus the response limit,
 its counts logged once at step 0 (``data/skipped_rows``, ...); (5) the trainer loads the weights
@@ -30,15 +33,19 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies import Strategy
 
 from callbacks.failure_report import FailureReport
 from callbacks.progress import RolloutProgress
 from callbacks.rollout import RolloutCallback
 from callbacks.run_summary import RunSummary
 from echorl_lightning.config_checks import ConfigError, check_config
+from echorl_lightning.training.checkpoint_safety import SafeCheckpointIO, reading_checkpoint
+from echorl_lightning.training.sharding import FSDP2Strategy
 
 log = logging.getLogger(__name__)
 RUN_RECORD = "run.json"
@@ -87,9 +94,36 @@ def resumed_version(ckpt_path: str, ckpt_dirs: list[Path]) -> int | str | None:
     return None
 
 
+def use_safe_checkpoint_loads(strategy: Strategy) -> str | None:
+    """Make ``strategy`` read checkpoints weights-only (``checkpoint_safety``): a strategy that loads through its
+    checkpoint IO gets :class:`SafeCheckpointIO` in place of Lightning's default one.
+
+    Returns:
+        None, or why ``strategy`` would still unpickle a checkpoint unrestricted (its own load, or a checkpoint
+        IO of the user's own).
+    """
+    if isinstance(strategy, FSDP2Strategy):
+        return None  # its load_checkpoint reads every pickle restricted
+    name = type(strategy).__name__
+    if type(strategy).load_checkpoint is not Strategy.load_checkpoint:
+        return (
+            f"trainer.strategy: {name} reads checkpoints with its own unrestricted unpickling; resume with "
+            "echorl_lightning.training.sharding.FSDP2Strategy (sharded) or a DDP / single-device strategy"
+        )
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default
+        strategy.checkpoint_io = SafeCheckpointIO()
+    if not isinstance(strategy.checkpoint_io, SafeCheckpointIO):
+        return (
+            f"trainer.plugins: the checkpoint IO {type(strategy.checkpoint_io).__name__} may unpickle checkpoints "
+            "unrestricted; leave it out to resume (checkpoints are then read weights-only)"
+        )
+    return None
+
+
 class EchoRLCLI(LightningCLI):
     """LightningCLI with subclass mode for model and data, the ``rollout`` and ``failure_report`` groups, config
-    checks before instantiation, resumable logging, and tokenizer binding + data checks before each subcommand."""
+    checks before instantiation, resumable logging, checkpoints read weights-only, and tokenizer binding + data
+    checks before each subcommand."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RolloutCallback, "rollout")
@@ -132,7 +166,18 @@ class EchoRLCLI(LightningCLI):
         if not hasattr(self.model, "configure_rollout"):
             extra = [cb for cb in extra if not isinstance(cb, RolloutCallback)]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        return self._instantiate_trainer(trainer_config, extra)
+        trainer = self._instantiate_trainer(trainer_config, extra)
+        problem = use_safe_checkpoint_loads(trainer.strategy)
+        if problem and self.subcommand and self.config[self.subcommand].get("ckpt_path") is not None:
+            raise ConfigError(f"--ckpt_path: {problem}")
+        return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the hyperparameters of a ``--ckpt_path`` file while parsing, with
+        ``torch.load(weights_only=True)``: here with the project's allowlist, a refusal naming the file."""
+        sub = self.config.get("subcommand")
+        with reading_checkpoint(str(self.config[sub].get("ckpt_path")) if sub else "--ckpt_path"):
+            super()._parse_ckpt_path()
 
     # ---- (4) before each subcommand -----------------------------------------------------------------
     def _prepare(self, stage: Literal["fit", "validate", "test"]) -> None:
