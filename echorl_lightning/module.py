@@ -26,7 +26,7 @@ from typing import Any, Literal
 import lightning.pytorch as L
 import torch
 from torch import Tensor
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 
 from echorl_lightning.algorithms.presets import MethodConfig, MethodName
 from echorl_lightning.eval.hooks import SampledEvalHooks
@@ -34,6 +34,7 @@ from echorl_lightning.eval.sampled import SampledEvaluation
 from echorl_lightning.rollout.batch import RolloutBatch, RolloutSpec, TokenBatch
 from echorl_lightning.rollout.hf_engine import HFGenerateEngine
 from echorl_lightning.rollout.types import RolloutEngine
+from echorl_lightning.training.checkpoint_safety import CheckpointRefused, load_safetensors_model
 from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig
 from echorl_lightning.training.forward import policy_response_logprobs
 from echorl_lightning.training.guard import NumericalGuard, non_finite_parameters
@@ -62,10 +63,10 @@ log = logging.getLogger(__name__)
 
 
 def load_policy(path: str, dtype: DTypeName, **kwargs: Any) -> PreTrainedModel:
-    """``AutoModelForCausalLM.from_pretrained`` with a clear error naming the path."""
+    """``AutoModelForCausalLM.from_pretrained`` of safetensors weights only, with a clear error naming the path."""
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kwargs)
-    except OSError as err:
+        return load_safetensors_model(path, dtype=getattr(torch, dtype), **kwargs)
+    except (OSError, CheckpointRefused) as err:
         raise ValueError(f"model: cannot load {path!r} (hub id or local folder): {err}") from err
 
 

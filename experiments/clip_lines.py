@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 from echorl_lightning.data.countdown import (  # noqa: E402
     DEFAULT_DIFFICULTY,
@@ -46,6 +46,7 @@ from echorl_lightning.echo.steps import delimiter_token_ids, step_end_mask_from_
 from echorl_lightning.rewards.countdown import CountdownVerifier, first_invalid_step, step_kind  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
 from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
+from echorl_lightning.training.checkpoint_safety import load_safetensors_model  # noqa: E402
 from experiments.countdown_regime import token_entropy  # noqa: E402
 
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     difficulty = config_difficulty(args.config)
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = load_safetensors_model(args.model, dtype=torch.float32).eval()
     stats = clip_lines(model, tok, args.prompts, args.group, args.temperature, args.max_new_tokens, args.seed,
                        difficulty=difficulty)  # fmt: skip
     groups = stats.pop("_groups")

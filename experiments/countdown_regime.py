@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 from echorl_lightning.data.countdown import (  # noqa: E402
     AnyDifficulty,
@@ -54,6 +54,7 @@ from echorl_lightning.rewards.countdown import (  # noqa: E402
 )
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
 from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
+from echorl_lightning.training.checkpoint_safety import load_safetensors_model  # noqa: E402
 
 TARGET = "pass@1 0.3-0.6, all-success groups >= 20%, all-fail groups <= 25% (id set, T = 1, 8 samples)"
 
@@ -272,7 +273,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = load_safetensors_model(args.model, dtype=torch.float32).eval()
     newline_ids = delimiter_token_ids(tok)
     difficulty = config_difficulty(args.config)
     results = {}

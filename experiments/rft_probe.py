@@ -25,13 +25,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 from echorl_lightning.data.countdown import config_difficulty  # noqa: E402
 from echorl_lightning.data.countdown_dm import countdown_prompts  # noqa: E402
 from echorl_lightning.rewards.countdown import CountdownVerifier  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
 from echorl_lightning.tiny.rft import RoundStats, add_arguments, rft_rounds, sample_scored, save  # noqa: E402
+from echorl_lightning.training.checkpoint_safety import load_safetensors_model  # noqa: E402
 from experiments.countdown_regime import group_regime  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     difficulty = config_difficulty(args.config)
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = load_safetensors_model(args.model, dtype=torch.float32).eval()
     val = countdown_prompts("val", args.eval, 0, difficulty, distinct=True)
     plain = CountdownVerifier()
     total = 0.0

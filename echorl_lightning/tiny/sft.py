@@ -181,8 +181,11 @@ class SFTModule(L.LightningModule):
             self.policy = build_tiny_model(config)
         else:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-            # from_pretrained returns the model in eval mode: a model with dropout would train without it
-            self.policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).train()
+            # from_pretrained returns the model in eval mode: a model with dropout would train without it;
+            # safetensors weights only (a pickled .bin is never read)
+            self.policy = AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=torch.float32, use_safetensors=True
+            ).train()
         if self.tokenizer.eos_token_id is None or self.tokenizer.pad_token_id is None:
             raise ValueError(f"SFTModule: the tokenizer of {model_path!r} needs both an EOS and a pad token")
         # epoch means over the validation prompts (torchmetrics: reset every epoch, summed across ranks)
