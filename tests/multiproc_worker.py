@@ -8,7 +8,9 @@ same global batch, so the update must give the same weights.
 
 :func:`worker` is the ``torch.multiprocessing.spawn`` target: it sets the variables a launcher would set
 (``LOCAL_RANK``, ``WORLD_SIZE``, ...), so Lightning joins the spawned processes instead of launching its own,
-and runs the fits of one job (several Trainers may run in the same processes, e.g. fit then resume).
+and runs the fits of one job (several Trainers may run in the same processes, e.g. fit then resume). Every
+Trainer reads checkpoints with ``SafeCheckpointIO`` (FSDP2Strategy reads its folders restricted itself), and a
+job may also try to resume from a booby-trapped checkpoint, which every rank must refuse.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from callbacks.export_hf import ExportHFModel
 from echorl_lightning.module import EchoRLModule
 from echorl_lightning.rollout.batch import RolloutBatch, RolloutSpec, pad_rollouts
 from echorl_lightning.tiny import TINY_MODEL_PATH
+from echorl_lightning.training.checkpoint_safety import (
+    ROLLOUT_BUFFER_TYPES,
+    CheckpointRefused,
+    SafeCheckpointIO,
+    load_checkpoint_file,
+)
 from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig
 from echorl_lightning.training.forward import policy_response_logprobs
 from echorl_lightning.training.sharding import FSDP2Strategy
@@ -127,6 +135,7 @@ def fit(
         use_distributed_sampler=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
+        plugins=[SafeCheckpointIO()],
     )
     trainer.fit(module, DataLoader(batches, batch_size=None), ckpt_path=ckpt_path)
     if trainer.is_global_zero:
@@ -147,19 +156,20 @@ def _strategy(name: str) -> Any:
 
 def worker(rank: int, world: int, port: int, job: dict[str, Any]) -> None:
     """One rank of a job: ``job = {"strategy": "ddp" | "fsdp2", "buffer": path, "out": dir, "resume": bool,
-    "accelerator": "cpu" | "cuda", "plain": bool}``.
+    "accelerator": "cpu" | "cuda", "plain": bool, "trap": path}``.
 
     Runs one epoch (one update) on this rank's half of the buffer (the whole buffer on 1 process) into
     ``out/fit``; with ``resume``, saves a (distributed) checkpoint there and then, in a fresh Trainer and
     module, resumes from it for a second epoch into ``out/resumed``; with ``plain``, also runs the update
-    unsharded on one device into ``out/plain``.
+    unsharded on one device into ``out/plain``; with ``trap``, last, tries to resume from that booby-trapped
+    checkpoint and writes the refusal to ``out/refused_rank<rank>.txt`` (it raises if nothing is refused).
     """
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
         LOCAL_RANK=str(rank), NODE_RANK="0", HF_HUB_OFFLINE="1",
     )  # fmt: skip
     torch.set_num_threads(1)
-    batches = torch.load(job["buffer"], weights_only=False)
+    batches = load_checkpoint_file(job["buffer"], allowed=ROLLOUT_BUFFER_TYPES)
     out = Path(job["out"])
     mine = [batches[rank]] if world > 1 else batches
     accelerator = job.get("accelerator", "cpu")
@@ -174,3 +184,11 @@ def worker(rank: int, world: int, port: int, job: dict[str, Any]) -> None:
             mine, out / "resumed", strategy=_strategy(job["strategy"]), devices=world, epochs=2,
             ckpt_path=str(ckpt),
         )  # fmt: skip
+    if job.get("trap"):
+        strategy = _strategy(job["strategy"])
+        try:
+            fit(mine, out / "trapped", strategy=strategy, devices=world, ckpt_path=job["trap"])
+        except CheckpointRefused as err:
+            (out / f"refused_rank{rank}.txt").write_text(str(err))
+        else:
+            raise AssertionError(f"rank {rank}: resumed from the trapped {job['trap']}")

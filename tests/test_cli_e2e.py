@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from echorl_lightning.tiny import TINY_MODEL_PATH
+from echorl_lightning.training.checkpoint_safety import load_checkpoint_file
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -86,7 +87,7 @@ def test_fit_two_epochs_learns_logs_and_resumes(tmp_path: Path) -> None:
     # two rollout batches, one optimizer step each
     assert len(logged["rollout/frac_all_success"]) == 2
 
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu")
     assert ckpt["global_step"] == 2
     trained = {k.removeprefix("policy."): v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
     shipped = load_file(str(Path(TINY_MODEL_PATH) / "model.safetensors"))
@@ -97,7 +98,7 @@ def test_fit_two_epochs_learns_logs_and_resumes(tmp_path: Path) -> None:
     run_cli(
         "fit", *small_demo_args(tmp_path, epochs=3), f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"
     )
-    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    resumed = load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu")
     assert resumed["global_step"] == 3
 
 

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from callbacks.failure_report import FailureReport, format_report, newest_checkpoint
+from echorl_lightning.training.checkpoint_safety import load_checkpoint_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,7 +105,7 @@ def test_lr_1e6_stops_with_the_guard_error_and_finite_checkpoints(tmp_path: Path
     ckpts = sorted((tmp_path / "checkpoints").glob("epoch=*.ckpt"))
     assert ckpts, "no checkpoint was written before the failure: the finiteness check below would be empty"
     for path in ckpts:
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = load_checkpoint_file(path, map_location="cpu")["state_dict"]
         assert all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()), path
     failed = next(tmp_path.rglob("FAILED.txt"))
     assert failed.parent == tmp_path / "tb" / "version_0"  # the logger's log_dir

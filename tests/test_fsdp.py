@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from echorl_lightning.tiny import TINY_MODEL_PATH
+from echorl_lightning.training.checkpoint_safety import load_checkpoint_file
 from echorl_lightning.training.sharding import (
     FSDP2Strategy,
     ShardingConfig,
@@ -131,7 +132,7 @@ def test_fsdp2_fit_through_the_cli_with_rollouts_checkpoint_and_export(tmp_path:
     # the CLI links last.ckpt to the newest checkpoint (for --ckpt_path last)
     (ckpt,) = [p for p in (tmp_path / "checkpoints").glob("*.ckpt") if not p.is_symlink()]
     assert ckpt.is_dir() and len(list(ckpt.glob("*.distcp"))) == 2  # one shard file per rank
-    meta = torch.load(ckpt / "meta.pt", weights_only=False)
+    meta = load_checkpoint_file(ckpt / "meta.pt")
     assert meta["global_step"] == 1
     loaded = AutoModelForCausalLM.from_pretrained(export).state_dict()
     start = AutoModelForCausalLM.from_pretrained(TINY_MODEL_PATH).state_dict()

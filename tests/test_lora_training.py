@@ -30,6 +30,7 @@ from echorl_lightning.rollout.hf_engine import HFGenerateEngine
 from echorl_lightning.rollout.types import Completion, SamplingConfig
 from echorl_lightning.rollout.weight_stream import streamed_weights
 from echorl_lightning.tiny import TINY_MODEL_PATH
+from echorl_lightning.training.checkpoint_safety import SafeCheckpointIO, load_checkpoint_file
 from echorl_lightning.training.config import AlgorithmOverrides
 from echorl_lightning.training.lora import (
     LoraConfig,
@@ -106,8 +107,9 @@ def run(tmp: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[EchoR
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
+        plugins=[SafeCheckpointIO()],  # reads the adapter-only checkpoint (LoraConfig hparams) weights-only
     )
-    trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=False)  # our own checkpoint
+    trainer.fit(module, data, ckpt_path=ckpt_path)
     return module, probe
 
 
@@ -125,7 +127,7 @@ def test_lora_rl_run_syncs_resumes_and_exports(tmp_path: Path) -> None:
     )
     assert any(v.abs().sum() > 0 for k, v in base_sd.items() if "lora_B" in k)
     # adapter-only checkpoint: 4 layers x 7 projections x (A, B)
-    ckpt = torch.load(tmp_path / "a" / "ckpt" / "epoch=0.ckpt", map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint_file(tmp_path / "a" / "ckpt" / "epoch=0.ckpt", map_location="cpu")
     assert len(ckpt["state_dict"]) == 56 and all("lora_" in k for k in ckpt["state_dict"])
     # the engine after a sync: the merged weights, and the policy's log-probs
     engine = module.rollout_engine()

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from echorl_lightning.tiny import TINY_MODEL_PATH
+from echorl_lightning.training.checkpoint_safety import load_checkpoint_file
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -111,8 +112,8 @@ def test_kill_9_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(
     assert last.resolve().name == "epoch=0-step=1.ckpt", sorted(p.name for p in last.parent.iterdir())
     run(tiny_demo(killed, *extra, "--ckpt_path=last"), tmp_path / "resumed.log")
 
-    a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    b = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    a = load_checkpoint_file(full / "checkpoints" / "last.ckpt", map_location="cpu")
+    b = load_checkpoint_file(killed / "checkpoints" / "last.ckpt", map_location="cpu")
     assert a["global_step"] == b["global_step"] == 2
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
