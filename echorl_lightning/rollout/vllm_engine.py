@@ -191,8 +191,11 @@ class VLLMEngine:
         rank, world_size = 0, 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        cuda_device = torch.cuda.current_device() if torch.cuda.is_available() else 0
-        os.environ.update(launcher_env(rank, world_size, cuda_device, os.environ))
+        if torch.cuda.is_available():  # vLLM's worker takes the GPU LOCAL_RANK names
+            local_device = torch.cuda.current_device()
+        else:  # CPU: LOCAL_RANK is the process's local rank, as the launcher set it
+            local_device = int(os.environ.get("LOCAL_RANK", rank if world_size > 1 else 0))
+        os.environ.update(launcher_env(rank, world_size, local_device, os.environ))
         force_inprocess_engine_core()
         policy_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         kwargs, notes = platform_settings(
