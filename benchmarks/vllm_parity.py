@@ -46,10 +46,17 @@ class Tokens:
 
 def random_qwen2(folder: Path, tied: bool) -> torch.nn.Module:
     config = Qwen2Config(
-        vocab_size=258, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=256, eos_token_id=256, pad_token_id=257,
+        vocab_size=258,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        eos_token_id=256,
+        pad_token_id=257,
         tie_word_embeddings=tied,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     Qwen2ForCausalLM(config).save_pretrained(folder)
     return AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -57,10 +64,19 @@ def random_qwen2(folder: Path, tied: bool) -> torch.nn.Module:
 
 def smol_shape(folder: Path) -> torch.nn.Module:
     config = LlamaConfig(
-        hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
-        intermediate_size=1536, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2,
-    )  # fmt: skip
+        hidden_size=576,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        intermediate_size=1536,
+        vocab_size=49152,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     return AutoModelForCausalLM.from_pretrained(folder).eval()

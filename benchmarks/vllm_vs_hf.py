@@ -37,10 +37,19 @@ from echorl_lightning.rollout import HFGenerateEngine, SamplingConfig, VLLMEngin
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH, TINY_MODEL_PATH  # noqa: E402
 
 SMOL_SHAPE = dict(
-    hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
-    intermediate_size=1536, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True,
-    bos_token_id=1, eos_token_id=2, pad_token_id=2,
-)  # fmt: skip
+    hidden_size=576,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    intermediate_size=1536,
+    vocab_size=49152,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+)
 
 
 def shipped(path: str, prompts: int) -> tuple[torch.nn.Module, object, list[list[int]]]:

@@ -48,6 +48,13 @@ from echorl_lightning.training.lora import (
 )
 from echorl_lightning.training.lora_merge import merged_weights
 from echorl_lightning.training.loss import rlvr_echo_loss
+from echorl_lightning.training.run_identity import (
+    CHECKPOINT_KEY,
+    identity_differences,
+    refuse_foreign_checkpoint,
+    run_identity,
+    state_differences,
+)
 from echorl_lightning.training.sharding import (
     apply_fsdp2,
     call_through_root,
@@ -276,7 +283,20 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
                 raise ValueError(f"prompt {i} tokenizes to nothing: {prompts[i]!r}")
         return ids
 
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """This run's policy architecture and method (``training.run_identity``), written into checkpoints."""
+        lora_r = self.lora_cfg.r if self.lora_cfg is not None else None
+        return run_identity(self.policy.config, self.hparams["method"], self.method_cfg, lora_r)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another model or method (naming what differs), then mark the engine stale."""
+        where = str(getattr(self._trainer, "ckpt_path", None) or "(in memory)")
+        if CHECKPOINT_KEY in checkpoint:
+            refuse_foreign_checkpoint(
+                where, identity_differences(checkpoint[CHECKPOINT_KEY], self.checkpoint_identity())
+            )
+        elif "state_dict" in checkpoint:  # written before checkpoints carried an identity: compare tensors
+            refuse_foreign_checkpoint(where, state_differences(checkpoint["state_dict"], self.state_dict()))
         self._synced_step = None  # restored weights: the engine must sync again
 
     # ---- the update -------------------------------------------------------------------------------------
@@ -333,7 +353,8 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
         return self.trainer.strategy.reduce(value, reduce_op=op)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Never write non-finite weights."""
+        """Never write non-finite weights; record the run's identity (architecture, method)."""
+        checkpoint[CHECKPOINT_KEY] = self.checkpoint_identity()
         bad = non_finite_parameters(self.policy.named_parameters())  # this rank's shard under FSDP2
         if self._reduce(torch.tensor(float(len(bad))), "sum") > 0:  # every rank refuses together
             raise FloatingPointError(
