@@ -17,9 +17,10 @@ if __name__ == "__main__":
 
     from echorl_lightning.cli import main
     from echorl_lightning.config_checks import ConfigError
+    from echorl_lightning.training.checkpoint_files import CheckpointFileError
     from echorl_lightning.training.checkpoint_safety import CheckpointRefused
 
     try:
         main()
-    except (ConfigError, CheckpointRefused) as err:  # it names the key or file; a traceback adds nothing
+    except (ConfigError, CheckpointRefused, CheckpointFileError) as err:  # it names the key or file
         sys.exit(f"cli.py: {err}")

@@ -44,6 +44,7 @@ from callbacks.progress import RolloutProgress
 from callbacks.rollout import RolloutCallback
 from callbacks.run_summary import RunSummary
 from echorl_lightning.config_checks import ConfigError, check_config
+from echorl_lightning.training.checkpoint_files import check_checkpoint_path
 from echorl_lightning.training.checkpoint_safety import SafeCheckpointIO, reading_checkpoint
 from echorl_lightning.training.sharding import FSDP2Strategy
 
@@ -176,6 +177,8 @@ class EchoRLCLI(LightningCLI):
         """Lightning reads the hyperparameters of a ``--ckpt_path`` file while parsing, with
         ``torch.load(weights_only=True)``: here with the project's allowlist, a refusal naming the file."""
         sub = self.config.get("subcommand")
+        if sub and self.config[sub].get("ckpt_path") is not None:
+            check_checkpoint_path(str(self.config[sub].get("ckpt_path")))
         with reading_checkpoint(str(self.config[sub].get("ckpt_path")) if sub else "--ckpt_path"):
             super()._parse_ckpt_path()
 

@@ -58,6 +58,7 @@ from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 
 from echorl_lightning.rollout.batch import RolloutBatch
+from echorl_lightning.training.checkpoint_files import check_checkpoint_path
 from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig
 from echorl_lightning.training.lora import LoraConfig
 
@@ -161,6 +162,7 @@ def load_checkpoint_file(
     Raises:
         CheckpointRefused: its pickle names anything else.
     """
+    check_checkpoint_path(path, key="checkpoint")
     with reading_checkpoint(path, allowed):
         return torch.load(path, map_location=map_location, weights_only=True)
 
@@ -181,6 +183,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         fs = get_filesystem(path)
         if not fs.exists(path):
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        check_checkpoint_path(path, key="ckpt_path")
         with reading_checkpoint(path), fs.open(path, "rb") as f:
             return torch.load(f, map_location=map_location, weights_only=True)
 
