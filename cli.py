@@ -17,10 +17,13 @@ if __name__ == "__main__":
 
     from echorl_lightning.cli import main
     from echorl_lightning.config_checks import ConfigError
+    from echorl_lightning.data.tables import DataSourceError
     from echorl_lightning.training.checkpoint_files import CheckpointFileError
     from echorl_lightning.training.checkpoint_safety import CheckpointRefused
 
     try:
         main()
-    except (ConfigError, CheckpointRefused, CheckpointFileError) as err:  # it names the key or file
+    except (ConfigError, DataSourceError, CheckpointRefused, CheckpointFileError) as err:
+        # the message names the key or file; a traceback adds nothing
+        sys.stdout.flush()  # the log lines first: the error is the last line
         sys.exit(f"cli.py: {err}")

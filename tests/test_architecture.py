@@ -14,6 +14,7 @@ LAYERS = {
     "registry": 0,
     "ops": 0,
     "algorithms": 1,
+    "files": 1,
     "echo": 1,
     "rewards": 2,
     "data": 2,

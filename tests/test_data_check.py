@@ -151,7 +151,9 @@ def test_nothing_within_the_limit_names_the_source_and_the_limit(
 def test_bad_training_files_fail_at_check_data(tmp_path: Path, kind: str) -> None:
     empty = tmp_path / f"empty.{kind}"
     empty.write_bytes(b"")
-    with pytest.raises(DataSourceError, match=rf"^train: data file '.*empty.{kind}' is empty$"):
+    with pytest.raises(
+        DataSourceError, match=rf"^train: data file '.*empty.{kind}' \(data.init_args.path\) is empty$"
+    ):
         _hub(tmp_path, path=str(empty)).check_data()
     writer = _jsonl if kind == "jsonl" else _parquet
     no_column = writer(tmp_path / f"cols.{kind}", [{"problem": "1+1?", "answer": "2"}])
@@ -172,7 +174,8 @@ def test_a_non_json_line_in_an_eval_file_fails_at_check_data(tmp_path: Path) -> 
     bad.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", answer: 4}\n')
     dm = _hub(tmp_path, eval=HubEvalOptions(sets=["aime25"], paths={"aime25": str(bad)}))
     with pytest.raises(
-        DataSourceError, match=r"^eval set 'aime25': data file '.*aime.jsonl', line 2: not JSON"
+        DataSourceError,
+        match=r"^eval set 'aime25': data file '.*aime.jsonl' \(data.init_args.eval.paths.aime25\), line 2: not JSON",
     ):
         dm.check_data()
 

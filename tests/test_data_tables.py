@@ -71,14 +71,16 @@ def test_json_array_file_and_its_errors(tmp_path: Path) -> None:
     assert list(table.records) == [{"q": "1+1?", "a": 2}, {"q": "3+3?", "a": 6.0}]
     assert table.schema == {"q": None, "a": None}
     path.write_text('[{"q": "1+1?", "a": 2},\n {"q": "3+3?" "a": 6}]')
-    with pytest.raises(DataSourceError, match=r"rows.json', line 2: not JSON"):
+    with pytest.raises(
+        DataSourceError, match=r"rows.json', line 2, column 15: not JSON \(Expecting ',' delimiter\)"
+    ):
         load_table(TableSource(str(path)))
 
 
 def test_unreadable_parquet_missing_file_and_unsupported_suffix(tmp_path: Path) -> None:
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"this is not parquet at all")
-    with pytest.raises(DataSourceError, match=r"cannot read data file '.*broken.parquet'"):
+    with pytest.raises(DataSourceError, match=r"data file '.*broken.parquet': not a Parquet file: text"):
         load_table(TableSource(str(broken)), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(DataSourceError, match=r"data file '.*nope.jsonl' does not exist; use x$"):
         load_table(TableSource(str(tmp_path / "nope.jsonl")), hint="use x")

@@ -235,6 +235,7 @@ def load_benchmark(
     shuffle_seed: int | None = None,
     hint: str = "",
     label: str | None = None,
+    key: str | None = None,
 ) -> MappedRows:
     """Load the named set's split and map its rows (uids ``"<name>/<row index>"``).
 
@@ -248,6 +249,7 @@ def load_benchmark(
         shuffle_seed: shuffle the rows with this seed first (uids keep the file's row index); None: file order.
         hint: appended to the error when the hub set cannot be loaded (what to set instead).
         label: names the set in logs and errors; None: ``"benchmark '<name>'"``.
+        key: the config key whose value is ``path``, named beside the file in errors.
 
     Raises:
         DataSourceError: unreadable or unreachable source, a missing column, or no usable row.
@@ -268,4 +270,5 @@ def load_benchmark(
         shuffle_seed=shuffle_seed,
         cache_dir=cache_dir,
         hint=hint,
+        key=key if path is not None else None,
     )

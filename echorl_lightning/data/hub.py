@@ -291,6 +291,7 @@ class HubPromptDataModule(PromptDataModule):
                 shuffle_seed=self.shuffle_seed,
                 hint=f"set {KEY}.train_set_path to a local file in {self.train_set!r}'s schema",
                 label=f"train_set {self.train_set!r}",
+                key=f"{KEY}.train_set_path",
             )
         if source == "train":
             if self.path is None:
@@ -310,6 +311,7 @@ class HubPromptDataModule(PromptDataModule):
                 expect_expert=self.expert_column is not None,
                 cache_dir=self.cache_dir,
                 hint=f"set {KEY}.path to a local file",
+                key=f"{KEY}.path",
             )
         limit = self.eval_options.max_samples
         if source == "val":
@@ -326,6 +328,7 @@ class HubPromptDataModule(PromptDataModule):
                 limit=limit,
                 cache_dir=self.cache_dir,
                 hint=f"set {KEY}.eval.val.path to a local file",
+                key=f"{KEY}.eval.val.path" if val.path is not None else f"{KEY}.path",
             )
         return load_benchmark(
             source,
@@ -334,6 +337,7 @@ class HubPromptDataModule(PromptDataModule):
             limit=limit,
             hint=f"set {KEY}.eval.paths.{source} to a local file in its schema",
             label=f"eval set {source!r}",
+            key=f"{KEY}.eval.paths.{source}",
         )
 
     def _val_source(self) -> TableSource:

@@ -139,6 +139,7 @@ def load_rows(
     expect_expert: bool = False,
     cache_dir: str | None = None,
     hint: str = "",
+    key: str | None = None,
 ) -> MappedRows:
     """Load ``source``, check its columns, map its rows (shuffled with ``shuffle_seed`` first, when set),
     log the skips once, and raise when no row is usable.
@@ -156,13 +157,14 @@ def load_rows(
         expect_expert: count kept rows without an expert solution.
         cache_dir: the ``datasets`` cache folder.
         hint: appended to the error when a hub dataset or a local file cannot be found.
+        key: the config key whose value is ``source.path``, named beside a local file in errors.
 
     Raises:
         DataSourceError: the message starts with ``label``.
     """
     described = source.describe()
     try:
-        table = load_table(source, cache_dir, hint)
+        table = load_table(source, cache_dir, hint, key)
         for key, column in columns:
             check_column(table.schema, column, key, described)
     except DataSourceError as error:
