@@ -6,7 +6,9 @@ it) to :func:`check_config`, which returns one message per problem, each naming 
 ``.nan``/``.inf`` included) and in range; sampling temperatures and ``top_p``; ``group_size >= 2`` (every
 advantage estimator here is group-relative); ``eval.n >= 1``; ``trainer.max_epochs >= 1`` for ``fit``; an
 engine whose Python package is missing (with the install command); a model or tokenizer path that is neither
-an existing folder nor a plausible hub id (and, offline, a hub id that is not in the local cache); batch sizes
+an existing folder nor a plausible hub id (and, offline, a hub id that is not in the local cache); a local model
+or tokenizer folder with a missing, truncated or foreign member (:mod:`echorl_lightning.files.model_folder`),
+or of a model type the hidden-state log-prob path does not know; batch sizes
 that do not divide (prompts per epoch by devices x nodes; rollout rows per rank by mini-batches x gradient
 accumulation).
 
@@ -26,6 +28,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from echorl_lightning.algorithms.presets import resolve_method
+from echorl_lightning.files.model_folder import check_model_folder, check_tokenizer_folder
+from echorl_lightning.training.forward import LM_HEADS
 
 # class_path of an engine -> (the package it imports, how to install it)
 ENGINE_PACKAGES: dict[str, tuple[str, str]] = {
@@ -82,6 +86,11 @@ def model_path_problem(key: str, value: Any) -> str | None:
     path = str(value)
     if os.path.isdir(path):
         return None
+    if os.path.isfile(path):
+        return (
+            f"{key}={path!r}: a file, not a model folder; give the folder that holds config.json, the weights "
+            "and the tokenizer files"
+        )
     if not _HUB_ID.match(path) or path.startswith((".", "~")):
         return (
             f"{key}={path!r}: no such folder (from {os.getcwd()}), and not a hub id of the form 'org/name'; "
@@ -95,6 +104,27 @@ def model_path_problem(key: str, value: Any) -> str | None:
             "download it first or give a local model folder"
         )
     return None
+
+
+def model_folder_problems(args: Mapping[str, Any], prefix: str = "model.init_args") -> list[str]:
+    """Problems of local model and tokenizer folders (:mod:`echorl_lightning.files.model_folder`: config.json,
+    safetensors weights, tokenizer files), and a model type the hidden-state log-prob path does not know when
+    ``logprob_impl`` is ``hidden``. Hub ids and missing paths are left to :func:`model_path_problem`."""
+    model, tokenizer = args.get("model"), args.get("tokenizer")
+    out: list[str] = []
+    if isinstance(model, str) and os.path.isdir(model):
+        problems, config = check_model_folder(f"{prefix}.model", model, tokenizer=tokenizer is None)
+        out += problems
+        model_type = getattr(config, "model_type", None)
+        if args.get("logprob_impl") == "hidden" and model_type is not None and model_type not in LM_HEADS:
+            out.append(
+                f"{prefix}.model={model!r}: model_type {model_type!r} is not one the hidden-state log-prob path "
+                f"knows ({', '.join(LM_HEADS.names())}); set {prefix}.logprob_impl=full_logits to take "
+                "log-probs from the model's own logits"
+            )
+    if isinstance(tokenizer, str) and os.path.isdir(tokenizer):
+        out += check_tokenizer_folder(f"{prefix}.tokenizer", tokenizer)
+    return out
 
 
 def engine_problem(key: str, engine: Any) -> str | None:
@@ -134,6 +164,7 @@ def check_model(args: Mapping[str, Any], prefix: str = "model.init_args") -> lis
         model_path_problem(f"{prefix}.model", args.get("model")),
         model_path_problem(f"{prefix}.tokenizer", args.get("tokenizer")),
         engine_problem(f"{prefix}.engine", args.get("engine")),
+        *model_folder_problems(args, prefix),
     ]
     if isinstance(args.get("warmup_steps"), int) and args["warmup_steps"] < 0:
         out.append(f"{prefix}.warmup_steps={args['warmup_steps']}: must be an integer >= 0")
@@ -238,8 +269,16 @@ def check_config(
         subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
         rollout_key: where the rollout callback's settings are; None when the model takes no rollouts.
     """
+    groups = ["model", "trainer"] + ([rollout_key] if rollout_key and subcommand == "fit" else [])
+    shapes = [
+        f"{key}: a {type(config[key]).__name__} ({config[key]!r:.60}), expected a mapping of its settings"
+        for key in groups
+        if config.get(key) is not None and not isinstance(config[key], Mapping)
+    ]
+    if shapes:  # nothing below can read a group that is not a mapping
+        return shapes
     model = config.get("model") or {}
-    model_args = (model.get("init_args") or {}) if isinstance(model, Mapping) else {}
+    model_args = model.get("init_args") or {}
     trainer = config.get("trainer") or {}
     problems = check_trainer(trainer, subcommand) + check_model(model_args)
     if rollout_key and subcommand == "fit":
