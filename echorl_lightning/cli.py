@@ -29,7 +29,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +46,8 @@ from callbacks.progress import RolloutProgress
 from callbacks.rollout import RolloutCallback
 from callbacks.run_summary import RunSummary
 from echorl_lightning.config_checks import ConfigError, check_config
+from echorl_lightning.data.tables import DataSourceError
+from echorl_lightning.files.config_file import config_file_problem, config_paths, locate, parse_error_line
 from echorl_lightning.training.checkpoint_files import check_checkpoint_path
 from echorl_lightning.training.checkpoint_safety import SafeCheckpointIO, reading_checkpoint
 from echorl_lightning.training.sharding import FSDP2Strategy
@@ -121,6 +125,41 @@ def use_safe_checkpoint_loads(strategy: Strategy) -> str | None:
     return None
 
 
+class EchoRLParser(LightningArgumentParser):
+    """Lightning's parser, whose errors end a run as one :class:`ConfigError` line naming the config file, the
+    line and the key (:func:`~echorl_lightning.files.config_file.parse_error_line`) instead of the usage text
+    and exit status 2. Parsers that jsonargparse builds inside (``exit_on_error`` off) raise as before."""
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        args = list(getattr(self, "args", None) or sys.argv[1:])
+        known = [action.dest for action in parser._actions]
+        raise ConfigError(parse_error_line(message, config_paths(args), args, known)) from None
+
+
+def _built_error(error: BaseException, config: Any) -> BaseException | None:
+    """The error to raise instead of jsonargparse's dump when a model or datamodule ``__init__`` failed: the
+    project's own error (it names its key) as it is, an ``OSError`` / ``ValueError`` as a :class:`ConfigError`
+    naming the group and class; None for anything else (a bug keeps its traceback)."""
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+        if isinstance(root, ConfigError | DataSourceError):
+            return root
+    if root is error or not isinstance(root, OSError | ValueError):
+        return None
+    given = re.search(r"class_path='([^']+)'", str(error))
+    group = next(
+        (g for g in ("model", "data") if given and (config.get(g) or {}).get("class_path") == given.group(1)),
+        "model or data",
+    )
+    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+    what = given.group(1).rpartition(".")[2] if given else "its class"
+    return ConfigError(f"{group}: {what} could not be built: {type(root).__name__}: {' '.join(lines[:3])}")
+
+
 class EchoRLCLI(LightningCLI):
     """LightningCLI with subclass mode for model and data, the ``rollout`` and ``failure_report`` groups, config
     checks before instantiation, resumable logging, checkpoints read weights-only, and tokenizer binding + data
@@ -151,6 +190,8 @@ class EchoRLCLI(LightningCLI):
             plain, sub or "fit", rollout_key="rollout" if takes_rollouts(model_path) else None
         )
         if problems:
+            argv = list(getattr(self.parser, "args", None) or sys.argv[1:])
+            problems = [locate(problem, config_paths(argv), argv) for problem in problems]
             raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
         ckpt_path = plain.get("ckpt_path")
         logger = config.get("trainer.logger") if sub else None
@@ -160,6 +201,17 @@ class EchoRLCLI(LightningCLI):
                 if version is not None:
                     logger.init_args.version = version
                     log.info("resuming logger version %s of the run of %s", version, ckpt_path)
+
+    def instantiate_classes(self) -> None:
+        """Build the classes; an ``__init__`` that fails on a user's input ends the run with one line."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # jsonargparse wraps __init__ errors in a dump of the whole group
+            sub = self.subcommand
+            built = _built_error(error, (self.config[sub] if sub else self.config).as_dict())
+            if built is None:
+                raise
+            raise built from error
 
     # ---- (3) the rollout callback only for models that take rollouts --------------------------------------
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -247,14 +299,21 @@ def main(args: list[str] | None = None, run: bool = True) -> EchoRLCLI:
     """Build (and by default run) the CLI; ``args`` as on the command line.
 
     Raises:
-        ConfigError: a config value that cannot work (raised before any model is loaded).
+        ConfigError: a config file that cannot be read, or a value that cannot work (raised before any model is
+            loaded); the message names the file, line and key.
+        DataSourceError: a data file that cannot be read (raised before any model is loaded).
     """
+    argv = list(sys.argv[1:] if args is None else args)
+    problems = [p for p in map(config_file_problem, config_paths(argv)) if p]
+    if problems:
+        raise ConfigError("\n".join(problems))
     kwargs: dict[str, Any] = dict(
         model_class=LightningModule,
         datamodule_class=LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_class=EchoRLParser,
         auto_configure_optimizers=False,
         args=args,
         run=run,

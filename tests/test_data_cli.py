@@ -16,6 +16,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from echorl_lightning.cli import main  # noqa: E402
+from echorl_lightning.config_checks import ConfigError  # noqa: E402
 from echorl_lightning.data.hub import HubEvalOptions, HubPromptDataModule, HubSplit  # noqa: E402
 from echorl_lightning.rewards.multiple_choice import MultipleChoiceVerifier  # noqa: E402
 from echorl_lightning.tiny import TINY_MODEL_PATH  # noqa: E402
@@ -130,9 +131,10 @@ def test_loose_verifier_classes_are_accepted(tmp_path: Path, verifier: str, expe
     assert type(dm.verifier).__name__ == "LooseVerifier" and dm.verifier(["a"], ["b"]) == [expected]
 
 
-def test_typed_verifier_class_and_unknown_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_typed_verifier_class_and_unknown_paths(tmp_path: Path) -> None:
     config = _config(tmp_path, "echorl_lightning.rewards.multiple_choice.MultipleChoiceVerifier")
     assert isinstance(main(args=["--config", config], run=False).datamodule.verifier, MultipleChoiceVerifier)
-    with pytest.raises(SystemExit):
+    with pytest.raises(
+        ConfigError, match=r"data.yaml', line \d+: data.init_args.verifier: .*no_such_verifier"
+    ):
         main(args=["--config", _config(tmp_path, "tests.test_data_cli.no_such_verifier")], run=False)
-    assert "no_such_verifier" in capsys.readouterr().err
