@@ -352,8 +352,8 @@ class HubPromptDataModule(PromptDataModule):
     @staticmethod
     def _columns(prefix: str, prompt: str, answer: str, expert: str | None) -> list[tuple[str, str]]:
         """(config key, column) pairs of a column mapping, for missing-column messages."""
-        columns = [(f"{prefix}prompt_column", prompt), (f"{prefix}answer_column", answer)]
-        return columns + ([(f"{prefix}expert_column", expert)] if expert is not None else [])
+        columns = [(f"{KEY}.{prefix}prompt_column", prompt), (f"{KEY}.{prefix}answer_column", answer)]
+        return columns + ([(f"{KEY}.{prefix}expert_column", expert)] if expert is not None else [])
 
     # ---- prompt text ------------------------------------------------------------------------------------
     def render_prompt(self, problem: str, instruction: str | None = None) -> str:
