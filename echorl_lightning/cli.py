@@ -211,6 +211,9 @@ class EchoRLCLI(LightningCLI):
             built = _built_error(error, (self.config[sub] if sub else self.config).as_dict())
             if built is None:
                 raise
+            if type(built) is ConfigError:  # reworded here: say where the group was given
+                argv = list(getattr(self.parser, "args", None) or sys.argv[1:])
+                built = ConfigError(locate(str(built), config_paths(argv), argv))
             raise built from error
 
     # ---- (3) the rollout callback only for models that take rollouts --------------------------------------

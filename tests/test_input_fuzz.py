@@ -574,6 +574,12 @@ YAML_FAILS: dict[str, tuple[Callable[[str], bytes], str | None, str]] = {
         "class_path: echorl_lightning.module.EchoRLModul",
         "model.class_path='echorl_lightning.module.EchoRLModul': module 'echorl_lightning.module' has no attribute",
     ),
+    "an instruction without its placeholder": (
+        lambda t: replaced('"Q: {prompt}"', '"Q: {question}"')(t).encode(),
+        "data:",
+        "data: HubPromptDataModule could not be built: ValueError: instruction must contain the '{prompt}' "
+        "placeholder, got 'Q: {question}'",
+    ),
     "binary garbage": (lambda t: GARBAGE, None, "binary data, not text"),
     "Latin-1": (
         lambda t: replaced('"Q: {prompt}"', '"Qué: {prompt}"')(t).encode("latin-1"),
