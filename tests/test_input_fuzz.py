@@ -638,6 +638,23 @@ def test_a_config_in_json_under_yaml_and_a_utf8_bom_are_read(
         assert "EchoRLModule" in capsys.readouterr().out
 
 
+def test_command_line_mistakes_are_one_line_naming_the_command_line(tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text(jsonl_text())
+    (tmp_path / "run.yaml").write_text(base_yaml(tmp_path, data))
+    cases = [
+        (["fit"], "the command line: no data, model given; required for fit: give --config <file>.yaml"),
+        (["fit", "--config", str(tmp_path / "run.yaml"), "--nonsense=1"],
+         "the command line: unrecognized arguments: --nonsense=1 (--help lists the options)"),
+        (["fit", "--config", str(tmp_path / "run.yaml"), "--rollout.group_size=x"],
+         "the command line: rollout.group_size='x': expected int"),
+    ]  # fmt: skip
+    for args, expected in cases:
+        with pytest.raises(ConfigError) as info:
+            main(args)
+        assert str(info.value) == expected
+
+
 # ---- through cli.py -------------------------------------------------------------------------------------------
 def earlier_run(tmp_path: Path) -> dict[str, tuple[bytes, int]]:
     """Files an earlier run left where this config logs and checkpoints (its checkpoint, run record, events)."""

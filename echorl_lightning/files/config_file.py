@@ -199,7 +199,9 @@ def parse_error_line(
     if required:
         missing = [k.split(".", 1)[-1] for k in required.group(1).split(", ")]
         sub = required.group(1).split(".", 1)[0]
-        place = ", ".join(f"config file {p!r}" for p in files) or "the command line"
+        if not files:
+            return f"the command line: no {', '.join(missing)} given; required for {sub}: give --config <file>.yaml"
+        place = ", ".join(f"config file {p!r}" for p in files)
         return (
             f"{place}: no {', '.join(missing)} given; required for {sub} (a file cut short, or a config of "
             "another program?)"
@@ -229,11 +231,13 @@ def parse_error_line(
             if classes and parts[-1:] == ["init_args"]:
                 parts[-1] = "class_path"
                 problem = f"{'.'.join(parts)}={classes[-1]!r}: {line}"
-            else:
-                problem = f"{'.'.join(parts)}: {line}" if parts else line
+            elif parts:
+                problem = f"{'.'.join(parts)}: {line}"
             break
     key = ".".join(parts)
-    if problem is None:
-        problem = next((line.strip() for line in message.splitlines() if line.strip()), message)
+    if problem is None:  # a message about the command line itself, or one naming no key: all of it, one line
+        problem = " ".join(line.strip() for line in message.splitlines() if line.strip())
+        if not files or problem.startswith(("unrecognized arguments", "argument ", 'expected "subcommand"')):
+            return f"the command line: {problem} (--help lists the options)"
     place = where_set(key, files, args) if key else ", ".join(f"config file {p!r}" for p in files)
     return f"{place or 'the command line'}: {problem}"
