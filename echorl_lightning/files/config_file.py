@@ -2,15 +2,16 @@
 file, the line and the key.
 
 :func:`config_file_problem` reads each ``--config`` file as a user wrote it: a missing file or a folder; text
-that is not UTF-8 (with or without a byte-order mark: jsonargparse reads UTF-8 only) or is binary
-(:mod:`echorl_lightning.files.text`); an empty file; YAML that does not parse
-(the line and column, and a tab in the indentation said as such); a top level that is not a mapping.
+that is not UTF-8 (a UTF-8 byte-order mark is fine; UTF-16 is refused, as jsonargparse reads UTF-8 only) or is
+binary (:mod:`echorl_lightning.files.text`); an empty file; YAML that does not parse (the line and column, and a
+tab in the indentation said as such); a top level that is not a mapping.
 :func:`parse_error_line` turns a message of jsonargparse (an unknown key, a value of the wrong type, a missing
 group) into ``config file 'x.yaml', line 27: model.init_args.lr='fast': expected float``, with the line of
 the key in the last file that sets it (or "the command line"), and the nearest known key for a misspelt one.
 
 Left out: keys that come from an environment variable or a ``--<group> file.yaml`` option (named by key only),
-and messages of jsonargparse that do not name a key (passed on as they are, after the file names).
+and messages of jsonargparse that name no key (passed on whole, joined into one line, after the command line or
+the config files).
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ _PARSER_KEY = re.compile(r'^Parser key "([^"]+)"')
 _CLASS_PATH = re.compile(r"^Problem with given class_path '([^']+)'")
 _NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted|does not accept option '([^']+)'")
 _EXPECTED = re.compile(r"^Expected a (.+?)\.(?: Got value: (.*))?$")
-_HEADERS = ("Does not validate", "Subtypes:", "Errors:", "Given value")
-SHOWN_KEYS = 24
 _REQUIRED = re.compile(r"the following arguments are required: (.+)")
+_HEADERS = ("Does not validate", "Subtypes:", "Errors:", "Given value")
+SHOWN_KEYS = 24  # accepted keys listed for an unknown one
 
 
 def config_paths(args: Sequence[str]) -> list[str]:
@@ -61,9 +62,12 @@ def config_file_problem(path: str) -> str | None:
         text = decode_text(data, name)
     except TextFileError as error:
         return str(error)
-    if data.startswith(
-        (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)
-    ):  # UTF-32 LE: as UTF-16 LE
+    wide = (
+        codecs.BOM_UTF16_LE,
+        codecs.BOM_UTF16_BE,
+        codecs.BOM_UTF32_BE,
+    )  # UTF-32 LE's starts as UTF-16 LE's
+    if data.startswith(wide):
         return f"{name}: UTF-16 or UTF-32 text (it starts with a byte-order mark); the parser reads UTF-8: save it as UTF-8"
     try:
         value = yaml.safe_load(text)
