@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
+from benchmarks.vllm_vs_hf import SMOL_SHAPE  # noqa: E402
 from echorl_lightning.rollout import SamplingConfig, VLLMEngine  # noqa: E402
 from echorl_lightning.rollout.sync_check import engine_logprob_diff  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH, TINY_MODEL_PATH  # noqa: E402
@@ -63,20 +64,7 @@ def random_qwen2(folder: Path, tied: bool) -> torch.nn.Module:
 
 
 def smol_shape(folder: Path) -> torch.nn.Module:
-    config = LlamaConfig(
-        hidden_size=576,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-        intermediate_size=1536,
-        vocab_size=49152,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
+    config = LlamaConfig(**SMOL_SHAPE)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     return AutoModelForCausalLM.from_pretrained(folder).eval()

@@ -32,15 +32,21 @@ BREAKAGES = {  # name -> (how to make the file from the genuine bytes, what the 
     "truncated": (lambda data: data[: len(data) // 2], "truncated or corrupted"),
     "cut at the start": (lambda data: data[100:], "the end of a checkpoint archive without its beginning"),
     "empty": (lambda data: b"", "the file is empty"),
-    "binary garbage": (lambda data: bytes(range(256)) * 16, "not a PyTorch checkpoint"),
+    "binary garbage": (
+        lambda data: bytes(range(256)) * 16,
+        "binary data of an unknown kind, not a checkpoint",
+    ),
     "stray bytes in the archive's end": (lambda data: data[:-22] + b"\0" * 22, "truncated or corrupted"),
     "safetensors weights under .ckpt": (
         lambda data: (Path(TINY_MODEL_PATH) / "model.safetensors").read_bytes(),
         "a safetensors file (model weights, no training state)",
     ),
-    "JSON under .ckpt": (lambda data: b'{"state_dict": {}}', "JSON, not a checkpoint"),
-    "YAML under .ckpt": (lambda data: b"trainer:\n  max_epochs: 2\n", "a text file, not a checkpoint"),
-    "UTF-16 text under .ckpt": (lambda data: "trainer: 1\n".encode("utf-16"), "not a PyTorch checkpoint"),
+    "JSON under .ckpt": (lambda data: b'{"state_dict": {}}', "JSON text, not a checkpoint"),
+    "YAML under .ckpt": (lambda data: b"trainer:\n  max_epochs: 2\n", ": text, not a checkpoint"),
+    "UTF-16 text under .ckpt": (
+        lambda data: "trainer: 1\n".encode("utf-16"),
+        "binary data of an unknown kind, not a checkpoint",
+    ),
 }
 
 

@@ -31,7 +31,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, T5Config
 
-import echorl_lightning.module
 from echorl_lightning.cli import main
 from echorl_lightning.config_checks import ConfigError, check_model
 from echorl_lightning.data.hub import HubPromptDataModule
@@ -43,17 +42,8 @@ ROWS = [{"question": f"What is {i} plus {i + 2}? (café)", "answer": str(2 * i +
 KEY = "data.init_args.path"
 
 
-@pytest.fixture(autouse=True)
-def plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sys.argv", ["cli.py"])  # main(args=...) warns when pytest's own arguments are there
-
-
-@pytest.fixture
-def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(*args: object, **kwargs: object) -> None:
-        raise AssertionError("load_policy was called: the input check came too late")
-
-    monkeypatch.setattr(echorl_lightning.module, "load_policy", fail)
+# sys.argv without pytest's arguments (autouse), and load_policy failing the test if reached (the checks' fixtures)
+from tests.test_config_checks import no_weights, plain_argv  # noqa: E402, F401
 
 
 def snapshot(folder: Path, skip: str = "cache") -> dict[str, tuple[bytes, int]]:
@@ -601,8 +591,9 @@ YAML_FAILS: dict[str, tuple[Callable[[str], bytes], str | None, str]] = {
 }
 
 
+@pytest.mark.usefixtures("no_weights")
 @pytest.mark.parametrize("breakage", list(YAML_FAILS))
-def test_yaml_config_breakage_is_named(tmp_path: Path, breakage: str, no_weights: None) -> None:
+def test_yaml_config_breakage_is_named(tmp_path: Path, breakage: str) -> None:
     make, needle, expected = YAML_FAILS[breakage]
     data = tmp_path / "train.jsonl"
     data.write_text(jsonl_text())

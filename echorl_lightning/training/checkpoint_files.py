@@ -11,6 +11,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+from echorl_lightning.files.text import describe_bytes
+
 #: The ``ckpt_path`` words Lightning resolves itself (``last`` and so on): not files to look at.
 LIGHTNING_KEYWORDS = ("last", "best", "hpc", "registry")
 
@@ -20,21 +22,15 @@ class CheckpointFileError(ValueError):
 
 
 def describe_non_checkpoint(head: bytes) -> str:
-    """What a file that is not a torch checkpoint looks like, from its first bytes."""
-    if len(head) >= 9 and head[8:9] == b"{":
-        size = int.from_bytes(head[:8], "little")
-        if 0 < size < 100_000_000:
-            return "a safetensors file (model weights, no training state), not a checkpoint: to start from these weights, point model.init_args.model at its folder"
-    text = head.lstrip()
-    if text[:1] in (b"{", b"["):
-        return "JSON, not a checkpoint"
-    try:
-        decoded = head[:-3].decode("utf-8")  # the 64 bytes read may end inside a character
-        if all(char.isprintable() or char in "\t\r\n" for char in decoded):
-            return "a text file, not a checkpoint"
-    except UnicodeDecodeError:
-        pass
-    return "not a PyTorch checkpoint (neither a zip archive nor a pickle: unknown binary content)"
+    """What a file that is not a torch checkpoint looks like, from its first bytes (``files.text.describe_bytes``;
+    a safetensors file also says where such weights go)."""
+    kind = describe_bytes(head)
+    if kind == "a safetensors file":
+        return (
+            "a safetensors file (model weights, no training state), not a checkpoint: to start from these "
+            "weights, point model.init_args.model at its folder"
+        )
+    return f"{kind}, not a checkpoint"
 
 
 def check_checkpoint_path(path: str | Path, key: str = "--ckpt_path") -> None:
