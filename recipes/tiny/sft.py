@@ -1,8 +1,8 @@
 """Supervised warm-start (SFT) of the tiny policy on worked solutions.
 
 Implements :class:`SFTModule`: a tiny Qwen2 or Llama built from scratch (the tiny config of
-:mod:`echorl_lightning.tiny.model`, with the byte tokenizer or a tokenizer folder such as a task BPE of
-:mod:`echorl_lightning.tiny.bpe`) or loaded from a folder, trained with token-mean
+:mod:`recipes.tiny.model`, with the byte tokenizer or a tokenizer folder such as a task BPE of
+:mod:`recipes.tiny.bpe`) or loaded from a folder, trained with token-mean
 next-token NLL on the response tokens and EOS (:func:`response_nll`), AdamW with linear warm-up and cosine
 decay. Validation samples ``val_samples`` completions per prompt at ``val_temperature`` plus one greedy
 completion and logs ``val/pass@1`` (mean reward of the samples), ``val/frac_all_correct`` and
@@ -25,14 +25,14 @@ from torchmetrics import MeanMetric
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from echorl_lightning.data.types import Verifier
-from echorl_lightning.tiny.model import (
+from recipes.tiny.model import (
     EOS_TOKEN_ID,
     PAD_TOKEN_ID,
     Architecture,
     build_tiny_model,
     tiny_config,
 )
-from echorl_lightning.tiny.tokenizer import build_tokenizer
+from recipes.tiny.tokenizer import build_tokenizer
 
 
 def response_nll(
@@ -115,14 +115,14 @@ class SFTModule(L.LightningModule):
         model_path: a folder with an HF causal LM and its tokenizer to start from; None builds the tiny
             model of :func:`tiny_config` from scratch.
         architecture: ``"qwen2"`` or ``"llama"``, the from-scratch model's (ignored with ``model_path``;
-            a tokenizer with GPT-2's pre-tokenizer needs ``"llama"``, see :mod:`echorl_lightning.tiny.bpe`).
+            a tokenizer with GPT-2's pre-tokenizer needs ``"llama"``, see :mod:`recipes.tiny.bpe`).
         tokenizer_path: a tokenizer folder for the from-scratch model (EOS id 256, pad id 257, as
-            :func:`~echorl_lightning.tiny.bpe.train_bpe_tokenizer` writes); None = the byte tokenizer.
+            :func:`~recipes.tiny.bpe.train_bpe_tokenizer` writes); None = the byte tokenizer.
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size,
             max_position_embeddings: the tiny config (ignored with ``model_path``).
         head_dim: the attention head size of a from-scratch Llama (None = ``hidden_size //
             num_attention_heads``; the shipped models' 32 is a size vLLM's CPU attention serves, see
-            :func:`~echorl_lightning.tiny.model.tiny_config`).
+            :func:`~recipes.tiny.model.tiny_config`).
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps; then cosine decay to ``min_lr_ratio * lr`` at ``max_steps``.
@@ -165,7 +165,7 @@ class SFTModule(L.LightningModule):
                 if ids != (EOS_TOKEN_ID, PAD_TOKEN_ID):
                     raise ValueError(
                         f"SFTModule: tokenizer_path {tokenizer_path!r} has EOS/pad ids {ids}; the tiny config "
-                        f"needs {(EOS_TOKEN_ID, PAD_TOKEN_ID)} (build it with echorl_lightning.tiny.bpe)"
+                        f"needs {(EOS_TOKEN_ID, PAD_TOKEN_ID)} (build it with recipes.tiny.bpe)"
                     )
             config = tiny_config(
                 architecture,

@@ -5,11 +5,11 @@ Implements a ``Qwen2Config`` (:func:`tiny_qwen2_config`) or ``LlamaConfig`` (:fu
 4 layers, 4 query / 2 KV heads, MLP 256, tied embeddings: 431k parameters with the byte tokenizer), with the
 byte tokenizer's EOS/pad ids written into the config and the generation config. The Llama variant exists for
 task-trained BPE tokenizers with GPT-2's pre-tokenizer: transformers reloads every ``qwen2`` folder with
-Qwen2's digit-splitting pre-tokenizer (see :mod:`echorl_lightning.tiny.bpe`), a ``llama`` folder keeps the
+Qwen2's digit-splitting pre-tokenizer (see :mod:`recipes.tiny.bpe`), a ``llama`` folder keeps the
 one in ``tokenizer.json``; and for vLLM's CPU attention, which serves head sizes 32, 64, 80, 96, ... but not
 96 / 4 = 24: the warm-start configs build a Llama with ``head_dim=32`` (468k parameters with the byte tokenizer),
 the shape of the shipped models, which were trained at head size 24 and widened exactly by
-:mod:`echorl_lightning.tiny.widen_heads`. Leaves out sliding-window attention and anything GPU-specific. Used by the EchoRL
+:mod:`recipes.tiny.widen_heads`. Leaves out sliding-window attention and anything GPU-specific. Used by the EchoRL
 CPU demo and the Countdown miniature (EchoRL, arXiv 2605.31228).
 """
 
@@ -26,7 +26,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from echorl_lightning.tiny.tokenizer import NUM_BYTES, VOCAB_SIZE
+from recipes.tiny.tokenizer import NUM_BYTES, VOCAB_SIZE
 
 EOS_TOKEN_ID = NUM_BYTES
 PAD_TOKEN_ID = NUM_BYTES + 1

@@ -1,45 +1,26 @@
-"""The supervised warm-start (SFT) datamodule shared by the generated tasks (arithmetic, Countdown).
+"""The supervised warm-start (SFT) datamodule of any procedural task (arithmetic, Countdown).
 
-Implements :class:`SFTDataModule`, the base of
-:class:`~echorl_lightning.data.arithmetic_dm.ArithmeticSFTDataModule` and
-:class:`~echorl_lightning.data.countdown_dm.CountdownSFTDataModule`: an endless, seeded stream of tokenized
-``prompt + solution + EOS`` rows (training problems 0, 1, 2, ... of one seed) whose loss mask covers the
-solution and EOS, plus evaluation prompts and the task's verifier for the warm-start's sampled pass@1. A task
-supplies only its problem generator, its prompt builder and its verifier.
+Implements :class:`SFTDataModule`, which takes a :class:`~echorl_lightning.tasks.base.Task`: an endless,
+seeded stream of tokenized ``prompt + solution + EOS`` rows (training problems 0, 1, 2, ... of one seed)
+whose loss mask covers the solution and EOS, plus evaluation prompts and the task's verifier for the
+warm-start's sampled pass@1.
 
 The loss mask is built from the token counts (:func:`sft_collate`), never from ``input_ids != pad``: when EOS
 doubles as the pad token, a pad-based mask drops EOS from the loss and the model never learns to stop. Leaves
-out chat templates (the tiny model reads raw ``Q: ...`` prompts). Used by the EchoRL (arXiv 2605.31228)
-warm-starts.
+out chat templates (the tiny model reads raw ``Q: ...`` prompts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import lightning.pytorch as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from echorl_lightning.data.types import PromptExample, Verifier
-
-
-class SFTProblem(Protocol):
-    """What the SFT stream reads of a generated problem."""
-
-    @property
-    def prompt(self) -> str: ...
-
-    @property
-    def solution(self) -> str: ...
-
-
-ProblemFn = Callable[[Any, int, int, Any], SFTProblem]
-"""``make_problem(split, index, seed, difficulty)`` of a task: the same arguments give the same problem."""
-
-PromptsFn = Callable[[Any, int, int, Any], list[PromptExample]]
-"""``prompts(split, num, seed, difficulty)`` of a task: problems 0..num-1 of ``split`` as prompt examples."""
+from echorl_lightning.tasks.base import Task
 
 
 def sft_collate(
@@ -74,55 +55,50 @@ def prompt_batch(examples: list[PromptExample]) -> dict[str, list[str]]:
 class TrainStream(IterableDataset):
     """Training problems 0, 1, 2, ... of one seed, as (prompt, solution) pairs, without end."""
 
-    def __init__(self, make_problem: ProblemFn, seed: int, difficulty: Any) -> None:
-        self.make_problem = make_problem
+    def __init__(self, task: Task, seed: int) -> None:
+        self.task = task
         self.seed = seed
-        self.difficulty = difficulty
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         index = 0
         while True:
-            problem = self.make_problem("train", index, self.seed, self.difficulty)
+            problem = self.task.make_problem("train", index, self.seed)
             yield problem.prompt, problem.solution
             index += 1
 
 
 class SFTDataModule(L.LightningDataModule):
-    """Supervised warm-start data of a generated task: tokenized solutions; evaluation prompts for pass@1.
-
-    Subclasses keep their own typed, documented ``__init__`` (what YAML's ``init_args`` names: ``batch_size``,
-    ``num_val``, ``split``, ``seed``, ``difficulty``, ``val_batch_size``, stored here under the same names) and
-    pass their task's functions with them.
+    """Supervised warm-start data of a procedural task: tokenized solutions; evaluation prompts for pass@1.
 
     Args:
-        make_problem: the task's problem generator (training rows are its solutions).
-        prompts: the task's prompt builder (evaluation prompts of ``split``).
-        verifier: scores the sampled evaluation completions.
+        task: the task at its training difficulty (training rows are its problems' solutions).
+        batch_size: sequences per training step.
+        num_val: number of evaluation prompts.
+        split: which held-out split the validation loop samples on (one of the task's ``eval_splits``).
+        seed: the generator seed (a problem is fixed by split, seed and index).
+        val_batch_size: prompts per validation batch.
     """
 
     def __init__(
         self,
-        make_problem: ProblemFn,
-        prompts: PromptsFn,
-        verifier: Verifier,
-        batch_size: int,
-        num_val: int,
-        split: str,
-        seed: int,
-        difficulty: Any,
-        val_batch_size: int,
+        task: Task,
+        batch_size: int = 32,
+        num_val: int = 256,
+        split: str = "val",
+        seed: int = 0,
+        val_batch_size: int = 256,
     ) -> None:
         super().__init__()
-        self._make_problem = make_problem
-        self._prompts = prompts
+        if split not in task.eval_splits:
+            raise ValueError(f"SFTDataModule: split must be one of {list(task.eval_splits)}, got {split!r}")
+        self.task = task
         self.batch_size = batch_size
         self.num_val = num_val
         self.split = split
         self.seed = seed
-        self.difficulty = difficulty
         self.val_batch_size = val_batch_size
         self.tokenizer: Any = None
-        self.verifier = verifier
+        self.verifier: Verifier = task.verifier()
 
     def connect(self, tokenizer: Any) -> None:
         """Bind the policy's tokenizer (``cli.py`` calls this before every subcommand)."""
@@ -137,12 +113,10 @@ class SFTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
-            TrainStream(self._make_problem, self.seed, self.difficulty),
-            batch_size=self.batch_size,
-            collate_fn=self._collate,
+            TrainStream(self.task, self.seed), batch_size=self.batch_size, collate_fn=self._collate
         )
 
     def val_dataloader(self) -> DataLoader:
         """Batches ``{"prompts": [str], "references": [str]}`` (see :func:`prompt_batch`)."""
-        examples = self._prompts(self.split, self.num_val, self.seed, self.difficulty)
+        examples = self.task.prompts(self.split, self.num_val, self.seed)
         return DataLoader(examples, batch_size=self.val_batch_size, collate_fn=prompt_batch)

@@ -1,18 +1,18 @@
 """Rejection-sampling fine-tuning (RFT): the second warm-start stage of the Countdown policy.
 
 SFT on solver traces (``configs/warmstart_countdown.yaml``) spreads per-problem success around its mean, so few
-problems are solved 8 times in 8: too few advantage-degenerated groups for EchoRL (arXiv 2605.31228) to feed on.
+problems are solved 8 times in 8: too few advantage-degenerated groups for EchoRL to feed on.
 A round of RFT samples ``k`` completions per training problem from the current policy (at ``temperature``,
 default 0.7: more right answers per sample than T = 1; at most ``max_new_tokens``, default 192, since a valid
 solver trace is at most about 160 tokens and a search still running there has gone wrong), keeps the right
 answers (by default only those whose every step is valid, ``CountdownVerifier(require_valid_trace=True)``, so
 the stage never imitates a faulty step that happened to end well) and fine-tunes on them: token-mean NLL of
-completion + EOS (:func:`~echorl_lightning.tiny.sft.response_nll`), a fresh AdamW at a constant ``lr`` each
+completion + EOS (:func:`~recipes.tiny.sft.response_nll`), a fresh AdamW at a constant ``lr`` each
 round, ``steps`` batches of ``batch`` distinct pairs. Repeating it concentrates the policy on the problems and
 searches it already solves, and makes per-problem success bimodal: the shipped recipe's 3 rounds take the
 all-success groups at T = 1 from 6% to 22% (``experiments/results/countdown_regime.md``).
 
-    OMP_NUM_THREADS=1 python -m echorl_lightning.tiny.rft --model runs/warmstart_countdown/hf \\
+    OMP_NUM_THREADS=1 python -m recipes.tiny.rft --model runs/warmstart_countdown/hf \\
         --config configs/warmstart_countdown.yaml --out runs/warmstart_countdown/rft
 
 The output folder is a Hugging Face model plus the input's tokenizer files, copied byte for byte. Leaves out
@@ -34,12 +34,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from echorl_lightning.data.countdown import AnyDifficulty, config_difficulty
-from echorl_lightning.data.countdown_dm import countdown_prompts
-from echorl_lightning.data.sft import sft_collate
 from echorl_lightning.data.types import PromptExample
-from echorl_lightning.rewards.countdown import CountdownVerifier
-from echorl_lightning.tiny.sft import response_nll, sample_completions
+from echorl_lightning.tasks.countdown import AnyDifficulty, CountdownTask, CountdownVerifier
+from recipes.task_config import config_difficulty
+from recipes.tiny.sft import response_nll, sample_completions
+from recipes.tiny.sft_data import sft_collate
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -147,7 +146,7 @@ def rft_rounds(
     stats = []
     for r in range(rounds):
         start = time.process_time()
-        train = countdown_prompts("train", prompts, 1000 * (seed + 1) + r, difficulty)
+        train = CountdownTask(difficulty).prompts("train", prompts, 1000 * (seed + 1) + r)
         rows = sample_scored(model, tok, train, k, verifier, max_new_tokens, temperature=temperature)
         kept = [(p, c) for p, c, s in rows if s == 1.0]
         if not kept:
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="the SFT stage's exported folder")
     parser.add_argument(
-        "--config", required=True, help="the warm-start config: its data.init_args.difficulty"
+        "--config", required=True, help="the warm-start config: its data.init_args.task.init_args.difficulty"
     )
     parser.add_argument("--out", required=True, help="the folder to write")
     add_arguments(parser)

@@ -1,6 +1,6 @@
 """A byte-level BPE tokenizer trained on a task's own texts, for the embedded tiny models.
 
-The shipped tiny models use :func:`echorl_lightning.tiny.tokenizer.build_tokenizer`: one token per byte, so a
+The shipped tiny models use :func:`recipes.tiny.tokenizer.build_tokenizer`: one token per byte, so a
 ~250-character Countdown trace is ~250 tokens, and generation and the update pay for every one. This file
 trains merges on top of that same alphabet with ``tokenizers``' ``BpeTrainer`` and keeps the byte
 tokenizer's ids: ids 0..255 are the bytes (GPT-2's byte-to-unicode symbols), 256 is EOS
@@ -19,9 +19,9 @@ The pre-tokenization decides what merges can exist, and it must be the one the f
   merge too. A folder whose model type has no tokenizer class of its own (a Llama config, for one) is
   loaded as a generic fast tokenizer that keeps this pre-tokenizer; a ``qwen2`` folder would not.
 
-A task's tokenizer folder for :class:`~echorl_lightning.tiny.sft.SFTModule`'s ``tokenizer_path``::
+A task's tokenizer folder for :class:`~recipes.tiny.sft.SFTModule`'s ``tokenizer_path``::
 
-    python -m echorl_lightning.tiny.bpe --task countdown --vocab-size 512 --pre-tokenization gpt2 \
+    python -m recipes.tiny.bpe --task countdown --vocab-size 512 --pre-tokenization gpt2 \
         --out runs/countdown_bpe
 
 trains on the prompts and worked solutions of the task's first ``--texts`` ``train`` problems (the held-out
@@ -41,7 +41,7 @@ from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, 
 from tokenizers.models import BPE
 from transformers import PreTrainedTokenizerFast
 
-from echorl_lightning.tiny.tokenizer import EOS_TOKEN, NUM_BYTES, PAD_TOKEN, VOCAB_SIZE, byte_symbols
+from recipes.tiny.tokenizer import EOS_TOKEN, NUM_BYTES, PAD_TOKEN, VOCAB_SIZE, byte_symbols
 
 PreTokenization = Literal["qwen2", "gpt2"]
 PRE_TOKENIZATIONS: tuple[str, ...] = get_args(PreTokenization)
@@ -113,9 +113,9 @@ def task_texts(task: str, num: int, seed: int = 0) -> list[str]:
     """``prompt + solution`` of problems ``0..num-1`` of ``task``'s ``train`` split (``"countdown"`` or
     ``"arithmetic"``, at the task's default difficulty)."""
     if task == "countdown":
-        from echorl_lightning.data.countdown import make_problems
+        from echorl_lightning.tasks.countdown.problems import make_problems
     elif task == "arithmetic":
-        from echorl_lightning.data.arithmetic import make_problems
+        from echorl_lightning.tasks.arithmetic.problems import make_problems
     else:
         raise ValueError(f"task must be countdown or arithmetic; got {task!r}")
     return [p.prompt + p.solution for p in make_problems("train", num, seed)]

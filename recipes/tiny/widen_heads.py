@@ -24,7 +24,7 @@ zero outputs, zero o_proj columns receive no gradient through them), so the wide
 one. LoRA is the exception: an adapter's randomly initialised A over o_proj's padded columns, together with one
 on v_proj, can bring the padded value dims into use.
 
-    python -m echorl_lightning.tiny.widen_heads SRC DST --head-dim 32
+    python -m recipes.tiny.widen_heads SRC DST --head-dim 32
 
 writes DST (SRC itself is allowed: conversion in place) with the new ``config.json`` and ``model.safetensors``
 and every other file of SRC (tokenizer, generation config) copied byte for byte. Left out: sharded checkpoints,

@@ -35,7 +35,7 @@ Implements:
   ``max_steps`` lines (the ``Answer`` line included); otherwise it is drawn again with the same generator.
 
 Leaves out heuristics (closest-first ordering, memoising failed pools across a trace): the trace's choices
-are the forks EchoRL (arXiv 2605.31228) looks for, so they stay random.
+are the forks EchoRL looks for, so they stay random.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The embedded verifiable task: multi-step integer arithmetic with mixed operations (pure Python).
+"""The problems of the arithmetic task: multi-step integer arithmetic with mixed operations (pure Python).
 
 Implements a procedural generator of expressions such as ``47+8*3-12`` (the default difficulty: 3-4
 one-digit operands, ``+ - *``, products of two factors, e.g. ``7-8*6-2``) with a worked solution of one
@@ -8,12 +8,12 @@ ending in a final-answer line::
     prompt:    "Q: 47+8*3-12\\n"
     solution:  "8*3=24\\n47+24=71\\n71-12=59\\nAnswer: 59"      (the policy then emits EOS)
 
-Every step ends with ``"\\n"`` so EchoRL's step splitter sees one step per operation (EchoRL, arXiv
-2605.31228). Problems are reproducible from ``(split, seed, index)`` (random access, no stream state), and
+Every step ends with ``"\\n"`` so EchoRL's step splitter sees one step per operation (the worked solution
+is :func:`~echorl_lightning.tasks.arithmetic.solver.solve`'s). Problems are reproducible from ``(split, seed, index)`` (random access, no stream state), and
 the splits are disjoint by construction: a hash of the expression assigns it to one of 16 buckets; ``val``,
 ``test`` and ``ood`` each own one bucket and ``train`` the remaining 13, so an evaluation expression can
-never be drawn for training, whatever the difficulty. :class:`ArithmeticStepChecker` checks that every
-step line is correct arithmetic and a legal reduction of the expression (:func:`check_steps`). Leaves out
+never be drawn for training, whatever the difficulty. The step checker lives in
+:mod:`echorl_lightning.tasks.arithmetic.steps`. Leaves out
 division, parentheses and exponentiation (their worked solutions need rules a tiny model cannot learn in
 minutes); no torch here.
 """
@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from echorl_lightning.data.types import PromptExample
 from echorl_lightning.rewards.answer_line import ANSWER_PREFIX
+from echorl_lightning.tasks.arithmetic.solver import solve
 
 Split = Literal["train", "val", "test", "ood"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test", "ood")
@@ -100,6 +98,11 @@ class Problem:
     answer: str
     expression: str
 
+    @property
+    def reference(self) -> str:
+        """What the verifier compares a completion against: the final answer."""
+        return self.answer
+
 
 def expression_bucket(expression: str) -> int:
     """The split bucket (0..15) of an expression: a stable hash, independent of ``PYTHONHASHSEED``."""
@@ -137,32 +140,6 @@ def _draw(rng: random.Random, difficulty: Difficulty) -> tuple[list[int], list[s
     return operands, ops
 
 
-def solve(operands: list[int], ops: list[str]) -> tuple[list[str], int]:
-    """The worked steps (``"a*b=c"`` lines, multiplications first, then ``+``/``-`` left to right) and the
-    value of ``operands[0] ops[0] operands[1] ...``."""
-    if len(ops) != len(operands) - 1:
-        raise ValueError(
-            f"solve: {len(operands)} operands need {len(operands) - 1} operators, got {len(ops)}"
-        )
-    steps: list[str] = []
-    values, pending = [operands[0]], list(ops)
-    terms_ops: list[str] = []
-    for op, right in zip(pending, operands[1:], strict=True):
-        if op == "*":
-            product = values[-1] * right
-            steps.append(f"{values[-1]}*{right}={product}")
-            values[-1] = product
-        else:
-            terms_ops.append(op)
-            values.append(right)
-    total = values[0]
-    for op, right in zip(terms_ops, values[1:], strict=True):
-        new = total + right if op == "+" else total - right
-        steps.append(f"{total}{op}{right}={new}")
-        total = new
-    return steps, total
-
-
 def make_problem(
     split: Split, index: int, seed: int = 0, difficulty: Difficulty = DEFAULT_DIFFICULTY
 ) -> Problem:
@@ -198,72 +175,3 @@ def make_problems(
 ) -> list[Problem]:
     """Problems ``start .. start+num-1`` of ``split`` (see :func:`make_problem`)."""
     return [make_problem(split, i, seed, difficulty) for i in range(start, start + num)]
-
-
-_STEP_LINE = re.compile(r"(-?(?:0|[1-9][0-9]*))([-+*])(-?(?:0|[1-9][0-9]*))=(-?(?:0|[1-9][0-9]*))")
-_EXPRESSION = re.compile(r"[1-9][0-9]*(?:[-+*][1-9][0-9]*)*")
-
-
-def parse_expression(prompt: str) -> tuple[list[int], list[str]] | None:
-    """Operands and operators of a prompt ``"Q: 47+8*3-12\\n"`` (or a bare expression), None when it is not
-    one of this task's expressions."""
-    text = prompt.strip()
-    if text.startswith(PROMPT_PREFIX.strip()):
-        text = text[len(PROMPT_PREFIX.strip()) :].strip()
-    if not _EXPRESSION.fullmatch(text):
-        return None
-    return [int(t) for t in re.findall(r"[0-9]+", text)], re.findall(r"[-+*]", text)
-
-
-def check_steps(completion: str, operands: list[int], ops: list[str]) -> bool | None:
-    """True when every line of ``completion`` before ``Answer:`` is a correct step consistent with the
-    expression ``operands ops`` and an ``Answer`` line, if present, gives the fully reduced value; False
-    otherwise; None when the completion has no line.
-
-    A step ``a op b=c`` must have ``c = a op b`` and reduce two neighbours of the current expression in an
-    order that keeps its meaning: a ``*`` anywhere (products bind tighter and associate), a ``+``/``-`` only
-    at the leftmost position and only when the next operator is not ``*`` (left to right).
-    """
-    lines = [line for line in completion.split("\n") if line.strip()]
-    if not lines:
-        return None
-    values, pending = list(operands), list(ops)
-    for k, line in enumerate(lines):
-        if line.startswith(ANSWER_PREFIX):
-            reduced = len(values) == 1 and line == f"{ANSWER_PREFIX}{values[0]}"
-            return reduced and k == len(lines) - 1
-        match = _STEP_LINE.fullmatch(line)
-        if match is None:
-            return False
-        a, op, b, c = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
-        if c != {"+": a + b, "-": a - b, "*": a * b}[op]:
-            return False
-        if op == "*":
-            places = [i for i, o in enumerate(pending) if o == "*" and (values[i], values[i + 1]) == (a, b)]
-        elif pending[:1] == [op] and (values[0], values[1]) == (a, b) and pending[1:2] != ["*"]:
-            places = [0]
-        else:
-            places = []
-        if not places:
-            return False
-        i = places[0]
-        values[i : i + 2] = [c]
-        del pending[i]
-    return True
-
-
-class ArithmeticStepChecker:
-    """Step checker of the arithmetic task (the :class:`~echorl_lightning.data.types.StepChecker`
-    protocol): per completion :func:`check_steps` against the expression in its example's prompt; None
-    when the prompt holds no expression of this task or the completion is empty."""
-
-    def __call__(self, completions: Sequence[str], examples: Sequence[PromptExample]) -> list[bool | None]:
-        if len(completions) != len(examples):
-            raise ValueError(
-                f"ArithmeticStepChecker: {len(completions)} completions but {len(examples)} examples"
-            )
-        out: list[bool | None] = []
-        for completion, example in zip(completions, examples, strict=True):
-            parsed = parse_expression(example.prompt)
-            out.append(None if parsed is None else check_steps(completion, *parsed))
-        return out
