@@ -23,6 +23,7 @@ LAYERS = {
     "eval": 3,
     "training": 3,
     "config_checks": 3,
+    "tasks": 3,
     "module": 4,
     "callbacks": 5,
     "cli": 6,
