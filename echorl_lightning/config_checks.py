@@ -2,9 +2,12 @@
 
 ``EchoRLCLI.before_instantiate_classes`` hands the subcommand's config (plain dicts, as jsonargparse parsed
 it) to :func:`check_config`, which returns one message per problem, each naming the full config key (e.g.
-``model.init_args.echo.coef``) and the values it accepts. Checked: every float coefficient finite (YAML
-``.nan``/``.inf`` included) and in range; sampling temperatures and ``top_p``; ``group_size >= 2`` (every
-advantage estimator here is group-relative); ``eval.n >= 1``; ``trainer.max_epochs >= 1`` for ``fit``; an
+``model.init_args.echo.coef``) and the values it accepts. It states no bound of a setting itself: it builds
+the objects that own them from the parsed values (``EchoConfig``, ``EvalConfig``, ``LoraConfig``, the method
+through ``AlgorithmOverrides.apply``, the optimizer settings' ``check_optimizer``, the ``NumericalGuard``,
+the ``RolloutCallback`` and the sampling bounds every engine checks) and reports what they refuse, under the
+full key. Across groups: ``group_size`` at least the advantage estimators' ``MIN_GROUP_SIZE``;
+``trainer.max_epochs >= 1`` for ``fit``; an
 engine whose Python package is missing (with the install command); a model or tokenizer path that is neither
 an existing folder nor a plausible hub id (and, offline, a hub id that is not in the local cache); a local model
 or tokenizer folder with a missing, truncated or foreign member (:mod:`echorl_lightning.files.model_folder`),
@@ -21,15 +24,22 @@ checks only (``lr``, ``weight_decay``, the model path).
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from echorl_lightning.algorithms.presets import resolve_method
+from callbacks.rollout import RolloutCallback
+from echorl_lightning.algorithms.advantages import group_size_problem
+from echorl_lightning.algorithms.presets import MethodConfig
+from echorl_lightning.bounds import SettingError
 from echorl_lightning.files.model_folder import check_model_folder, check_tokenizer_folder
+from echorl_lightning.rollout.hf_engine import sampling_problems
+from echorl_lightning.rollout.types import SamplingConfig
+from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig, check_optimizer
 from echorl_lightning.training.forward import LM_HEADS
+from echorl_lightning.training.guard import NumericalGuard
+from echorl_lightning.training.lora import LoraConfig
 
 # class_path of an engine -> (the package it imports, how to install it)
 ENGINE_PACKAGES: dict[str, tuple[str, str]] = {
@@ -45,35 +55,21 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message lists every problem found, one per line."""
 
 
-def number_problem(
-    key: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    optional: bool = False,
-) -> str | None:
-    """A message when ``value`` is not a finite number in the interval, else None.
+def built_problems(build: Callable[[], Any], key: str | None = None) -> list[str]:
+    """What building an object refuses, one message per problem: a :class:`SettingError` names its keys itself;
+    another ``ValueError``/``TypeError`` is put after ``key`` (``model.init_args.max_consecutive_skips: ...``)."""
+    try:
+        build()
+    except SettingError as error:
+        return list(error.problems)
+    except (ValueError, TypeError) as error:
+        return [f"{key}: {error}" if key else str(error)]
+    return []
 
-    ``low_open``/``high_open`` exclude the bound: ``low=0, low_open=True`` means ``> 0``.
-    Example: ``number_problem("model.init_args.lr", -1.0, low=0, low_open=True)`` ->
-    ``"model.init_args.lr=-1.0: must be a finite number > 0"``.
-    """
-    if value is None and optional:
-        return None
-    parts = []
-    if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low:g}")
-    if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high:g}")
-    accepted = "must be a finite number" + (" " + " and ".join(parts) if parts else "")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return f"{key}={value!r}: {accepted}"
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    return f"{key}={value!r}: {accepted}" if too_low or too_high else None
+
+def _given(group: Any) -> dict[str, Any]:
+    """The parsed settings of one group (None: its defaults), as keyword arguments."""
+    return dict(group) if isinstance(group, Mapping) else {}
 
 
 def model_path_problem(key: str, value: Any) -> str | None:
@@ -159,40 +155,54 @@ def world_size(trainer: Mapping[str, Any]) -> int | None:
 def check_model(args: Mapping[str, Any], prefix: str = "model.init_args") -> list[str]:
     """Problems in the module's init_args (the RLVR module's keys; keys absent from ``args`` are skipped)."""
     out = [
-        number_problem(f"{prefix}.lr", args.get("lr", 1.0), low=0, low_open=True),
-        number_problem(f"{prefix}.weight_decay", args.get("weight_decay", 0.0), low=0),
         model_path_problem(f"{prefix}.model", args.get("model")),
         model_path_problem(f"{prefix}.tokenizer", args.get("tokenizer")),
         engine_problem(f"{prefix}.engine", args.get("engine")),
         *model_folder_problems(args, prefix),
     ]
-    if isinstance(args.get("warmup_steps"), int) and args["warmup_steps"] < 0:
-        out.append(f"{prefix}.warmup_steps={args['warmup_steps']}: must be an integer >= 0")
-    echo = args.get("echo") or {}
-    out.append(number_problem(f"{prefix}.echo.coef", echo.get("coef", 0.0), low=0))
-    if echo.get("min_step_tokens", 1) < 1:
-        out.append(f"{prefix}.echo.min_step_tokens={echo['min_step_tokens']}: must be an integer >= 1")
-    algorithm = args.get("algorithm") or {}
-    out += [
-        number_problem(f"{prefix}.algorithm.kl_coef", algorithm.get("kl_coef"), low=0, optional=True),
-        number_problem(f"{prefix}.algorithm.clip_low", algorithm.get("clip_low"), low=0, low_open=True, optional=True),
-        number_problem(f"{prefix}.algorithm.clip_high", algorithm.get("clip_high"), low=0, low_open=True, optional=True),
-        number_problem(f"{prefix}.algorithm.luffy_gamma", algorithm.get("luffy_gamma"), low=0, low_open=True, optional=True),
-    ]  # fmt: skip
+    out += built_problems(
+        lambda: check_optimizer(
+            args.get("lr", 1.0), args.get("weight_decay", 0.0), args.get("warmup_steps", 0)
+        )
+    )
+    out += built_problems(lambda: EchoConfig(**_given(args.get("echo"))))
+    out += built_problems(
+        lambda: AlgorithmOverrides(**_given(args.get("algorithm"))).apply(args.get("method", "grpo"))
+    )
     if "eval" in args:
-        ev = args.get("eval") or {}
-        if not isinstance(ev.get("n", 1), int) or ev.get("n", 1) < 1:
-            out.append(
-                f"{prefix}.eval.n={ev.get('n')!r}: must be an integer >= 1 (samples per prompt, k of avg@k)"
-            )
-        if ev.get("max_new_tokens", 1) < 1:
-            out.append(f"{prefix}.eval.max_new_tokens={ev['max_new_tokens']}: must be an integer >= 1")
-        out.append(number_problem(f"{prefix}.eval.temperature", ev.get("temperature", 0.6), low=0))
-        out.append(number_problem(f"{prefix}.eval.top_p", ev.get("top_p", 1.0), low=0, low_open=True, high=1))
-    skips = args.get("max_consecutive_skips", 1)
-    if isinstance(skips, int) and skips < 1:
-        out.append(f"{prefix}.max_consecutive_skips={skips}: must be an integer >= 1")
+        out += built_problems(lambda: EvalConfig(**_given(args.get("eval"))))
+    if args.get("lora") is not None:
+        out += built_problems(lambda: LoraConfig(**_given(args.get("lora"))))
+    if "max_consecutive_skips" in args:
+        key = f"{prefix}.max_consecutive_skips"
+        out += built_problems(lambda: NumericalGuard(args["max_consecutive_skips"]), key)
     return [p for p in out if p]
+
+
+def rollout_problems(rollout: Mapping[str, Any], prefix: str = "rollout") -> list[str]:
+    """What the rollout callback refuses (its ``RolloutCallback.<key> ...`` said as ``<prefix>.<key>=...``), and
+    what the engines' sampling check refuses of the rollout's sampling settings; one message per key."""
+    given = _given(rollout)
+    out = []
+    try:
+        RolloutCallback(**given)
+    except ValueError as error:
+        match = re.match(r"RolloutCallback\.(\w+)(?:=\S+)? (.*)", str(error))
+        if match is None:
+            out.append(f"{prefix}: {error}")
+        else:
+            key = match.group(1)
+            out.append(f"{prefix}.{key}={given.get(key)!r}: {match.group(2)}")
+    defaults = SamplingConfig()
+    sampling = SamplingConfig(
+        n=given.get("group_size", defaults.n),
+        max_new_tokens=given.get("max_new_tokens", defaults.max_new_tokens),
+        temperature=given.get("temperature", defaults.temperature),
+        top_p=given.get("top_p", defaults.top_p),
+    )
+    said = {problem.split("=")[0] for problem in out}
+    out += [p for p in sampling_problems(sampling, prefix, n_key="group_size") if p.split("=")[0] not in said]
+    return out
 
 
 def check_rollout(
@@ -202,33 +212,25 @@ def check_rollout(
     prefix: str = "rollout",
 ) -> list[str]:
     """Problems in the rollout settings, and batch sizes that do not divide (fit only)."""
-    out = [
-        number_problem(f"{prefix}.temperature", rollout.get("temperature", 1.0), low=0, low_open=True),
-        number_problem(f"{prefix}.top_p", rollout.get("top_p", 1.0), low=0, low_open=True, high=1),
-    ]
-    for key in ("prompts_per_epoch", "max_new_tokens", "ppo_epochs", "num_minibatches", "logprob_batch_size"):
-        value = rollout.get(key, 1)
-        if not isinstance(value, int) or value < 1:
-            out.append(f"{prefix}.{key}={value!r}: must be an integer >= 1")
+    out = rollout_problems(rollout, prefix)
     group = rollout.get("group_size", 2)
-    if not isinstance(group, int) or group < 2:
-        out.append(
-            f"{prefix}.group_size={group!r}: must be an integer >= 2; every advantage estimator here is "
-            "group-relative (grpo, dr_grpo, rloo, reinforce_pp_baseline), so a group of 1 gives zero advantages"
-        )
+    if not any(p.startswith(f"{prefix}.group_size=") for p in out):
+        out.append(group_size_problem(f"{prefix}.group_size", group))
     try:
-        algorithm = {k: v for k, v in (model_args.get("algorithm") or {}).items() if v is not None}
-        method = resolve_method(model_args.get("method", "grpo"), **algorithm)
-    except (KeyError, ValueError, TypeError):
-        method = None  # reported by the module itself
+        method: MethodConfig | None = AlgorithmOverrides(**_given(model_args.get("algorithm"))).apply(
+            model_args.get("method", "grpo")
+        )
+    except (ValueError, TypeError):
+        method = None  # reported by check_model
     world = world_size(trainer)
     prompts, accumulate = rollout.get("prompts_per_epoch", 1), trainer.get("accumulate_grad_batches", 1) or 1
-    if world and isinstance(prompts, int) and prompts >= 1 and prompts % world:
+    counts_ok = not any(p and p.startswith((f"{prefix}.prompts_per_epoch=", f"{prefix}.group_size=")) for p in out)
+    if world and counts_ok and prompts % world:
         out.append(
             f"{prefix}.prompts_per_epoch={prompts}: must be divisible by trainer.devices x trainer.num_nodes = "
             f"{world} (each rank takes whole groups)"
         )
-    elif world and isinstance(prompts, int) and isinstance(group, int) and group >= 2 and method is not None:
+    elif world and not any(p and p.startswith(f"{prefix}.") for p in out) and method is not None:
         rows = prompts // world * (group + int(method.off_policy))
         chunks = rollout.get("num_minibatches", 1) * accumulate
         if (method.dynamic_sampling and rows < chunks) or (not method.dynamic_sampling and rows % chunks):

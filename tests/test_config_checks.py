@@ -18,14 +18,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 import echorl_lightning.module
 from callbacks.failure_report import FailureReport
 from callbacks.rollout import RolloutCallback
+from echorl_lightning.bounds import number_problem
 from echorl_lightning.cli import main, resumed_version
-from echorl_lightning.config_checks import (
-    ConfigError,
-    check_rollout,
-    model_path_problem,
-    number_problem,
-    world_size,
-)
+from echorl_lightning.config_checks import ConfigError, check_rollout, model_path_problem, world_size
 from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +56,9 @@ BAD = [
     ("--model.init_args.lr=.nan", "model.init_args.lr=nan", "finite number > 0"),
     ("--model.init_args.weight_decay=-0.01", "model.init_args.weight_decay=-0.01", ">= 0"),
     ("--model.init_args.algorithm.kl_coef=-1", "model.init_args.algorithm.kl_coef=-1.0", ">= 0"),
-    ("--model.init_args.algorithm.clip_high=0", "model.init_args.algorithm.clip_high=0.0", "> 0"),
+    ("--model.init_args.algorithm.clip_high=-0.1", "model.init_args.algorithm.clip_high=-0.1", ">= 0"),
+    ("--model.init_args.algorithm.clip_low=1", "model.init_args.algorithm.clip_low=1.0", ">= 0 and < 1"),
+    ("--model.init_args.method=nope", "model.init_args.method='nope'", "known: dapo, dr_grpo, grpo"),
     ("--model.init_args.eval.n=0", "model.init_args.eval.n=0", "integer >= 1"),
     ("--model.init_args.eval.top_p=1.5", "model.init_args.eval.top_p=1.5", "> 0 and <= 1"),
     ("--model.init_args.eval.temperature=.nan", "model.init_args.eval.temperature=nan", ">= 0"),
@@ -189,10 +186,10 @@ def test_resumed_version_from_record_or_path(tmp_path: Path) -> None:
             lambda: EvalConfig(top_p=0.0),
             "model.init_args.eval.top_p=0.0: must be a finite number > 0 and <= 1",
         ),
-        (lambda: AlgorithmOverrides(kl_coef=math.inf), "model.init_args.algorithm.kl_coef=inf"),
+        (lambda: AlgorithmOverrides(kl_coef=math.inf).apply("grpo"), "model.init_args.algorithm.kl_coef=inf"),
         (
-            lambda: AlgorithmOverrides(clip_low=0.0),
-            "model.init_args.algorithm.clip_low=0.0: must be a finite number > 0",
+            lambda: AlgorithmOverrides(clip_low=-0.1).apply("grpo"),
+            "model.init_args.algorithm.clip_low=-0.1: must be a finite number >= 0 and < 1",
         ),
     ],
 )
@@ -204,4 +201,5 @@ def test_dataclasses_refuse_bad_values_in_python(build: object, message: str) ->
 def test_dataclass_defaults_and_edges_are_accepted() -> None:
     EchoConfig(coef=0.0)  # coef 0 is allowed (no echo term)
     EvalConfig(temperature=0.0, top_p=1.0)  # greedy evaluation
-    AlgorithmOverrides(kl_coef=0.0, max_resample_rounds=0)
+    AlgorithmOverrides(kl_coef=0.0, max_resample_rounds=0).apply("grpo")
+    AlgorithmOverrides(clip_low=0.0, clip_high=0.0).apply("grpo")  # eps 0: the ratio clipped at 1 (as verl allows)

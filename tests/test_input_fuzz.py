@@ -536,8 +536,8 @@ YAML_FAILS: dict[str, tuple[Callable[[str], bytes], str | None, str]] = {
     "a method that does not exist": (
         lambda t: replaced("    lr: 1.0e-5", "    lr: 1.0e-5\n    method: grpoo")(t).encode(),
         "method: grpoo",
-        "model.init_args.method='grpoo': expected one of 'dapo', 'dr_grpo', 'grpo', 'gspo', 'luffy', "
-        "'reinforce_pp', 'rloo' (did you mean 'grpo'?)",
+        "model.init_args.method='grpoo': unknown method preset; known: dapo, dr_grpo, grpo, gspo, luffy, "
+        "reinforce_pp, rloo (did you mean 'grpo'?)",
     ),
     "a value out of range": (
         lambda t: replaced("group_size: 2", "group_size: 1")(t).encode(),

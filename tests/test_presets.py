@@ -1,9 +1,8 @@
-"""Method presets, their validation, the Literal name types, and the registry contract on fresh registries."""
+"""Method presets, their validation, the name types, and the registry contract on fresh registries."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import get_args
 
 import pytest
 
@@ -36,8 +35,9 @@ from echorl_lightning.registry import Registry
         (EchoSelectorName, ECHO_SELECTORS),
     ],
 )
-def test_literal_names_equal_registry_names(alias: object, registry: Registry) -> None:
-    assert sorted(get_args(alias)) == registry.names()
+def test_names_are_plain_strings_checked_against_the_registry(alias: object, registry: Registry) -> None:
+    # str, not a Literal: a name registered in the user's own code must get through the config parser
+    assert alias is str and len(registry) > 0
 
 
 def test_method_table() -> None:
@@ -116,7 +116,7 @@ def test_config_is_frozen() -> None:
 
 def test_unknown_preset_lists_known_names() -> None:
     with pytest.raises(
-        ValueError, match="unknown method preset 'ppo'; known: dapo, dr_grpo, grpo, gspo, luffy"
+        ValueError, match="method='ppo': unknown method preset; known: dapo, dr_grpo, grpo, gspo, luffy"
     ):
         resolve_method("ppo")
 
@@ -136,7 +136,7 @@ def test_unknown_override_key_names_the_key_and_fields() -> None:
     ],
 )
 def test_unknown_axis_name_lists_known_names(key: str, value: str, listed: str) -> None:
-    with pytest.raises(ValueError, match=f"{key}: unknown .*'{value}'; known: {listed}"):
+    with pytest.raises(ValueError, match=f"{key}='{value}': unknown .*; known: {listed}"):
         resolve_method("grpo", **{key: value})
 
 
@@ -147,10 +147,11 @@ def test_unknown_axis_name_lists_known_names(key: str, value: str, listed: str) 
         ({"clip_high": -0.1}, "clip_high"),
         ({"kl_coef": -1.0}, "kl_coef"),
         ({"overlong_buffer": -1}, "overlong_buffer"),
-        ({"overlong_shaping": True}, "overlong_buffer > 0"),
+        ({"overlong_shaping": True}, "overlong_buffer=0: must be > 0 with overlong_shaping=True"),
         ({"max_resample_rounds": -1}, "max_resample_rounds"),
         ({"luffy_gamma": 0.0}, "luffy_gamma"),
-        ({"policy_loss": "luffy"}, "off_policy=True"),
+        ({"policy_loss": "luffy"}, "off_policy=False: must be True with policy_loss='luffy'"),
+        ({"clip_high": float("nan")}, "clip_high=nan: must be a finite number >= 0"),
     ],
 )
 def test_bad_values_raise(overrides: dict, message: str) -> None:

@@ -26,7 +26,6 @@ without std that verl selects with a flag (here it is the separate ``dr_grpo`` e
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 
@@ -38,8 +37,23 @@ AdvantageFn = Callable[[torch.Tensor], torch.Tensor]
 ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
 register_advantage = ADVANTAGES.register
 
-AdvEstimatorName = Literal["dr_grpo", "grpo", "reinforce_pp_baseline", "rloo"]
-"""The registered advantage-estimator names (a test keeps this equal to ``ADVANTAGES.names()``)."""
+AdvEstimatorName = str
+"""A name registered in ``ADVANTAGES`` (checked when a ``MethodConfig`` is built)."""
+
+MIN_GROUP_SIZE = 2
+"""The fewest rollouts per prompt a run may take: every estimator here compares a rollout with the others of
+its group, so with G = 1 every advantage is 0 and the policy gradient is exactly zero."""
+
+
+def group_size_problem(key: str, group_size: int) -> str | None:
+    """A message when ``group_size`` (the setting ``key``) is below :data:`MIN_GROUP_SIZE`, else None."""
+    if isinstance(group_size, int) and group_size >= MIN_GROUP_SIZE:
+        return None
+    return (
+        f"{key}={group_size!r}: must be an integer >= {MIN_GROUP_SIZE}; the advantages are group-relative "
+        f"({', '.join(ADVANTAGES.names())}), so a group of 1 gives zero advantages"
+    )
+
 
 STD_EPS = 1e-6
 """Added to a standard deviation before dividing by it (GRPO, REINFORCE++ baseline)."""

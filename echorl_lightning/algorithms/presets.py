@@ -18,21 +18,27 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
 
 from echorl_lightning.algorithms.advantages import ADVANTAGES, AdvEstimatorName
 from echorl_lightning.algorithms.aggregation import AGGREGATIONS, AggModeName
 from echorl_lightning.algorithms.kl import KL_ESTIMATORS, KLName
 from echorl_lightning.algorithms.policy_loss import POLICY_LOSSES, PolicyLossName
+from echorl_lightning.bounds import integer_problem, name_problem, number_problem, raise_problems
 from echorl_lightning.registry import Registry
 
-MethodName = Literal["dapo", "dr_grpo", "grpo", "gspo", "luffy", "reinforce_pp", "rloo"]
-"""The registered preset names (a test keeps this equal to ``METHODS.names()``)."""
+MethodName = str
+"""A name registered in ``METHODS`` (a plain string, so presets registered in the user's own code are
+accepted; checked by :func:`resolve_method`)."""
 
 
 @dataclass(frozen=True)
 class MethodConfig:
     """One RLVR method as a choice per axis. The defaults are GRPO's.
+
+    Every bound below is checked here, once; the names are checked against the axes' registries (which the
+    user's own code may extend, see the README's "Adding a method"). Messages name the field
+    (``clip_low=1.5: ...``); :meth:`~echorl_lightning.training.config.AlgorithmOverrides.apply` puts them under
+    ``model.init_args.algorithm``.
 
     Attributes:
         adv_estimator: advantage estimator (``ADVANTAGES``): ``grpo``, ``dr_grpo``, ``rloo``,
@@ -40,6 +46,7 @@ class MethodConfig:
         policy_loss: per-token policy loss (``POLICY_LOSSES``): ``ppo_clip``, ``gspo``, ``luffy``.
         clip_low: lower clip range; the ratio is floored at ``1 - clip_low``. In [0, 1).
         clip_high: upper clip range; the ratio is capped at ``1 + clip_high`` (> ``clip_low``: clip-higher).
+            >= 0.
         loss_agg_mode: how the ``[N, T]`` loss becomes a scalar (``AGGREGATIONS``): ``token-mean``,
             ``seq-mean-token-mean``, ``seq-mean-token-sum``, ``seq-mean-token-sum-norm``.
         kl_estimator: per-token KL estimator to the reference model (``KL_ESTIMATORS``): ``k1``, ``k2``, ``k3``.
@@ -70,33 +77,30 @@ class MethodConfig:
     luffy_gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        for key, registry in (
-            ("adv_estimator", ADVANTAGES),
-            ("policy_loss", POLICY_LOSSES),
-            ("loss_agg_mode", AGGREGATIONS),
-            ("kl_estimator", KL_ESTIMATORS),
-        ):
-            value = getattr(self, key)
-            if value not in registry:
-                raise ValueError(
-                    f"{key}: unknown {registry.axis} {value!r}; known: {', '.join(registry.names())}"
-                )
-        if not 0.0 <= self.clip_low < 1.0:
-            raise ValueError(f"clip_low must be in [0, 1), got {self.clip_low}")
-        if self.clip_high < 0.0:
-            raise ValueError(f"clip_high must be >= 0, got {self.clip_high}")
-        if self.kl_coef < 0.0:
-            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
-        if self.overlong_buffer < 0:
-            raise ValueError(f"overlong_buffer must be >= 0, got {self.overlong_buffer}")
-        if self.overlong_shaping and self.overlong_buffer == 0:
-            raise ValueError("overlong_shaping=True needs overlong_buffer > 0 (the L_cache ramp length)")
-        if self.max_resample_rounds < 0:
-            raise ValueError(f"max_resample_rounds must be >= 0, got {self.max_resample_rounds}")
-        if self.luffy_gamma <= 0.0:
-            raise ValueError(f"luffy_gamma must be > 0, got {self.luffy_gamma}")
-        if self.policy_loss == "luffy" and not self.off_policy:
-            raise ValueError("policy_loss='luffy' needs off_policy=True (expert solutions in the data)")
+        names = [
+            name_problem(key, getattr(self, key), registry)
+            for key, registry in (
+                ("adv_estimator", ADVANTAGES),
+                ("policy_loss", POLICY_LOSSES),
+                ("loss_agg_mode", AGGREGATIONS),
+                ("kl_estimator", KL_ESTIMATORS),
+            )
+        ]
+        raise_problems(
+            *names,
+            number_problem("clip_low", self.clip_low, low=0, high=1, high_open=True),
+            number_problem("clip_high", self.clip_high, low=0),
+            number_problem("kl_coef", self.kl_coef, low=0),
+            integer_problem("overlong_buffer", self.overlong_buffer, 0),
+            integer_problem("max_resample_rounds", self.max_resample_rounds, 0),
+            number_problem("luffy_gamma", self.luffy_gamma, low=0, low_open=True),
+            "overlong_buffer=0: must be > 0 with overlong_shaping=True (the L_cache ramp length)"
+            if self.overlong_shaping and self.overlong_buffer == 0
+            else None,
+            "off_policy=False: must be True with policy_loss='luffy' (expert solutions in the data)"
+            if self.policy_loss == "luffy" and not self.off_policy
+            else None,
+        )
 
     @property
     def use_kl(self) -> bool:
@@ -139,7 +143,12 @@ def resolve_method(name: str, **overrides: object) -> MethodConfig:
 
     Returns:
         The resolved, validated config.
+
+    Raises:
+        SettingError: an unknown preset (``method=...``) or a value :class:`MethodConfig` refuses (keyed by
+            field name, e.g. ``clip_low=-0.1: ...``).
     """
+    raise_problems(name_problem("method", name, METHODS))
     preset = METHODS.get(name)
     fields = [field.name for field in dataclasses.fields(MethodConfig)]
     for key in overrides:

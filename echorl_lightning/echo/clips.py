@@ -39,8 +39,8 @@ from echorl_lightning.echo.steps import Steps, split_steps
 from echorl_lightning.registry import Registry
 
 ApplyTo = Literal["degenerate", "success"]
-EchoSelectorName = Literal["full", "lowest", "peak", "random"]
-"""The registered EchoClip selector names (a test keeps this equal to ``ECHO_SELECTORS.names()``)."""
+EchoSelectorName = str
+"""A name registered in ``ECHO_SELECTORS`` (checked when an ``EchoConfig`` is built)."""
 
 
 class EchoSelector(Protocol):

@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from echorl_lightning.bounds import integer_problem, number_problem, raise_problems
 from echorl_lightning.rollout.types import Completion, SamplingConfig
 
 
@@ -77,16 +78,22 @@ def require_unwrapped(model: torch.nn.Module) -> None:
         raise ValueError("rollout engines take the unwrapped policy (ddp_model.module), not the DDP wrapper")
 
 
+def sampling_problems(sampling: SamplingConfig, prefix: str = "sampling", n_key: str = "n") -> list[str]:
+    """The bounds of the sampling settings every engine takes: ``n`` and ``max_new_tokens`` integers >= 1,
+    ``temperature`` >= 0 (0 = greedy), ``top_p`` in (0, 1]. One message per problem, each key under ``prefix``
+    (``n`` called ``n_key`` there: the rollout group calls it ``group_size``)."""
+    problems = [
+        integer_problem(f"{prefix}.{n_key}", sampling.n, 1),
+        integer_problem(f"{prefix}.max_new_tokens", sampling.max_new_tokens, 1),
+        number_problem(f"{prefix}.temperature", sampling.temperature, low=0),
+        number_problem(f"{prefix}.top_p", sampling.top_p, low=0, low_open=True, high=1),
+    ]
+    return [p for p in problems if p]
+
+
 def validate_request(prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingConfig) -> None:
     """Raise ``ValueError`` naming the offending field or prompt index for a malformed ``generate`` call."""
-    if sampling.n < 1:
-        raise ValueError(f"sampling.n must be >= 1, got {sampling.n}")
-    if sampling.max_new_tokens < 1:
-        raise ValueError(f"sampling.max_new_tokens must be >= 1, got {sampling.max_new_tokens}")
-    if sampling.temperature < 0:
-        raise ValueError(f"sampling.temperature must be >= 0 (0 = greedy), got {sampling.temperature}")
-    if not 0 < sampling.top_p <= 1:
-        raise ValueError(f"sampling.top_p must be in (0, 1], got {sampling.top_p}")
+    raise_problems(*sampling_problems(sampling))
     for index, prompt in enumerate(prompt_token_ids):
         if len(prompt) == 0:
             raise ValueError(f"prompt {index} is empty: every prompt needs at least one token")

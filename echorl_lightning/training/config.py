@@ -3,10 +3,12 @@
 ``AlgorithmOverrides`` holds one optional field per independent axis of ``MethodConfig``: a method preset
 (``model.init_args.method: dapo``) is applied first, then every field set here replaces the preset's value.
 
-Each dataclass checks its fields in ``__post_init__`` (finite numbers in range; NaN and infinities from YAML's
-``.nan``/``.inf`` included), naming the key as it appears under ``model.init_args``. ``cli.py`` checks the
-same values earlier, from the parsed config (``echorl_lightning/config_checks.py``); these checks cover
-objects built in Python.
+Each setting's bounds are checked once, where it is defined: ``EchoConfig`` and ``EvalConfig`` in their
+``__post_init__`` (finite numbers in range; NaN and infinities from YAML's ``.nan``/``.inf`` included), the
+algorithm's in ``MethodConfig`` (reached through :meth:`AlgorithmOverrides.apply`, which names the key under
+``model.init_args.algorithm``), the optimizer's in :func:`check_optimizer`. Messages name the key as it appears
+under ``model.init_args``. ``cli.py``'s early check (``echorl_lightning/config_checks.py``) builds these same
+objects from the parsed config before any model loads.
 """
 
 from __future__ import annotations
@@ -22,39 +24,48 @@ from echorl_lightning.algorithms.presets import (
     PolicyLossName,
     resolve_method,
 )
-from echorl_lightning.config_checks import number_problem
-from echorl_lightning.echo.clips import ApplyTo, EchoSelectorName
+from echorl_lightning.bounds import (
+    SettingError,
+    integer_problem,
+    name_problem,
+    number_problem,
+    raise_problems,
+)
+from echorl_lightning.echo.clips import ECHO_SELECTORS, ApplyTo, EchoSelectorName
+from echorl_lightning.rollout.hf_engine import sampling_problems
+from echorl_lightning.rollout.types import SamplingConfig
 
 _PREFIX = "model.init_args"
 
 
-def _raise_on(*problems: str | None) -> None:
-    """Raise ValueError listing every non-None problem."""
-    found = [p for p in problems if p]
-    if found:
-        raise ValueError("; ".join(found))
-
-
-def _int_at_least(key: str, value: Any, low: int) -> str | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    return None if ok else f"{key}={value!r}: must be an integer >= {low}"
+def check_optimizer(lr: Any, weight_decay: Any, warmup_steps: Any) -> None:
+    """Raise :class:`SettingError` naming ``model.init_args.lr`` (> 0), ``weight_decay`` (>= 0) or
+    ``warmup_steps`` (an integer >= 0): the bounds of the module's optimizer settings."""
+    raise_problems(
+        number_problem(f"{_PREFIX}.lr", lr, low=0, low_open=True),
+        number_problem(f"{_PREFIX}.weight_decay", weight_decay, low=0),
+        integer_problem(f"{_PREFIX}.warmup_steps", warmup_steps, 0),
+    )
 
 
 @dataclass
 class AlgorithmOverrides:
-    """Per-axis overrides of the method preset; ``None`` keeps the preset's value.
+    """Per-axis overrides of the method preset; ``None`` keeps the preset's value. The values are checked by
+    ``MethodConfig`` when :meth:`apply` builds the method (one place for the bounds, whichever sets them).
 
     Attributes:
-        adv_estimator: advantage estimator (grpo, dr_grpo, rloo, reinforce_pp_baseline).
-        policy_loss: policy-loss rule (ppo_clip, gspo, luffy).
-        clip_low: lower clip range eps_low (ratio >= 1 - eps_low).
-        clip_high: upper clip range eps_high (ratio <= 1 + eps_high); > clip_low is DAPO's clip-higher.
-        loss_agg_mode: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm.
-        kl_estimator: k1, k2 or k3.
+        adv_estimator: advantage estimator (grpo, dr_grpo, rloo, reinforce_pp_baseline, or a name registered
+            in the user's own code).
+        policy_loss: policy-loss rule (ppo_clip, gspo, luffy, or a registered name).
+        clip_low: lower clip range eps_low (ratio >= 1 - eps_low), in [0, 1).
+        clip_high: upper clip range eps_high (ratio <= 1 + eps_high), >= 0; > clip_low is DAPO's clip-higher.
+        loss_agg_mode: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm, or a
+            registered name.
+        kl_estimator: k1, k2, k3, or a registered name.
         kl_coef: KL coefficient beta; > 0 loads a frozen reference model.
         dynamic_sampling: DAPO: keep only groups with mixed rewards, resample to fill the batch.
         overlong_shaping: DAPO: penalise responses that enter the last ``overlong_buffer`` tokens.
-        overlong_buffer: DAPO's L_cache in tokens.
+        overlong_buffer: DAPO's L_cache in tokens (> 0 with overlong_shaping, <= rollout.max_new_tokens).
         max_resample_rounds: DAPO: extra generation rounds allowed to fill the batch.
         off_policy: LUFFY: add the datamodule's expert solution to each group.
         luffy_gamma: LUFFY: shaping constant in p / (p + gamma) on expert tokens.
@@ -74,24 +85,18 @@ class AlgorithmOverrides:
     off_policy: bool | None = None
     luffy_gamma: float | None = None
 
-    def __post_init__(self) -> None:
-        key = f"{_PREFIX}.algorithm"
-        _raise_on(
-            number_problem(f"{key}.clip_low", self.clip_low, low=0, low_open=True, optional=True),
-            number_problem(f"{key}.clip_high", self.clip_high, low=0, low_open=True, optional=True),
-            number_problem(f"{key}.kl_coef", self.kl_coef, low=0, optional=True),
-            number_problem(f"{key}.luffy_gamma", self.luffy_gamma, low=0, low_open=True, optional=True),
-            None
-            if self.overlong_buffer is None
-            else _int_at_least(f"{key}.overlong_buffer", self.overlong_buffer, 1),
-            None
-            if self.max_resample_rounds is None
-            else _int_at_least(f"{key}.max_resample_rounds", self.max_resample_rounds, 0),
-        )
-
     def apply(self, method: str) -> MethodConfig:
-        """The preset ``method`` with every non-None field of this object substituted."""
-        return resolve_method(method, **{k: v for k, v in asdict(self).items() if v is not None})
+        """The preset ``method`` with every non-None field of this object substituted.
+
+        Raises:
+            SettingError: naming ``model.init_args.method`` (an unknown preset) or
+                ``model.init_args.algorithm.<field>`` (a value ``MethodConfig`` refuses).
+        """
+        try:
+            return resolve_method(method, **{k: v for k, v in asdict(self).items() if v is not None})
+        except SettingError as error:
+            under = _PREFIX if error.problems[0].startswith("method=") else f"{_PREFIX}.algorithm"
+            raise error.under(under) from None
 
 
 @dataclass
@@ -104,7 +109,8 @@ class EchoConfig:
         apply_to: ``degenerate``: only groups whose rollouts all succeeded; ``success``: every group with a
             success (V = its successful rollouts).
         selector: ``peak`` (the paper: prefix through the highest-entropy step), ``lowest``, ``random``,
-            ``full`` (the whole rollout holding the peak step): ablations.
+            ``full`` (the whole rollout holding the peak step): ablations; or a name registered in
+            ``ECHO_SELECTORS`` by the user's own code.
         step_delimiter: text whose presence in a token's decoded text ends a reasoning step.
         min_step_tokens: steps shorter than this are ignored.
         success_reward: the reward value that counts as success.
@@ -120,9 +126,10 @@ class EchoConfig:
 
     def __post_init__(self) -> None:
         key = f"{_PREFIX}.echo"
-        _raise_on(
+        raise_problems(
             number_problem(f"{key}.coef", self.coef, low=0),
-            _int_at_least(f"{key}.min_step_tokens", self.min_step_tokens, 1),
+            name_problem(f"{key}.selector", self.selector, ECHO_SELECTORS),
+            integer_problem(f"{key}.min_step_tokens", self.min_step_tokens, 1),
             None if self.step_delimiter else f"{key}.step_delimiter: must be a non-empty string",
             number_problem(f"{key}.success_reward", self.success_reward),
         )
@@ -147,10 +154,5 @@ class EvalConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        key = f"{_PREFIX}.eval"
-        _raise_on(
-            _int_at_least(f"{key}.n", self.n, 1),
-            number_problem(f"{key}.temperature", self.temperature, low=0),
-            number_problem(f"{key}.top_p", self.top_p, low=0, low_open=True, high=1),
-            _int_at_least(f"{key}.max_new_tokens", self.max_new_tokens, 1),
-        )
+        sampling = SamplingConfig(self.n, self.max_new_tokens, self.temperature, self.top_p, self.seed)
+        raise_problems(*sampling_problems(sampling, f"{_PREFIX}.eval", n_key="n"))

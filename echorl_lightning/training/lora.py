@@ -33,6 +33,8 @@ from typing import Any
 import peft
 from torch import Tensor, nn
 
+from echorl_lightning.bounds import integer_problem, number_problem, raise_problems
+
 #: Linear layers of a Qwen2 / Llama / Mistral decoder block (attention and MLP).
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: Modules LoRA must not wrap: the output head (must stay a plain nn.Linear) and the (often tied) embeddings.
@@ -56,12 +58,12 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
 
     def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"model.init_args.lora.r must be >= 1, got {self.r}")
-        if self.alpha <= 0:
-            raise ValueError(f"model.init_args.lora.alpha must be > 0, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"model.init_args.lora.dropout must be in [0, 1), got {self.dropout}")
+        key = "model.init_args.lora"
+        raise_problems(
+            integer_problem(f"{key}.r", self.r, 1),
+            number_problem(f"{key}.alpha", self.alpha, low=0, low_open=True),
+            number_problem(f"{key}.dropout", self.dropout, low=0, high=1, high_open=True),
+        )
         if not self.target_modules:
             raise ValueError("model.init_args.lora.target_modules must name at least one linear layer")
         bad = [name for name in self.target_modules if name in FORBIDDEN_TARGETS]
