@@ -7,8 +7,14 @@ on every run), ``progress`` (:class:`~callbacks.progress.RolloutProgress`: rollo
 epoch) and ``run_summary`` (:class:`~callbacks.run_summary.RunSummary`: the table ``fit`` starts with).
 ``trainer.callbacks`` keeps the other callbacks (checkpoints, export).
 
+``imports`` (a top-level key, or ``--imports``): the user's own modules, as module names or paths to ``.py``
+files, imported before the config is checked, so the methods, advantage estimators, policy losses,
+aggregation modes, KL estimators and EchoClip selectors they register are known by name to the check and to
+the objects built from it (:func:`import_user_code`).
+
 Order of a run: (1) parse (Lightning reads a ``--ckpt_path`` file's hyperparameters here: weights-only, under
-``checkpoint_safety``'s allowlist); (2) :func:`~echorl_lightning.config_checks.check_config` on the parsed values,
+``checkpoint_safety``'s allowlist); (2) the ``imports`` are imported, then
+:func:`~echorl_lightning.config_checks.check_config` on the parsed values,
 before anything is instantiated (each problem names its full key); with ``--ckpt_path``, the logger is
 pointed at the version folder of the run the checkpoint came from (read from ``run.json``, which this CLI
 writes next to the checkpoints, or from a ``version_N`` folder in the checkpoint's path), so a resumed run
@@ -27,6 +33,7 @@ resume; the data counts are not logged again on resume (they were logged at the 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -63,6 +70,41 @@ def _import(class_path: str) -> Any:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return None
+
+
+def import_user_code(entries: list[str]) -> None:
+    """Import each entry of ``imports``: a module name (``my_pkg.methods``, importable from the working folder or
+    the environment) or a path to a ``.py`` file (relative to the working folder). A file already imported under
+    its name is not imported again, so its registrations do not run twice.
+
+    Raises:
+        ConfigError: naming ``imports[i]``, for a missing file or a module that fails to import.
+    """
+    for i, entry in enumerate(entries):
+        try:
+            if not entry.endswith(".py"):
+                importlib.import_module(entry)
+                continue
+            path = Path(entry).resolve()
+            if not path.is_file():
+                raise ConfigError(f"imports[{i}]={entry!r}: no such file (from {os.getcwd()})")
+            loaded = sys.modules.get(path.stem)
+            if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
+                continue
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules[path.stem] = module
+            try:
+                spec.loader.exec_module(module)  # type: ignore[union-attr]
+            except BaseException:
+                del sys.modules[path.stem]
+                raise
+        except ConfigError:
+            raise
+        except Exception as error:  # the user's code: say which entry, keep the traceback chained
+            raise ConfigError(
+                f"imports[{i}]={entry!r}: could not be imported: {type(error).__name__}: {error}"
+            ) from error
 
 
 def takes_rollouts(model_class_path: str | None) -> bool:
@@ -166,6 +208,13 @@ class EchoRLCLI(LightningCLI):
     checks before each subcommand."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--imports",
+            type=list[str],
+            default=[],
+            help="the user's own modules (names or .py paths) to import before the config is checked, e.g. "
+            "ones that register a policy loss or advantage estimator to select by name",
+        )
         parser.add_lightning_class_args(RolloutCallback, "rollout")
         parser.add_lightning_class_args(FailureReport, "failure_report")
         parser.add_lightning_class_args(RolloutProgress, "progress")
@@ -176,6 +225,7 @@ class EchoRLCLI(LightningCLI):
         sub = self.subcommand
         config = self.config[sub] if sub else self.config
         plain = config.as_dict()
+        import_user_code(list(plain.get("imports") or []))
         model_path = (plain.get("model") or {}).get("class_path")
         trainer = plain.get("trainer") or {}
         problems = []

@@ -1,9 +1,8 @@
 """Add a method: a new advantage estimator and a preset that uses it.
 
 Run from the repository root: HF_HUB_OFFLINE=1 python docs/examples/add_method.py
-For `--model.init_args.method=grpo_median` / `algorithm.adv_estimator=median` to type-check in cli.py,
-also add the names to the Literals `MethodName` (algorithms/presets.py) and `AdvEstimatorName`
-(algorithms/advantages.py); the tests keep each Literal equal to its registry's names.
+Selected from YAML after `imports: [docs/examples/add_method.py]`: `model.init_args.method: grpo_median`, or
+`model.init_args.algorithm.adv_estimator: median`.
 """
 
 import torch
