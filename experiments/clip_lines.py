@@ -4,9 +4,9 @@ Samples G rollouts per training prompt at the rollout temperature, rewards them 
 computes the policy's token entropy in one forward pass and picks clips with the training code's own
 :func:`~echorl_lightning.echo.clips.select_echo_clips` (all-success groups, one clip per group). For each
 selector it counts the kind of the line the clip ends on (``move``, ``no``, ``back``, ``answer``;
-:func:`~echorl_lightning.rewards.countdown.step_kind`), the clip's end position in its response (0 = first
+:func:`~experiments.countdown_traces.step_kind`), the clip's end position in its response (0 = first
 line, 1 = last), its length in tokens, and whether a line up to and including its last one is an invalid
-step of the search (:func:`~echorl_lightning.rewards.countdown.first_invalid_step`: the clip then teaches a
+step of the search (:func:`~echorl_lightning.tasks.countdown.steps.first_invalid_step`: the clip then teaches a
 faulty step that happened to end well). This explains the selector ablation of
 ``experiments/results/echo_forking.md``: on the arithmetic task ``lowest`` and ``full`` end on the same
 ``Answer:`` line; on Countdown they do not.
@@ -34,20 +34,19 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from echorl_lightning.data.countdown import (  # noqa: E402
-    DEFAULT_DIFFICULTY,
-    AnyDifficulty,
-    config_difficulty,
-    parse_reference,
-)
-from echorl_lightning.data.countdown_dm import countdown_prompts  # noqa: E402
 from echorl_lightning.echo.clips import ECHO_SELECTORS, select_echo_clips  # noqa: E402
 from echorl_lightning.echo.steps import delimiter_token_ids, step_end_mask_from_tokens  # noqa: E402
-from echorl_lightning.rewards.countdown import CountdownVerifier, first_invalid_step, step_kind  # noqa: E402
+from echorl_lightning.tasks.countdown.difficulty import DEFAULT_DIFFICULTY, AnyDifficulty  # noqa: E402
+from echorl_lightning.tasks.countdown.problems import parse_reference  # noqa: E402
+from echorl_lightning.tasks.countdown.steps import first_invalid_step  # noqa: E402
+from echorl_lightning.tasks.countdown.task import CountdownTask  # noqa: E402
+from echorl_lightning.tasks.countdown.verifier import CountdownVerifier  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
-from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
 from echorl_lightning.training.checkpoint_safety import load_safetensors_model  # noqa: E402
 from experiments.countdown_regime import token_entropy  # noqa: E402
+from experiments.countdown_traces import step_kind  # noqa: E402
+from recipes.task_config import config_difficulty  # noqa: E402
+from recipes.tiny.sft import sample_completions  # noqa: E402
 
 
 def clip_lines(model, tok, prompts: int, group: int, temperature: float, max_new_tokens: int, seed: int,
@@ -55,7 +54,7 @@ def clip_lines(model, tok, prompts: int, group: int, temperature: float, max_new
     """Per selector: ``{"kinds": Counter, "pos": [...], "tokens": [...], "faulty": [...]}`` (one entry per
     clip; ``faulty``: the clip holds an invalid step) over the all-success groups of ``prompts`` training
     prompts at ``difficulty``."""
-    examples = countdown_prompts("train", prompts, seed, difficulty)
+    examples = CountdownTask(difficulty).prompts("train", prompts, seed)
     verifier, newline_ids = CountdownVerifier(), delimiter_token_ids(tok)
     out: dict[str, dict] = {
         s: {"kinds": Counter(), "pos": [], "tokens": [], "faulty": []} for s in ECHO_SELECTORS.names()

@@ -4,7 +4,7 @@ For every evaluation set of the Countdown datamodule (held-out ``val`` problems:
 ``ood_large``) it samples G completions per prompt at temperature T with the shipped model
 (``echorl_lightning/assets/tiny-countdown``) and reports pass@1, the share of all-success and all-fail groups,
 EOS rate, lines per response, distinct correct answers per prompt and the share of correct rollouts whose every
-step is valid (:class:`~echorl_lightning.rewards.countdown.CountdownStepChecker`). Inside successful rollouts
+step is valid (:class:`~echorl_lightning.tasks.countdown.steps.CountdownStepChecker`). Inside successful rollouts
 it measures step entropy as EchoRL does (arXiv 2605.31228): token entropy at T from one forward pass
 (:func:`echorl_lightning.ops.logprobs_and_entropy`), steps split at newline tokens, EOS excluded
 (:func:`echorl_lightning.echo.steps.split_steps`), and reports its distribution, its spread inside one rollout
@@ -32,29 +32,19 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from echorl_lightning.data.countdown import (  # noqa: E402
-    AnyDifficulty,
-    CountdownMixture,
-    component_name,
-    config_difficulty,
-    make_problem,
-    parse_reference,
-    problem_difficulty,
-)
-from echorl_lightning.data.countdown_dm import countdown_prompts, default_eval_specs, distinct_problems  # noqa: E402
-from echorl_lightning.data.countdown_solver import count_solutions  # noqa: E402
 from echorl_lightning.echo.steps import delimiter_token_ids, split_steps, step_end_mask_from_tokens  # noqa: E402
 from echorl_lightning.ops import logprobs_and_entropy  # noqa: E402
-from echorl_lightning.rewards.countdown import (  # noqa: E402
-    CountdownStepChecker,
-    CountdownVerifier,
-    first_invalid_step,
-    first_repeated_move,
-    step_kind,
-)
+from echorl_lightning.tasks.countdown.difficulty import AnyDifficulty, CountdownMixture, problem_difficulty  # noqa: E402
+from echorl_lightning.tasks.countdown.problems import make_problem, parse_reference  # noqa: E402
+from echorl_lightning.tasks.countdown.solver import count_solutions  # noqa: E402
+from echorl_lightning.tasks.countdown.steps import CountdownStepChecker, first_invalid_step  # noqa: E402
+from echorl_lightning.tasks.countdown.task import CountdownTask  # noqa: E402
+from echorl_lightning.tasks.countdown.verifier import CountdownVerifier  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
-from echorl_lightning.tiny.sft import sample_completions  # noqa: E402
 from echorl_lightning.training.checkpoint_safety import load_safetensors_model  # noqa: E402
+from experiments.countdown_traces import component_name, first_repeated_move, step_kind  # noqa: E402
+from recipes.task_config import config_difficulty  # noqa: E402
+from recipes.tiny.sft import sample_completions  # noqa: E402
 
 TARGET = "pass@1 0.3-0.6, all-success groups >= 20%, all-fail groups <= 25% (id set, T = 1, 8 samples)"
 
@@ -95,7 +85,7 @@ def step_entropies(model, prompt_ids: list[list[int]], completions: list[list[in
 
 
 def fault_stats(texts: list[str], examples: list, scores: list[float]) -> dict:
-    """Where rollouts first go wrong (:func:`~echorl_lightning.rewards.countdown.first_invalid_step`):
+    """Where rollouts first go wrong (:func:`~echorl_lightning.tasks.countdown.steps.first_invalid_step`):
     counts of the first fault's kind among failed rollouts (``valid trace`` when every line is valid, the
     answer missing or wrong) and among correct ones (``valid`` when none), and the per-line hazard: of the
     rollouts still valid when they reach line k, the share whose line k is their first invalid one."""
@@ -171,7 +161,7 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
         "num_ok": len(ok),
         "n_prompts": len(examples),
         # the same problem drawn twice (numbers in another order) is one problem: the set's real size
-        "distinct": distinct_problems(examples),
+        "distinct": CountdownTask().distinct_problems(examples),
         # per-sample variance of one prompt's success, unbiased from its c of n successes: c (n - c) /
         # (n (n - 1)); the harness's power estimate uses the bound p (1 - p), which this can only undercut
         "within_var": statistics.fmean(
@@ -226,7 +216,7 @@ def task_stats(num: int, difficulty: AnyDifficulty) -> dict:
     # how many different problems the generator has at this difficulty: draws are independent, so a split
     # whose distinct count stops growing with more draws is that small
     space = {
-        split: distinct_problems(countdown_prompts(split, draws, 0, difficulty))
+        split: CountdownTask().distinct_problems(CountdownTask(difficulty).prompts(split, draws, 0))
         for split, draws in (("train", 4096), ("val", 2048))
     }
     return {"lengths": lengths, "solutions": solutions, "space": space}
@@ -277,11 +267,11 @@ def main() -> None:
     newline_ids = delimiter_token_ids(tok)
     difficulty = config_difficulty(args.config)
     results = {}
-    for spec in default_eval_specs(difficulty):
+    for spec in CountdownTask(difficulty).default_eval_specs():
         if spec.name in args.sets:
             num = args.num if spec.group == "id" else args.num_ood
             # distinct problems, as the datamodule evaluates
-            examples = countdown_prompts(spec.split, num, 0, spec.difficulty, distinct=True)
+            examples = spec.task.prompts(spec.split, num, 0, distinct=True)
             components = None
             if isinstance(spec.difficulty, CountdownMixture):  # uid countdown-<split>-<seed>-<index>
                 components = [component_name(spec.split, int(ex.uid.rsplit("-", 1)[1]), 0, spec.difficulty)
@@ -351,7 +341,7 @@ def write_report(path: Path, args: argparse.Namespace, results: dict, task: dict
         ]
     lines += [
         "",
-        "## Where rollouts first go wrong (first invalid line, `rewards/countdown.py:first_invalid_step`)",
+        "## Where rollouts first go wrong (first invalid line, `tasks/countdown/steps.py:first_invalid_step`)",
         "",
     ]
     for s in sets:

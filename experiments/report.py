@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from echorl_lightning.data.countdown import CountdownDifficulty
+from echorl_lightning.tasks.countdown import CountdownDifficulty
 from experiments.power import power_lines
 
 TAIL = 5  # rollout fractions are averaged over the last (first) TAIL steps: one step holds only 64 groups
@@ -379,13 +379,13 @@ def write_report(
         f"- budget per run (equal for every arm): {steps} optimizer steps x {prompts} prompts x {group} rollouts"
         f" = {steps * prompts * group:,} rollouts; lr {model['lr']:g}, rollout temperature "
         f"{rollout['temperature']:g}, response limit {rollout['max_new_tokens']} tokens",
-        f"- model: `{model['model']}`; training task: {_difficulty(data['difficulty'])}",
+        f"- model: `{model['model']}`; training task: {_difficulty(data['task']['init_args']['difficulty'])}",
         f"- evaluation: {_set_sizes(data)}, avg@{model['eval']['n']} at temperature "
         f"{model['eval']['temperature']:g}, every {trainer['check_val_every_n_epoch']} steps and before "
         "training; 'final' = after the last step. Sets: "
         + "; ".join(
             f"`{s['name']}` ({s.get('group')}: {s['split']} bucket, "
-            f"{'training difficulty' if s.get('difficulty') is None else _difficulty(s['difficulty'])})"
+            f"{'training difficulty' if s.get('task') is None else _difficulty(s['task']['init_args']['difficulty'])})"
             for s in data.get("eval_sets") or []
         )
         + (

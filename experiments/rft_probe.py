@@ -2,7 +2,7 @@
 
 The regime asks for all-success groups >= 20% at pass@1 0.3-0.6 (8 samples at T = 1). SFT alone gives about
 10% at pass@1 0.58: per-problem success is spread around the mean, not split into solved and unsolved
-problems. :mod:`echorl_lightning.tiny.rft` (rejection-sampling fine-tuning: sample ``--k`` completions of
+problems. :mod:`recipes.tiny.rft` (rejection-sampling fine-tuning: sample ``--k`` completions of
 ``--prompts`` training problems, keep the right answers whose every step is valid, fine-tune ``--steps``
 batches of 16, repeat) concentrates the model on the problems and searches it already gets right. This script
 runs the same rounds on ``--model`` and, before the first round and after each, measures the regime on
@@ -27,13 +27,12 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from echorl_lightning.data.countdown import config_difficulty  # noqa: E402
-from echorl_lightning.data.countdown_dm import countdown_prompts  # noqa: E402
-from echorl_lightning.rewards.countdown import CountdownVerifier  # noqa: E402
+from echorl_lightning.tasks.countdown import CountdownTask, CountdownVerifier  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
-from echorl_lightning.tiny.rft import RoundStats, add_arguments, rft_rounds, sample_scored, save  # noqa: E402
 from echorl_lightning.training.checkpoint_safety import load_safetensors_model  # noqa: E402
 from experiments.countdown_regime import group_regime  # noqa: E402
+from recipes.task_config import config_difficulty  # noqa: E402
+from recipes.tiny.rft import RoundStats, add_arguments, rft_rounds, sample_scored, save  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     difficulty = config_difficulty(args.config)
     tok = AutoTokenizer.from_pretrained(args.model)
     model = load_safetensors_model(args.model, dtype=torch.float32).eval()
-    val = countdown_prompts("val", args.eval, 0, difficulty, distinct=True)
+    val = CountdownTask(difficulty).prompts("val", args.eval, 0, distinct=True)
     plain = CountdownVerifier()
     total = 0.0
 
