@@ -1,4 +1,4 @@
-"""EchoClip pictures in TensorBoard (EchoRL, arXiv 2605.31228; issue 13 item 2): what the clips look like.
+"""EchoClip pictures in TensorBoard what the clips look like.
 
 Every ``every_n_epochs`` epochs (epochs 0, N, 2N, ... and the first epoch of each ``fit``, so a resumed run
 also starts with one), at the end of the epoch, the callback reads the epoch's rollout batch
@@ -37,7 +37,7 @@ from torch.utils.tensorboard import SummaryWriter
 from callbacks.rollout import RolloutCallback
 from echorl_lightning.echo.clip_view import clip_view, degenerate_clip_rows
 from echorl_lightning.echo.render import clip_markdown, escape_markdown, step_entropy_figure
-from echorl_lightning.rollout.batch import RolloutRecord
+from echorl_lightning.rollout.batch import RolloutBatch
 
 TAGS = ("echo/clips", "echo/step_entropy", "entropy/token_hist", "echo/peak_step_pos_hist")
 """What the callback writes (text, image, histogram, histogram)."""
@@ -45,7 +45,8 @@ TAGS = ("echo/clips", "echo/step_entropy", "entropy/token_hist", "echo/peak_step
 
 def log_echo_pictures(
     writer: SummaryWriter,
-    record: RolloutRecord,
+    record: RolloutBatch,
+    epoch: int,
     decode: Callable[[list[int]], str],
     step: int,
     max_groups: int = 3,
@@ -56,6 +57,7 @@ def log_echo_pictures(
     Args:
         writer: the TensorBoard writer.
         record: the epoch's rollout batch.
+        epoch: the epoch it was generated for.
         decode: token ids -> text.
         step: the TensorBoard step (the trainer's ``global_step``).
         max_groups: how many degenerate groups to show in the text and the figure.
@@ -69,19 +71,17 @@ def log_echo_pictures(
     g = record.group_size
     if rows:
         titles = [
-            f"epoch {record.epoch} · group {r // g} · rollout {r % g} of {g} · score "
+            f"epoch {epoch} · group {r // g} · rollout {r % g} of {g} · score "
             f"{float(record.scores[r]):g} · prompt: {escape_markdown(_prompt_text(record, r, decode))}"
             for r in rows
         ]
-        text = clip_markdown(
-            view, record.tokens.responses, record.clip_mask, rows, decode, titles, max_step_chars
-        )
+        text = clip_markdown(view, record.responses, record.clip_mask, rows, decode, titles, max_step_chars)
         labels = [f"group {r // g}, rollout {r % g}" for r in rows]
-        title = f"epoch {record.epoch}: step entropy of EchoClip rollouts"
+        title = f"epoch {epoch}: step entropy of EchoClip rollouts"
         image = step_entropy_figure(view, rows, labels, title)
         writer.add_image("echo/step_entropy", image, step, dataformats="HWC")
     else:
-        text = f"epoch {record.epoch}: no advantage-degenerated group with an EchoClip in this rollout batch."
+        text = f"epoch {epoch}: no advantage-degenerated group with an EchoClip in this rollout batch."
     # TensorBoard's own text summary, so the panel's tag is exactly "echo/clips" (``add_text`` appends
     # "/text_summary")
     writer.file_writer.add_summary(text_pb("echo/clips", text), step)
@@ -99,11 +99,11 @@ def logs_at(epoch: int, first_epoch: int, every_n_epochs: int) -> bool:
     return epoch % every_n_epochs == 0 or epoch == first_epoch
 
 
-def _prompt_text(record: RolloutRecord, row: int, decode: Callable[[list[int]], str]) -> str:
+def _prompt_text(record: RolloutBatch, row: int, decode: Callable[[list[int]], str]) -> str:
     """The row's prompt (its real, left-padded tokens), surrounding whitespace stripped, cut to 120
     characters."""
-    p = record.tokens.prompt_len
-    ids = record.tokens.input_ids[row, :p][record.tokens.attention_mask[row, :p].bool()].tolist()
+    p = record.prompt_len
+    ids = record.input_ids[row, :p][record.attention_mask[row, :p].bool()].tolist()
     text = decode(ids).strip()
     return text if len(text) <= 120 else text[:119] + "…"
 
@@ -169,13 +169,14 @@ class EchoPictures(L.Callback):
         if not logs_at(epoch, self._first_epoch, self.every_n_epochs):
             return
         record = self._rollout.last_rollout
-        if record is None or record.epoch != epoch:
+        if record is None or self._rollout.last_rollout_epoch != epoch:
             return
         tokenizer = pl_module.tokenizer  # checked at setup (Decoding)
         with torch.no_grad():
             log_echo_pictures(
                 self._logger.experiment,  # the SummaryWriter (rank 0)
                 record,
+                epoch,
                 lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
                 trainer.global_step,
                 self.max_groups,

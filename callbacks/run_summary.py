@@ -108,15 +108,22 @@ def _data_section(trainer: L.Trainer, pl_module: L.LightningModule) -> Section:
 
 
 def _rollout_section(trainer: L.Trainer, rc: RolloutCallback) -> Section:
-    steps = rc.ppo_epochs * rc.num_minibatches
+    s = rc.settings
+    rollouts = s.prompts_per_epoch * s.group_size
+    updates = (
+        f"{s.ppo_epochs * s.num_minibatches} optimizer step(s) per epoch ({s.ppo_epochs} pass(es) x "
+        f"{s.num_minibatches} minibatch(es)), {trainer.accumulate_grad_batches} micro-batch(es) each"
+    )
     return "rollout", [
-        ("per epoch", f"{rc.prompts_per_epoch} prompts x G={rc.group_size} = {rc.prompts_per_epoch * rc.group_size} rollouts"),
-        ("sampling", f"temperature {rc.temperature}, top_p {rc.top_p}, <= {rc.max_new_tokens} new tokens, seed {rc.seed}"),
-        ("updates", f"{steps} optimizer step(s) per epoch ({rc.ppo_epochs} pass(es) x {rc.num_minibatches} "
-                    f"minibatch(es)), {trainer.accumulate_grad_batches} micro-batch(es) each"),
-        ("old log-probs", f"batches of {rc.logprob_batch_size}; on_policy_shortcut={rc.on_policy_shortcut}"),
+        ("per epoch", f"{s.prompts_per_epoch} prompts x G={s.group_size} = {rollouts} rollouts"),
+        (
+            "sampling",
+            f"temperature {s.temperature}, top_p {s.top_p}, <= {s.max_new_tokens} new tokens, seed {s.seed}",
+        ),
+        ("updates", updates),
+        ("old log-probs", f"batches of {s.logprob_batch_size}; on_policy_shortcut={s.on_policy_shortcut}"),
         ("epochs", f"max {trainer.max_epochs}, validation every {trainer.check_val_every_n_epoch}"),
-    ]  # fmt: skip
+    ]
 
 
 def _output_section(trainer: L.Trainer) -> Section:

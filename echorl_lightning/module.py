@@ -1,11 +1,11 @@
 """The RLVR LightningModule: owns the policy (any HF causal LM), the RLVR loss and the EchoRL loss.
 
-What it does per micro-batch (the rollout callback builds them, see ``callbacks/rollout.py``; they arrive as
-:class:`~echorl_lightning.rollout.batch.RolloutBatch`): one policy forward over ``prompt + response``, chunked
-log-probs at the rollout temperature, the method's policy loss and aggregation, optional KL to a frozen
-reference model, and the echo NLL on the EchoClip tokens, all from that one forward (EchoRL, arXiv
-2605.31228; ECHORL.md "Echo loss": zero extra forwards). It implements the
-:class:`~echorl_lightning.training.contract.RolloutPolicy` protocol the callback is typed against.
+What it does per micro-batch (the rollout pipeline builds them, ``echorl_lightning.pipeline.steps``; they
+arrive as :class:`~echorl_lightning.rollout.batch.RolloutBatch`): one policy forward over ``prompt +
+response``, chunked log-probs at the rollout temperature the batch carries, the method's policy loss and
+aggregation, optional KL to a frozen reference model, and the echo NLL on the EchoClip tokens, all from that
+one forward (zero extra forwards for EchoRL). The rollout callback reads the policy, its reference, the
+tokenizer, ``engine_sync`` and the configs (``method_cfg``, ``echo_cfg``, ``forward_cfg``), nothing else.
 
 Validation and test sample ``eval.n`` = k completions per prompt through the same rollout engine for every
 evaluation set of the datamodule (``echorl_lightning.eval.sampled``).
@@ -20,7 +20,6 @@ together with FSDP2 sharding (refused in ``configure_model``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as L
@@ -31,23 +30,22 @@ from transformers import AutoTokenizer, PreTrainedModel
 from echorl_lightning.algorithms.presets import MethodConfig, MethodName
 from echorl_lightning.eval.hooks import SampledEvalHooks
 from echorl_lightning.eval.sampled import SampledEvaluation
-from echorl_lightning.rollout.batch import RolloutBatch, RolloutSpec, TokenBatch
+from echorl_lightning.pipeline.engine_sync import EngineSync
+from echorl_lightning.rollout.batch import RolloutBatch, TokenBatch
 from echorl_lightning.rollout.hf_engine import HFGenerateEngine
 from echorl_lightning.rollout.types import RolloutEngine
 from echorl_lightning.training.checkpoint_safety import CheckpointRefused, load_safetensors_model
 from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig
-from echorl_lightning.training.forward import policy_response_logprobs
 from echorl_lightning.training.guard import NumericalGuard, non_finite_parameters
 from echorl_lightning.training.lora import (
     LoraConfig,
     is_lora,
-    reference_model,
     trainable_state_dict,
     with_frozen_weights,
     wrap_lora,
 )
-from echorl_lightning.training.lora_merge import merged_weights
 from echorl_lightning.training.loss import rlvr_echo_loss
+from echorl_lightning.training.passes import ForwardConfig, response_logprobs
 from echorl_lightning.training.run_identity import (
     CHECKPOINT_KEY,
     identity_differences,
@@ -55,14 +53,7 @@ from echorl_lightning.training.run_identity import (
     run_identity,
     state_differences,
 )
-from echorl_lightning.training.sharding import (
-    apply_fsdp2,
-    call_through_root,
-    is_fsdp2,
-    reshard,
-    sharding_config,
-    total_grad_norm,
-)
+from echorl_lightning.training.sharding import apply_fsdp2, is_fsdp2, sharding_config, total_grad_norm
 from echorl_lightning.training.step_metrics import StepMetrics
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
@@ -103,8 +94,9 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
             applied, counted in ``actor/skipped_steps``); this many in a row stop the run.
         lora: LoRA adapters on the policy (r, alpha, dropout, target_modules); None trains every weight.
 
-    The policy (and the reference model) are loaded in :meth:`configure_model`, when the trainer starts (or on
-    the first access to ``policy``), so a run checks its config and data before it spends time loading weights.
+    The policy (and the reference model) are loaded in :meth:`configure_model`, when the trainer starts (call it
+    yourself to use the module outside a trainer), so a run checks its config and data before it spends time
+    loading weights.
     """
 
     def __init__(
@@ -133,23 +125,22 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
         self.eval_cfg = eval or EvalConfig()
         self.engine: RolloutEngine = engine if engine is not None else HFGenerateEngine()
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
-        self.forward_chunk_size = forward_chunk_size
-        self.logprob_impl = logprob_impl
+        self.forward_cfg = ForwardConfig(forward_chunk_size, full_logits=logprob_impl == "full_logits")
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
         self._source = (model, dtype, gradient_checkpointing)
         self.lora_cfg = lora
         self.guard = NumericalGuard(max_consecutive_skips)
         self.step_metrics = StepMetrics()
-        self._engine_ready = False
-        self._synced_step: int | None = None  # global_step of the weights the engine holds
-        self._rollout_spec: RolloutSpec | None = None  # set by the rollout callback (configure_rollout)
+        self.engine_sync = EngineSync(self.engine)
+        self.policy: PreTrainedModel | None = None  # loaded by configure_model
+        self.ref_policy: PreTrainedModel | None = None
         self.evaluation = SampledEvaluation(self.eval_cfg.n)
 
     # ---- the networks -----------------------------------------------------------------------------------
     def configure_model(self) -> None:
         """Load the policy (and, with a KL term, the frozen reference model) once; under a strategy with a
         device mesh (``ModelParallelStrategy``, ``training.sharding.FSDP2Strategy``) shard both with FSDP2."""
-        if "policy" not in self._modules:
+        if self.policy is None:
             model, dtype, gradient_checkpointing = self._source
             policy = load_policy(model, dtype).train()
             if gradient_checkpointing:  # non-reentrant: composes with FSDP2's hooks and needs no input grads
@@ -169,119 +160,23 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
                 if net is not None:
                     apply_fsdp2(net, mesh, config)
 
-    def __getattr__(self, name: str) -> Any:
-        if name in ("policy", "ref_policy") and "_source" in self.__dict__ and "policy" not in self._modules:
-            self.configure_model()  # first access before the trainer called configure_model
-            return self._modules[name] if name in self._modules else self.__dict__.get(name)
-        return super().__getattr__(name)
-
-    # ---- the rollout contract (RolloutPolicy) ---------------------------------------------------------
-    def configure_rollout(self, spec: RolloutSpec) -> None:
-        """Take the rollout temperature and response limit the update must agree with."""
-        self._rollout_spec = spec
-
-    @property
-    def rollout_spec(self) -> RolloutSpec:
-        """The rollout temperature and response limit the update uses, as given to :meth:`configure_rollout`
-        (the same object). Read-only; raises RuntimeError before the rollout callback configured them."""
-        if self._rollout_spec is None:
-            raise RuntimeError(
-                "EchoRLModule has no rollout settings: training needs the rollout callback (cli.py's `rollout:` "
-                "config group, or callbacks.rollout.RolloutCallback in Trainer(callbacks=...))"
-            )
-        return self._rollout_spec
-
     def response_logprobs(
         self, batch: TokenBatch, temperature: float, model: torch.nn.Module | None = None
     ) -> tuple[Tensor, Tensor]:
-        """One forward over ``prompt + response`` (``training.forward.policy_response_logprobs``: from the
-        decoder's hidden states chunk by chunk, no full-vocabulary logits, unless ``logprob_impl`` says so).
+        """One forward over ``prompt + response`` (``training.forward.response_logprobs``: from the decoder's
+        hidden states chunk by chunk, no full-vocabulary logits, unless ``logprob_impl`` says so).
 
         Args:
             batch: the rows ([n, P + T] inputs, [n, T] responses).
             temperature: the rollout temperature tau (logits are divided by it).
-            model: the network to run (default: the policy; the no-grad pass passes the reference model).
+            model: the network to run (default: the policy).
 
         Returns:
             ``(logp, entropy)``, each [n, T] float32; entropy is detached.
         """
-        net = self.policy if model is None else model
-        full_logits = self.logprob_impl == "full_logits"
-
-        def forward() -> tuple[Tensor, Tensor]:
-            return policy_response_logprobs(
-                net,
-                batch.input_ids,
-                batch.attention_mask,
-                batch.position_ids,
-                batch.prompt_len,
-                batch.responses,
-                temperature,
-                chunk_size=self.forward_chunk_size,
-                full_logits=full_logits,
-            )
-
-        # FSDP2: the hidden path skips the root's forward, so it runs as the root's forward (sharding.py)
-        return forward() if full_logits else call_through_root(net, forward)
-
-    @torch.no_grad()
-    def score_rollouts(
-        self, batch: TokenBatch, *, batch_size: int, reference: bool = False
-    ) -> tuple[Tensor, Tensor]:
-        """Old (or reference) log-probs and token entropy of every rollout, no grad, in eval mode, in the
-        trainer's precision context (so an exactly on-policy update sees ratio 1).
-
-        Args:
-            batch: the N rollout rows (on any device).
-            batch_size: rows per forward.
-            reference: score under the frozen reference model instead of the policy.
-
-        Returns:
-            ``(logp, entropy)``, each [N, T] float32 on the CPU.
-        """
-        if reference and is_lora(self.policy):  # the reference is the base: the policy, adapters disabled
-            with reference_model(self.policy):
-                return self.score_rollouts(batch, batch_size=batch_size)
-        net = self.ref_policy if reference else self.policy
-        if net is None:
-            raise ValueError("score_rollouts(reference=True) needs a reference model (kl_coef > 0)")
-        temperature = self.rollout_spec.temperature
-        was_training = net.training
-        net.eval()
-        logps, ents = [], []
-        try:
-            with self.trainer.precision_plugin.forward_context():
-                for start in range(0, len(batch), batch_size):
-                    part = batch.rows(torch.arange(start, min(start + batch_size, len(batch))))
-                    lp, ent = self.response_logprobs(part.to(self.device), temperature, model=net)
-                    logps.append(lp.float().cpu())
-                    ents.append(ent.float().cpu())
-        finally:
-            net.train(was_training)
-            if reference:
-                reshard(net)  # FSDP2: the reference root's gathered weights are not needed until next epoch
-        return torch.cat(logps), torch.cat(ents)
-
-    def rollout_engine(self) -> RolloutEngine:
-        """The engine, set up on first use; weights are synced only when they changed since the last sync."""
-        if not self._engine_ready:
-            self.engine.setup(self.policy, self.tokenizer)
-            self._engine_ready = True
-        if self._synced_step != self.global_step:
-            if is_lora(self.policy) and not isinstance(self.engine, HFGenerateEngine):
-                with merged_weights(self.policy) as merged:  # one merged layer at a time, base untouched
-                    self.engine.load_weights(merged)
-            else:  # the HF engine samples from the policy itself (LoRA: adapters applied unmerged)
-                self.engine.load_weights(self.policy)
-            self._synced_step = self.global_step
-        return self.engine
-
-    def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
-        ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        for i, p in enumerate(ids):
-            if not p:
-                raise ValueError(f"prompt {i} tokenizes to nothing: {prompts[i]!r}")
-        return ids
+        return response_logprobs(
+            self.policy if model is None else model, batch, temperature, self.forward_cfg
+        )
 
     def checkpoint_identity(self) -> dict[str, Any]:
         """This run's policy architecture and method (``training.run_identity``), written into checkpoints."""
@@ -297,12 +192,11 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
             )
         elif "state_dict" in checkpoint:  # written before checkpoints carried an identity: compare tensors
             refuse_foreign_checkpoint(where, state_differences(checkpoint["state_dict"], self.state_dict()))
-        self._synced_step = None  # restored weights: the engine must sync again
+        self.engine_sync.invalidate()  # restored weights: the engine must sync again
 
     # ---- the update -------------------------------------------------------------------------------------
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> Tensor:
-        spec = self.rollout_spec
-        logp, entropy = self.response_logprobs(batch, spec.temperature)
+        logp, entropy = self.response_logprobs(batch, batch.temperature)
         scale = float(self.trainer.world_size * self.trainer.accumulate_grad_batches)
         loss, metrics = rlvr_echo_loss(
             logp,
@@ -313,7 +207,7 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
             batch.clip_mask,
             method=self.method_cfg,
             echo_coef=self.echo_cfg.coef,
-            max_len=spec.max_response_len,
+            max_len=batch.max_response_len,
             num_tokens=batch.num_tokens,
             num_seqs=batch.num_seqs,
             num_clips=batch.num_clips,

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from callbacks.export_hf import ExportHFModel
 from echorl_lightning.module import EchoRLModule
-from echorl_lightning.rollout.batch import RolloutBatch, RolloutSpec, pad_rollouts
+from echorl_lightning.rollout.batch import RolloutBatch, pad_rollouts
 from echorl_lightning.tiny import TINY_MODEL_PATH
 from echorl_lightning.training.checkpoint_safety import (
     ROLLOUT_BUFFER_TYPES,
@@ -72,7 +72,9 @@ def fixed_buffer(n_rows: int = 8, seed: int = 0) -> list[RolloutBatch]:
         advantages=torch.randn(n_rows, generator=g),
         pg_mask=pg_mask,
         clip_mask=clip_mask,
-        off_policy_mask=torch.zeros_like(mask),
+        off_policy=torch.zeros(n_rows, dtype=torch.bool),
+        temperature=TEMPERATURE,
+        max_response_len=15,
         num_tokens=(mask * pg_mask[:, None]).sum(),
         num_seqs=pg_mask.sum(),
         num_clips=clip_mask.any(-1).float().sum(),
@@ -95,7 +97,6 @@ def make_module() -> EchoRLModule:
         algorithm=AlgorithmOverrides(kl_coef=0.05),
         echo=EchoConfig(coef=0.1),
     )
-    module.configure_rollout(RolloutSpec(temperature=TEMPERATURE, max_response_len=15))
     return module
 
 

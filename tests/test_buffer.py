@@ -42,7 +42,7 @@ def _toy_batch(n: int = 6, t: int = 4) -> RolloutBatch:
         old_logp=torch.zeros(n, t),
         advantages=torch.arange(n).float(),
         clip_mask=torch.zeros(n, t, dtype=torch.bool),
-        off_policy_mask=torch.zeros(n, t),
+        off_policy=torch.zeros(n, dtype=torch.bool),
         num_tokens=torch.zeros(()),
         num_seqs=torch.zeros(()),
         num_clips=torch.zeros(()),

@@ -167,7 +167,7 @@ def test_real_run_console_lines_and_train_clock(tmp_path: Path, capsys: pytest.C
     last = rollout.last_rollout
     assert last is not None
     clips = int(last.clip_mask.any(-1).sum())
-    length = float(last.tokens.response_mask.sum(-1).float().mean())
+    length = float(last.response_mask.sum(-1).float().mean())
     assert (
         f"epoch 1 · reward 1.000 · all-success 1.000 · clips {clips} · response {length:.1f} tok · "
         in epoch_lines[1]

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from echorl_lightning.algorithms.presets import resolve_method
-from echorl_lightning.rollout.collect import ScoredRows
+from echorl_lightning.rollout.settings import RolloutSettings
 from echorl_lightning.rollout.sync_check import (
-    check_engine_settings,
     engine_check,
     mismatch_metrics,
     truncated_is_weight,
@@ -42,7 +41,7 @@ def test_truncated_is_weight_by_hand() -> None:
 
 def test_engine_check_excludes_expert_rows_stops_a_desynced_engine_and_returns_weights() -> None:
     response_mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    sampled = [[-1.5, -2.0], []]  # row 1 is an expert row: nothing sampled
+    sampled = torch.tensor([[-1.5, -2.0, 0.0], [0.0, 0.0, 0.0]])  # row 1 is an expert row: nothing sampled
     off_policy = torch.tensor([False, True])
     metrics, weight = engine_check(TRAINER, sampled, response_mask, off_policy, tolerance=0.3, is_cap=1.5)
     # compared: row 0's two tokens, |0.5| and 0 -> mean 0.25 <= 0.3; weights e^0.5 = 1.65 -> capped 1.5, and 1
@@ -60,20 +59,12 @@ def test_engine_check_excludes_expert_rows_stops_a_desynced_engine_and_returns_w
 def test_engine_check_without_engine_logprobs() -> None:
     mask, off = torch.ones(2, 3), torch.zeros(2, dtype=torch.bool)
     assert engine_check(TRAINER, None, mask, off, tolerance=0.5, is_cap=None) == ({}, None)  # HF engine
-    assert engine_check(None, [[0.0]] * 2, mask, off, tolerance=0.5, is_cap=None) == ({}, None)  # shortcut
+    assert engine_check(None, torch.zeros(2, 3), mask, off, tolerance=0.5, is_cap=None) == ({}, None)  # shortcut
     with pytest.raises(ValueError, match="engine_is_cap needs an engine that reports its log-probs"):
         engine_check(TRAINER, None, mask, off, tolerance=0.5, is_cap=2.0)
-    for bad in (dict(tolerance=0.0, is_cap=None), dict(tolerance=None, is_cap=-1.0)):
+    for bad in (dict(engine_logprob_tolerance=0.0), dict(engine_is_cap=-1.0)):
         with pytest.raises(ValueError, match="must be > 0 or None"):
-            check_engine_settings(**bad)
-
-
-def test_scored_rows_keep_engine_logprobs_only_when_every_round_has_them() -> None:
-    rows = ScoredRows(sampler_logp=[[-0.1]])
-    rows.extend(ScoredRows(sampler_logp=[[-0.2, -0.3]]))
-    assert rows.sampler_logp == [[-0.1], [-0.2, -0.3]]
-    rows.extend(ScoredRows(sampler_logp=None))
-    assert rows.sampler_logp is None
+            RolloutSettings(**bad)
 
 
 def test_is_weight_scales_each_tokens_policy_gradient_loss() -> None:

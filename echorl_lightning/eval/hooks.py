@@ -2,8 +2,8 @@
 
 :class:`SampledEvalHooks` is a mixin for a LightningModule that has ``eval_cfg`` (an
 :class:`~echorl_lightning.training.config.EvalConfig`), ``evaluation`` (a
-:class:`~echorl_lightning.eval.sampled.SampledEvaluation`), ``tokenizer``, ``rollout_engine()`` and
-``encode_prompts()``: per batch it samples k completions per prompt through the rollout engine
+:class:`~echorl_lightning.eval.sampled.SampledEvaluation`), ``tokenizer``, ``policy`` and ``engine_sync`` (an
+:class:`~echorl_lightning.pipeline.engine_sync.EngineSync`): per batch it samples k completions per prompt through the rollout engine
 (:func:`~echorl_lightning.eval.sampled.sample_and_score`), and at the end of the stage it logs the values of
 ``SampledEvaluation.compute`` (EchoRL, arXiv 2605.31228: k samples per prompt at temperature 0.6), prints the
 accuracy, and records the sanity pass before training as the accuracy at step 0.
@@ -17,6 +17,7 @@ from typing import Any
 
 from echorl_lightning.data.eval_batches import EvalBatch
 from echorl_lightning.eval.sampled import EvalStage, ScoredSamples, sample_and_score
+from echorl_lightning.rollout.collect import encode_prompts
 from echorl_lightning.rollout.seeds import derive_seed
 from echorl_lightning.rollout.types import SamplingConfig
 
@@ -28,6 +29,8 @@ class SampledEvalHooks:
     eval_cfg: Any
     evaluation: Any
     tokenizer: Any
+    policy: Any
+    engine_sync: Any
     device: Any
     global_step: int
     logger: Any
@@ -54,7 +57,9 @@ class SampledEvalHooks:
             seed=derive_seed(cfg.seed, batch.set_index, batch.batch_index),
         )
         examples = list(batch)
-        engine = self.rollout_engine()  # on every rank: a weight sync may be a collective (FSDP2)
+        engine = self.engine_sync.engine_for(
+            self.policy, self.tokenizer, self.global_step
+        )  # on every rank: a weight sync may be a collective (FSDP2)
         if not examples:  # a rank's padding batch: the engine still joins a sharded model's collectives
             engine.generate([], sampling)
             # and the metrics count as updated, so every rank joins the reductions of ``compute``
@@ -62,7 +67,7 @@ class SampledEvalHooks:
                 stage, eval_set, ScoredSamples.empty(eval_set.step_checker is not None), self.device
             )
             return
-        prompt_ids = self.encode_prompts([ex.prompt for ex in examples])
+        prompt_ids = encode_prompts(self.tokenizer, [ex.prompt for ex in examples])
         samples = sample_and_score(engine, self.tokenizer, prompt_ids, examples, eval_set, sampling)
         self.evaluation.update(stage, eval_set, samples, self.device)
 

@@ -1,4 +1,4 @@
-"""What crosses from rollout to update: typed token batches and the training micro-batch.
+"""The one rollout type, from the engine's samples to the loss: :class:`RolloutBatch`, on :class:`TokenBatch`.
 
 Shapes (the package's one vocabulary): n rows of a micro-batch (N in a whole rollout batch), P prompt tokens
 (left-padded), T response tokens (right-padded), so the response of every row starts at column P and the
@@ -6,12 +6,12 @@ positions ``P - 1 .. P + T - 2`` predict it.
 
 - :class:`TokenBatch`: padded ``prompt + response`` rows, what any forward over rollouts needs (the no-grad
   old-log-prob pass, the reference pass, the training forward).
-- :class:`RolloutRecord`: the whole rollout batch of one epoch as the callback saw it (scores, token entropy,
-  steps, EchoClips), kept for observers such as the EchoClip pictures; the update never reads it.
-- :class:`RolloutBatch`: one training micro-batch: a :class:`TokenBatch` plus everything the loss reads
-  (old log-probs, advantages, masks) and the global counts of its optimizer step. The rollout callback
-  produces it, the module's ``training_step`` consumes it. Sampling settings are NOT in it: they reach the
-  module once, as configuration (:class:`RolloutSpec`).
+- :class:`RolloutBatch`: a :class:`TokenBatch` plus everything known about its rows. The rollout pipeline
+  (``echorl_lightning.rollout.pipeline``) creates it from the scored samples and fills it step by step (old
+  log-probs, advantages, EchoClips); the training buffer serves its micro-batches (the same type, a subset of
+  the rows, stamped with the counts of their optimizer step) to the module's ``training_step``; observers (the
+  EchoClip pictures) read the whole epoch's batch. The sampling settings the update must agree with
+  (temperature, response limit) travel in it, so the module needs no other channel for them.
 
 Both have ``.to(device)``, which Lightning's batch transfer calls directly (no deep copy of the dataclass).
 """
@@ -26,20 +26,6 @@ import torch
 from torch import Tensor
 
 B = TypeVar("B", bound="TokenBatch")
-
-
-@dataclass(frozen=True)
-class RolloutSpec:
-    """The rollout settings the update must agree with, handed to the module once per ``fit``.
-
-    Attributes:
-        temperature: tau of the rollouts; the training forward divides logits by it, so an exactly
-            on-policy update sees ratio 1.
-        max_response_len: T_max, the response length limit (the constant of ``seq-mean-token-sum-norm``).
-    """
-
-    temperature: float
-    max_response_len: int
 
 
 @dataclass
@@ -127,62 +113,70 @@ class TokenBatch:
 
 @dataclass
 class RolloutBatch(TokenBatch):
-    """One training micro-batch.
+    """Rollout rows and everything the pipeline learned about them; a whole epoch's batch or a micro-batch.
 
-    Attributes (besides :class:`TokenBatch`'s):
+    Attributes (besides :class:`TokenBatch`'s; per-row tensors are [n], per-token ones [n, T]):
+        temperature: tau of the rollouts; the training forward divides logits by it, so an exactly on-policy
+            update sees ratio 1.
+        max_response_len: T_max, the response length limit (the constant of ``seq-mean-token-sum-norm``).
+        group_size: G', rows per group (G rollouts, plus LUFFY's expert row); groups are contiguous.
+        scores: [n] verifier scores (0.0 where the verifier could not judge).
+        truncated: [n] bool, cut at the length limit without EOS.
+        off_policy: [n] bool, the expert row of a group (LUFFY).
+        step_valid: [n] float step-checker verdicts (1 every step valid, 0 not, NaN not judged), or None
+            without a step checker.
+        sampler_logp: [n, T] the engine's log-probs of its own samples (0 on expert rows), or None when the
+            engine reports none (the HF engine).
+        entropy: [n, T] token entropy at the rollout temperature (from the engine, or the old-log-prob pass).
         old_logp: [n, T] float32 log-probs of the response tokens under the rollout policy (no grad), or None
             for an exactly on-policy update (one optimizer step per rollout batch, the rollout policy's own
             weights): the update then takes its own forward's log-probs, detached, as pi_old.
+        ref_logp: [n, T] float32 reference-model log-probs when the method has a KL term, else None.
+        is_weight: [n, T] float32 truncated importance weights for the engine/trainer mismatch
+            (``rollout.engine_is_cap``), multiplying each token's policy-gradient loss, else None.
+        rewards: [n] rewards after shaping (DAPO's overlong penalty).
         advantages: [n] per-sequence advantages.
         pg_mask: [n] float, 1 where the row takes part in the policy-gradient term (0: a row kept only for
             its EchoClip, or padding rows of DAPO's filter).
+        step_mask: [n, T] float, response tokens that belong to a step (EOS excluded).
+        step_end: [n, T] bool, tokens that end a step.
         clip_mask: [n, T] bool, the EchoClip tokens (at most one clip per row).
-        off_policy_mask: [n, T] float, 1 on expert tokens (LUFFY), else 0.
         num_tokens: 0-dim float, policy-gradient response tokens of the whole optimizer step, all ranks.
         num_seqs: 0-dim float, policy-gradient rows of the whole optimizer step, all ranks.
         num_clips: 0-dim float, rows holding an EchoClip in the whole optimizer step, all ranks.
-        ref_logp: [n, T] float32 reference-model log-probs when the method has a KL term, else None.
-        is_weight: [n, T] float32 truncated importance weights for the engine/trainer mismatch
-            (``rollout.engine_is_correction``), multiplying each token's policy-gradient loss, else None.
     """
 
-    old_logp: Tensor | None
-    advantages: Tensor
-    pg_mask: Tensor
-    clip_mask: Tensor
-    off_policy_mask: Tensor
-    num_tokens: Tensor
-    num_seqs: Tensor
-    num_clips: Tensor
+    temperature: float = 1.0
+    max_response_len: int = 1
+    group_size: int = 1
+    scores: Tensor | None = None
+    truncated: Tensor | None = None
+    off_policy: Tensor | None = None
+    step_valid: Tensor | None = None
+    sampler_logp: Tensor | None = None
+    entropy: Tensor | None = None
+    old_logp: Tensor | None = None
     ref_logp: Tensor | None = None
     is_weight: Tensor | None = None
+    rewards: Tensor | None = None
+    advantages: Tensor | None = None
+    pg_mask: Tensor | None = None
+    step_mask: Tensor | None = None
+    step_end: Tensor | None = None
+    clip_mask: Tensor | None = None
+    num_tokens: Tensor | None = None
+    num_seqs: Tensor | None = None
+    num_clips: Tensor | None = None
 
+    @property
+    def off_policy_mask(self) -> Tensor:
+        """[n, T] float, 1 on expert tokens (LUFFY), else 0."""
+        return self.response_mask * self.off_policy[:, None].float()
 
-@dataclass
-class RolloutRecord:
-    """One epoch's rollout batch, for observers (logging, pictures). N rows, G' per group, contiguous.
-
-    Attributes:
-        epoch: the training epoch it was generated for.
-        tokens: the padded rows.
-        scores: [N] verifier scores.
-        entropy: [N, T] token entropy at the rollout temperature.
-        step_mask: [N, T] float, response tokens that belong to a step (EOS excluded).
-        step_end: [N, T] bool, tokens that end a step.
-        clip_mask: [N, T] bool, the EchoClip tokens.
-        off_policy: [N] bool, expert rows (LUFFY).
-        group_size: G', rows per group.
-    """
-
-    epoch: int
-    tokens: TokenBatch
-    scores: Tensor
-    entropy: Tensor
-    step_mask: Tensor
-    step_end: Tensor
-    clip_mask: Tensor
-    off_policy: Tensor
-    group_size: int
+    @property
+    def lengths(self) -> Tensor:
+        """[n] long, response tokens of each row (EOS included)."""
+        return self.response_mask.sum(-1).long()
 
 
 def pad_rollouts(
@@ -221,3 +215,11 @@ def pad_rollouts(
         response_mask=attention_mask[:, p_len:].float(),
         prompt_len=p_len,
     )
+
+
+def pad_per_token(values: Sequence[Sequence[float]], width: int) -> Tensor:
+    """Per-token values of N responses, right-padded with 0 to ``width`` columns: [N, width] float32."""
+    out = torch.zeros(len(values), width)
+    for i, row in enumerate(values):
+        out[i, : len(row)] = torch.tensor(list(row), dtype=torch.float32)
+    return out

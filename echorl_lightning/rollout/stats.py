@@ -16,8 +16,6 @@ Left out: clip and entropy statistics (``echorl_lightning.echo.stats``) and timi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
@@ -30,7 +28,7 @@ def rollout_metrics(
     off_policy: Tensor,
     group_size: int,
     success_reward: float = 1.0,
-    step_valid: Sequence[bool | None] | None = None,
+    step_valid: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Reward and group statistics of one rollout batch.
 
@@ -42,7 +40,8 @@ def rollout_metrics(
         off_policy: [N] bool, expert rows (LUFFY).
         group_size: G', rows per group (expert rows included).
         success_reward: the score that counts as success.
-        step_valid: N step-checker verdicts (None: not judged), or None without a step checker.
+        step_valid: [N] float step-checker verdicts (1 valid, 0 not, NaN not judged), or None without a step
+            checker.
 
     Returns:
         0-dim float tensors keyed by metric name.
@@ -61,8 +60,8 @@ def rollout_metrics(
         "rollout/truncated_frac": truncated[on].float().mean(),
     }
     if step_valid is not None:
-        judged = torch.tensor([v is not None for v in step_valid])  # [N]
-        valid = torch.tensor([bool(v) for v in step_valid])  # [N]
+        judged = ~step_valid.isnan()  # [N]
+        valid = step_valid == 1  # [N]
         counted = judged & on & (scores == success_reward)  # [N] successful, judged rollouts
         # always logged (the same keys on every rank: DDP reduces each key with a collective); NaN when no
         # successful rollout could be judged in this batch

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from echorl_lightning.rollout.collect import pad_per_token
 from echorl_lightning.rollout.types import Completion
 
 
@@ -123,16 +122,9 @@ def truncated_is_weight(trainer_logp: Tensor, engine_logp: Tensor, mask: Tensor,
     return torch.where(mask, ratio, torch.ones_like(ratio))
 
 
-def check_engine_settings(tolerance: float | None, is_cap: float | None) -> None:
-    """Raise ``ValueError`` naming the setting when the tolerance or the cap is not > 0 (None is fine)."""
-    for key, value in (("engine_logprob_tolerance", tolerance), ("engine_is_cap", is_cap)):
-        if value is not None and value <= 0:
-            raise ValueError(f"RolloutCallback.{key} must be > 0 or None, got {value}")
-
-
 def engine_check(
     trainer_logp: Tensor | None,
-    sampler_logp: Sequence[Sequence[float]] | None,
+    sampler_logp: Tensor | None,
     response_mask: Tensor,
     off_policy: Tensor,
     *,
@@ -144,8 +136,8 @@ def engine_check(
     Args:
         trainer_logp: [N, T] the trainer's old log-probs at the sampling temperature, or None (no old-log-prob
             pass: the on-policy shortcut, where the HF engine sampled from the policy itself).
-        sampler_logp: N per-token lists of the engine's log-probs of its samples (an expert row's is empty), or
-            None when the engine reports none (the HF engine).
+        sampler_logp: [N, T] the engine's log-probs of its samples (0 on expert rows), or None when the engine
+            reports none (the HF engine).
         response_mask: [N, T] 1 on response tokens.
         off_policy: [N] bool, expert rows (LUFFY), never sampled by the engine.
         tolerance: stop the run when the mean difference exceeds it (nats); None: log only.
@@ -163,7 +155,7 @@ def engine_check(
                 "pass; this rollout engine samples from the policy itself: set rollout.engine_is_cap to null"
             )
         return {}, None
-    engine_logp = pad_per_token(sampler_logp, trainer_logp.shape[1])  # [N, T]
+    engine_logp = sampler_logp  # [N, T]
     mask = response_mask.bool() & ~off_policy[:, None]  # [N, T]
     metrics = mismatch_metrics(trainer_logp, engine_logp, mask)
     if tolerance is not None:

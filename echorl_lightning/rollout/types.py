@@ -51,12 +51,14 @@ class Completion:
         logprobs: per token of ``token_ids``, the engine's log-prob of that token in the distribution it was
             sampled from (at the sampling temperature, after top-p), when requested and the engine reports it;
             else None.
+        off_policy: True for a row the engine did not sample (LUFFY's expert solution, added to its group).
     """
 
     token_ids: list[int]
     truncated: bool
     entropy: list[float] | None = None
     logprobs: list[float] | None = None
+    off_policy: bool = False
 
 
 @runtime_checkable
