@@ -7,8 +7,8 @@ Usage (from the repository root; see benchmarks/README.md):
 
 Three tokenizations of the same Countdown texts (prompt + solver trace, the warm-start's difficulty):
 
-* ``byte``: the shipped one (``echorl_lightning.tiny.tokenizer``), one token per character;
-* ``bpe-qwen2``: ``echorl_lightning.tiny.bpe.train_bpe_tokenizer`` with Qwen2's pre-tokenizer, the only one
+* ``byte``: the shipped one (``recipes.tiny.tokenizer``), one token per character;
+* ``bpe-qwen2``: ``recipes.tiny.bpe.train_bpe_tokenizer`` with Qwen2's pre-tokenizer, the only one
   a ``model_type: qwen2`` folder keeps when transformers loads it (digits stay single tokens);
 * ``bpe-gpt2``: the same trainer with GPT-2's regex (numbers merge), which needs a folder of another model
   type (a Llama config) to survive loading.
@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from echorl_lightning.data.countdown import make_problems  # noqa: E402
-from echorl_lightning.tiny.bpe import train_bpe_tokenizer  # noqa: E402
-from echorl_lightning.tiny.model import build_tiny_model, tiny_qwen2_config  # noqa: E402
-from echorl_lightning.tiny.tokenizer import build_tokenizer  # noqa: E402
+from echorl_lightning.tasks.countdown.problems import make_problems  # noqa: E402
+from recipes.tiny.bpe import train_bpe_tokenizer  # noqa: E402
+from recipes.tiny.model import build_tiny_model, tiny_qwen2_config  # noqa: E402
+from recipes.tiny.tokenizer import build_tokenizer  # noqa: E402
 
 
 def _lengths(tokenizer, problems) -> tuple[float, float, bool]:

@@ -31,9 +31,9 @@ from benchmarks.vllm_vs_hf import SMOL_SHAPE  # noqa: E402
 from echorl_lightning.rollout import SamplingConfig, VLLMEngine  # noqa: E402
 from echorl_lightning.rollout.sync_check import engine_logprob_diff  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH, TINY_MODEL_PATH  # noqa: E402
-from echorl_lightning.tiny.tokenizer import build_tokenizer  # noqa: E402
 from echorl_lightning.training.lora import LoraConfig, wrap_lora  # noqa: E402
 from echorl_lightning.training.lora_merge import merged_weights  # noqa: E402
+from recipes.tiny.tokenizer import build_tokenizer  # noqa: E402
 
 PROMPTS = [[1, 2, 3], [40, 41], [7, 8, 9, 10, 11], [100]]
 

@@ -16,7 +16,7 @@ process; repetitions alternate the arms (their order rotates each repetition). S
 between the ends of two consecutive optimizer steps (the first ``--warmup`` steps are dropped), so it holds
 everything a step does. Tokens/s = generated response tokens (up to and including the first EOS) / step
 time. The phases come from wrappers on the same objects in both: ``generation`` = the policy's ``generate``
-calls; ``old_logp`` = no-grad log-prob passes (this project's ``score_rollouts``, TRL's
+calls; ``old_logp`` = no-grad log-prob passes (this project's ``pipeline.steps.score_rollouts``, TRL's
 ``_get_per_token_logps_and_entropies`` outside autograd); ``train`` = loss forward + backward (Lightning:
 batch start to ``on_before_optimizer_step``; TRL: ``training_step`` less ``_prepare_inputs``); ``rest`` =
 step - the three (verifier, advantages, EchoClips, optimizer step, bookkeeping). Left out: GPUs, vLLM and
@@ -133,9 +133,11 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
 
     import echorl_lightning.training.echo_rows
     from callbacks.rollout import RolloutCallback
-    from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
     from echorl_lightning.module import EchoRLModule
+    from echorl_lightning.pipeline import steps as pipeline_steps
     from echorl_lightning.rollout.hf_engine import HFGenerateEngine
+    from echorl_lightning.tasks import ProceduralDataModule
+    from echorl_lightning.tasks.arithmetic import ArithmeticTask
     from echorl_lightning.training.config import EchoConfig
 
     clock = PhaseClock()
@@ -147,7 +149,7 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
     class Timer(L.Callback):
         def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             clock.wrap_generate(pl_module.policy, pl_module.tokenizer.eos_token_id)
-            clock.wrap(pl_module, "score_rollouts", "old_logp")
+            clock.wrap(pipeline_steps, "score_rollouts", "old_logp")
             clock.count_forwards(getattr(pl_module.policy, pl_module.policy.base_model_prefix))
 
         def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
@@ -163,7 +165,7 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
     module = EchoRLModule(
         model=MODEL_DIR, method="grpo", echo=EchoConfig(enabled=echo), engine=HFGenerateEngine(), lr=LR
     )
-    data = ArithmeticDataModule(num_train=4096, num_val=0, seed=SEED)
+    data = ProceduralDataModule(ArithmeticTask(), num_train=4096, num_val=0, seed=SEED)
     data.connect(module.tokenizer)
     rollout = RolloutCallback(
         prompts_per_epoch=PROMPTS, group_size=GROUP, max_new_tokens=max_new_tokens, temperature=1.0,
@@ -185,8 +187,9 @@ def run_trl(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
     from echorl_lightning.rewards.exact_match import ExactMatchVerifier
+    from echorl_lightning.tasks import ProceduralDataModule
+    from echorl_lightning.tasks.arithmetic import ArithmeticTask
 
     clock = PhaseClock()
     verifier = ExactMatchVerifier()
@@ -198,7 +201,7 @@ def run_trl(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
         def on_step_end(self, *_: Any, **__: Any) -> None:
             clock.step_end()
 
-    prompts = ArithmeticDataModule(num_train=4096, num_val=0, seed=SEED).train_prompts
+    prompts = ProceduralDataModule(ArithmeticTask(), num_train=4096, num_val=0, seed=SEED).train_prompts
     dataset = Dataset.from_dict(
         {"prompt": [p.prompt for p in prompts], "reference": [p.reference for p in prompts]}
     )

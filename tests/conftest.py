@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM 
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-from echorl_lightning.tiny.tokenizer import build_tokenizer  # noqa: E402
+from recipes.tiny.tokenizer import build_tokenizer  # noqa: E402
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:

@@ -20,10 +20,11 @@ import datasets  # noqa: E402
 import pytest  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule  # noqa: E402
 from echorl_lightning.data.base import prompt_token_counts, skip_counts  # noqa: E402
 from echorl_lightning.data.hub import HubEvalOptions, HubPromptDataModule, HubSplit  # noqa: E402
 from echorl_lightning.data.tables import DataSourceError  # noqa: E402
+from echorl_lightning.tasks import ProceduralDataModule  # noqa: E402
+from echorl_lightning.tasks.arithmetic import ArithmeticTask  # noqa: E402
 
 LONG = "What is " + "1+" * 20 + "1?"  # 8 + 40 + 2 = 50 bytes
 TRAIN_ROWS = [
@@ -238,7 +239,7 @@ def test_validation_split_in_user_columns_is_checked_too(
 
 
 def test_base_class_check_runs_for_the_arithmetic_task(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
-    dm = ArithmeticDataModule(num_train=16, num_val=4)
+    dm = ProceduralDataModule(ArithmeticTask(), num_train=16, num_val=4)
     dm.connect(tiny_tokenizer)
     longest = max(len(p.prompt.encode()) for p in dm.train_prompts)
     counts = dm.check_data(max_prompt_tokens=longest)  # every procedural prompt fits
@@ -250,7 +251,7 @@ def test_base_class_check_runs_for_the_arithmetic_task(tiny_tokenizer: PreTraine
         "data/skipped_rows/train": 0,
         "data/skipped_rows/val": 0,
     }
-    with pytest.raises(ValueError, match=r"ArithmeticDataModule 'train' prompts: all 16 prompts are longer than "
+    with pytest.raises(ValueError, match=r"ProceduralDataModule 'train' prompts: all 16 prompts are longer than "
                        r"max_prompt_tokens=3 tokens"):  # fmt: skip
         dm.check_data(max_prompt_tokens=3)
 

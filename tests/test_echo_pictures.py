@@ -38,7 +38,7 @@ from echorl_lightning.echo.render import (
     step_entropy_curve,
     step_entropy_figure,
 )
-from echorl_lightning.rollout.batch import RolloutRecord, pad_rollouts
+from echorl_lightning.rollout.batch import RolloutBatch, pad_rollouts
 
 # Byte-level tokenizer: id == byte, EOS = 256, pad = 257. Two groups of G' = 2 rows, T = 6:
 #   row 0 "7\n" "*\n" "<" EOS   entropy [1, 3, 2, 8, 0.5, 9] -> steps (1+3)/2 = 2.0, (2+8)/2 = 5.0, 0.5  (K = 3)
@@ -61,12 +61,16 @@ ENTROPY = torch.tensor(
 )
 
 
-def record(tokenizer) -> RolloutRecord:
+def record(tokenizer) -> RolloutBatch:
     tokens = pad_rollouts(PROMPTS, RESPONSES, pad_id=257)
     step_mask = tokens.response_mask * (tokens.responses != 256).float()  # [4, 6], EOS excluded
     step_end = step_end_mask_from_tokens(tokens.responses, delimiter_token_ids(tokenizer))
     clip = select_echo_clips(ENTROPY, step_mask, step_end, SCORES, 2, apply_to="success")
-    return RolloutRecord(7, tokens, SCORES, ENTROPY, step_mask, step_end, clip, torch.zeros(4).bool(), 2)
+    return RolloutBatch(
+        **{name: getattr(tokens, name) for name in tokens.__dataclass_fields__},
+        group_size=2, scores=SCORES, entropy=ENTROPY, step_mask=step_mask, step_end=step_end, clip_mask=clip,
+        off_policy=torch.zeros(4).bool(),
+    )
 
 
 def decoder(tokenizer):
@@ -146,7 +150,7 @@ def test_clip_markdown_content(tiny_tokenizer) -> None:
     rec = record(tiny_tokenizer)
     view = clip_view(rec.entropy, rec.step_mask, rec.step_end, rec.clip_mask)
     text = clip_markdown(
-        view, rec.tokens.responses, rec.clip_mask, [0, 1], decoder(tiny_tokenizer), ["A", "B"]
+        view, rec.responses, rec.clip_mask, [0, 1], decoder(tiny_tokenizer), ["A", "B"]
     )
     lines = text.splitlines()
     assert lines[0] == "#### A"
@@ -199,7 +203,7 @@ def test_step_entropy_curve_and_figure(tiny_tokenizer) -> None:
 def test_log_echo_pictures_writes_the_four_records(tiny_tokenizer, tmp_path: Path) -> None:
     rec = record(tiny_tokenizer)
     writer = SummaryWriter(str(tmp_path))
-    rows = log_echo_pictures(writer, rec, decoder(tiny_tokenizer), step=11)
+    rows = log_echo_pictures(writer, rec, 7, decoder(tiny_tokenizer), step=11)
     writer.close()
     assert rows == [0]  # group 1 holds a clip but is not degenerate
     acc = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0, "images": 0, "histograms": 0})
@@ -224,7 +228,7 @@ def test_log_echo_pictures_without_degenerate_clips(tiny_tokenizer, tmp_path: Pa
     rec = record(tiny_tokenizer)
     rec.clip_mask = torch.zeros_like(rec.clip_mask)
     writer = SummaryWriter(str(tmp_path))
-    assert log_echo_pictures(writer, rec, decoder(tiny_tokenizer), step=0) == []
+    assert log_echo_pictures(writer, rec, 7, decoder(tiny_tokenizer), step=0) == []
     writer.close()
     acc = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     acc.Reload()
@@ -271,13 +275,14 @@ class AcceptAll:
 
 
 def train(tmp_path: Path, pictures: EchoPictures | None) -> dict[str, torch.Tensor]:
-    from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
     from echorl_lightning.module import EchoRLModule
+    from echorl_lightning.tasks import ProceduralDataModule
+    from echorl_lightning.tasks.arithmetic import ArithmeticTask
     from echorl_lightning.tiny import TINY_MODEL_PATH
 
     L.seed_everything(0)
     module = EchoRLModule(model=TINY_MODEL_PATH, lr=1e-4)
-    data = ArithmeticDataModule(num_train=64, num_val=0, verifier=AcceptAll())
+    data = ProceduralDataModule(ArithmeticTask(), num_train=64, num_val=0, verifier=AcceptAll())
     data.connect(module.tokenizer)
     rollout = RolloutCallback(prompts_per_epoch=4, group_size=4, max_new_tokens=48, seed=0)
     trainer = L.Trainer(

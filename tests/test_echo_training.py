@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from callbacks.rollout import RolloutCallback
-from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
 from echorl_lightning.module import EchoRLModule
+from echorl_lightning.tasks import ProceduralDataModule
+from echorl_lightning.tasks.arithmetic import ArithmeticTask
 from echorl_lightning.tiny import TINY_MODEL_PATH
 from echorl_lightning.training.config import EchoConfig
 
@@ -52,7 +53,7 @@ class Probe(L.Callback):
 def train_one_step(echo_enabled: bool) -> Probe:
     L.seed_everything(0)
     module = EchoRLModule(model=TINY_MODEL_PATH, lr=1e-4, echo=EchoConfig(enabled=echo_enabled, coef=1.0))
-    data = ArithmeticDataModule(num_train=64, num_val=0, verifier=AcceptAll())
+    data = ProceduralDataModule(ArithmeticTask(), num_train=64, num_val=0, verifier=AcceptAll())
     data.connect(module.tokenizer)
     probe = Probe()
     trainer = L.Trainer(

@@ -17,13 +17,14 @@ import lightning.pytorch as L
 import pytest
 from torch.utils.data import DataLoader
 
-from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
 from echorl_lightning.data.base import EvalSet, PromptDataModule
 from echorl_lightning.data.hub import MC_INSTRUCTION, HubEvalOptions, HubPromptDataModule
 from echorl_lightning.data.types import PromptExample
 from echorl_lightning.module import EchoRLModule
 from echorl_lightning.rewards.math_verify import MathVerifier
 from echorl_lightning.rewards.multiple_choice import MultipleChoiceVerifier
+from echorl_lightning.tasks import ProceduralDataModule
+from echorl_lightning.tasks.arithmetic import ArithmeticTask
 from echorl_lightning.tiny import TINY_MODEL_PATH
 from echorl_lightning.training.config import EvalConfig
 from tests.test_cli_e2e import run_cli, scalars
@@ -54,7 +55,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 
 # ---- datamodules ----------------------------------------------------------------------------------------
 def test_default_datamodule_has_one_val_set_and_one_loader() -> None:
-    dm = ArithmeticDataModule(num_val=5)
+    dm = ProceduralDataModule(ArithmeticTask(), num_val=5)
     sets = dm.eval_sets()
     assert [s.name for s in sets] == ["val"]
     assert sets[0].prompts == dm.val_prompts and sets[0].verifier is dm.verifier and sets[0].group is None

@@ -12,8 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from callbacks.export_hf import ExportHFModel
 from callbacks.rollout import RolloutCallback
-from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
 from echorl_lightning.module import EchoRLModule
+from echorl_lightning.tasks import ProceduralDataModule
+from echorl_lightning.tasks.arithmetic import ArithmeticTask
 from echorl_lightning.tiny import TINY_MODEL_PATH
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 def test_export_after_an_rl_epoch_loads_and_generates(tmp_path: Path) -> None:
     L.seed_everything(0)
     module = EchoRLModule(model=TINY_MODEL_PATH, lr=1e-3)
-    data = ArithmeticDataModule(num_train=64, num_val=0)
+    data = ProceduralDataModule(ArithmeticTask(), num_train=64, num_val=0)
     data.connect(module.tokenizer)
     out = tmp_path / "export"
     trainer = L.Trainer(

@@ -23,12 +23,14 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from callbacks.export_hf import ExportHFModel
 from callbacks.rollout import RolloutCallback
-from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
 from echorl_lightning.module import EchoRLModule, load_policy
 from echorl_lightning.rollout.batch import pad_rollouts
+from echorl_lightning.rollout.collect import encode_prompts
 from echorl_lightning.rollout.hf_engine import HFGenerateEngine
 from echorl_lightning.rollout.types import Completion, SamplingConfig
 from echorl_lightning.rollout.weight_stream import streamed_weights
+from echorl_lightning.tasks import ProceduralDataModule
+from echorl_lightning.tasks.arithmetic import ArithmeticTask
 from echorl_lightning.tiny import TINY_MODEL_PATH
 from echorl_lightning.training.checkpoint_safety import SafeCheckpointIO, load_checkpoint_file
 from echorl_lightning.training.config import AlgorithmOverrides
@@ -91,7 +93,7 @@ def run(tmp: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[EchoR
         engine=CopyEngine(),  # type: ignore[arg-type]
         lora=LoraConfig(r=4, alpha=8.0),
     )
-    data = ArithmeticDataModule(num_train=64, num_val=0)
+    data = ProceduralDataModule(ArithmeticTask(), num_train=64, num_val=0)
     data.connect(module.tokenizer)
     probe = KLProbe()
     trainer = L.Trainer(
@@ -130,11 +132,11 @@ def test_lora_rl_run_syncs_resumes_and_exports(tmp_path: Path) -> None:
     ckpt = load_checkpoint_file(tmp_path / "a" / "ckpt" / "epoch=0.ckpt", map_location="cpu")
     assert len(ckpt["state_dict"]) == 56 and all("lora_" in k for k in ckpt["state_dict"])
     # the engine after a sync: the merged weights, and the policy's log-probs
-    engine = module.rollout_engine()
+    engine = module.engine_sync.engine_for(module.policy, module.tokenizer, module.global_step)
     assert isinstance(engine, CopyEngine) and engine.syncs == 3 and engine.model is not None
     merged = copy.deepcopy(policy).merge_and_unload().state_dict()
     assert all(torch.equal(v, merged[k]) for k, v in engine.model.state_dict().items())
-    prompts = module.encode_prompts(["Q: 7-8*6-2\n", "Q: 1+2*3\n"])
+    prompts = encode_prompts(module.tokenizer, ["Q: 7-8*6-2\n", "Q: 1+2*3\n"])
     out = engine.generate(prompts, SamplingConfig(n=2, max_new_tokens=32, seed=0))
     batch = pad_rollouts([p for p in prompts for _ in range(2)], [c.token_ids for g in out for c in g], 257)
     torch.testing.assert_close(logprobs(engine.model, batch), logprobs(policy, batch), rtol=0, atol=2e-5)

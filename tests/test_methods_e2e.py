@@ -13,10 +13,11 @@ import torch
 
 from callbacks.rollout import RolloutCallback
 from echorl_lightning.algorithms import METHODS
-from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
 from echorl_lightning.module import EchoRLModule
 from echorl_lightning.rewards.exact_match import ExactMatchVerifier
 from echorl_lightning.rollout.batch import RolloutBatch
+from echorl_lightning.tasks import ProceduralDataModule
+from echorl_lightning.tasks.arithmetic import ArithmeticTask
 from echorl_lightning.tiny import TINY_MODEL_PATH
 from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig
 
@@ -52,7 +53,7 @@ class Probe(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.batches.append(batch)
         with torch.no_grad():
-            logp, _ = pl_module.response_logprobs(batch, pl_module.rollout_spec.temperature)
+            logp, _ = pl_module.response_logprobs(batch, batch.temperature)
         mask = batch.response_mask * batch.pg_mask[:, None]  # [n, T]
         old = logp if batch.old_logp is None else batch.old_logp  # None: the on-policy shortcut (ratio 1)
         log_ratio = (logp - old) * mask  # [n, T]
@@ -79,7 +80,7 @@ def run(
     )
     before = {k: v.clone() for k, v in module.policy.state_dict().items()}
     verifier = RecordingVerifier()
-    data = ArithmeticDataModule(num_train=128, num_val=0, verifier=verifier)
+    data = ProceduralDataModule(ArithmeticTask(), num_train=128, num_val=0, verifier=verifier)
     data.connect(module.tokenizer)
     probe = Probe()
     trainer = L.Trainer(

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from callbacks.rollout import RolloutCallback
-from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
 from echorl_lightning.module import EchoRLModule
+from echorl_lightning.pipeline import steps
 from echorl_lightning.rollout.batch import pad_rollouts
 from echorl_lightning.rollout.hf_engine import HFGenerateEngine
 from echorl_lightning.rollout.types import SamplingConfig
+from echorl_lightning.tasks import ProceduralDataModule
+from echorl_lightning.tasks.arithmetic import ArithmeticTask
 from echorl_lightning.tiny import TINY_MODEL_PATH
 from echorl_lightning.training.forward import policy_response_logprobs
 
@@ -41,20 +43,21 @@ def test_engine_entropy_is_the_forward_entropy_and_changes_no_token(
         torch.testing.assert_close(torch.tensor(c.entropy), entropy[i, : len(c.token_ids)], atol=1e-4, rtol=0)
 
 
-class CountingModule(EchoRLModule):
-    """Counts no-grad passes over rollouts."""
-
-    passes = 0
-
-    def score_rollouts(self, *args, **kwargs):
-        self.passes += 1
-        return super().score_rollouts(*args, **kwargs)
+SCORE_ROLLOUTS = steps.score_rollouts
 
 
-def train(shortcut: bool) -> CountingModule:
+def train(shortcut: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[EchoRLModule, int]:
+    """A 2-epoch fit, and how many no-grad passes over rollouts the pipeline ran."""
+    passes = []
+
+    def counting(*args, **kwargs):
+        passes.append(1)
+        return SCORE_ROLLOUTS(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "score_rollouts", counting)
     L.seed_everything(0)
-    module = CountingModule(model=TINY_MODEL_PATH, lr=1e-4)
-    data = ArithmeticDataModule(num_train=64, num_val=0)
+    module = EchoRLModule(model=TINY_MODEL_PATH, lr=1e-4)
+    data = ProceduralDataModule(ArithmeticTask(), num_train=64, num_val=0)
     data.connect(module.tokenizer)
     rollout = RolloutCallback(
         prompts_per_epoch=8, group_size=4, max_new_tokens=48, seed=0, on_policy_shortcut=shortcut
@@ -71,12 +74,12 @@ def train(shortcut: bool) -> CountingModule:
     )
     trainer.fit(module, data)
     assert rollout.last_rollout is not None and rollout.last_rollout.clip_mask.any()  # echo took part
-    return module
+    return module, len(passes)
 
 
 @pytest.mark.slow
-def test_shortcut_skips_the_pass_and_gives_the_same_weights() -> None:
-    with_pass, shortcut = train(False), train(True)
-    assert with_pass.passes == 2 and shortcut.passes == 0  # 2 epochs
+def test_shortcut_skips_the_pass_and_gives_the_same_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    (with_pass, passes), (shortcut, no_passes) = train(False, monkeypatch), train(True, monkeypatch)
+    assert passes == 2 and no_passes == 0  # 2 epochs
     for name, value in with_pass.policy.state_dict().items():
         torch.testing.assert_close(shortcut.policy.state_dict()[name], value, atol=1e-6, rtol=0)

@@ -7,8 +7,9 @@ import lightning.pytorch as L
 import pytest
 
 from callbacks.rollout import RolloutCallback
-from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
 from echorl_lightning.module import EchoRLModule
+from echorl_lightning.tasks import ProceduralDataModule
+from echorl_lightning.tasks.arithmetic import ArithmeticTask
 from echorl_lightning.tiny import TINY_MODEL_PATH
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,7 @@ class StepMetrics(L.Callback):
 def test_on_policy_update_under_bf16_mixed_sees_ratio_one(method: str) -> None:
     L.seed_everything(0)
     module = EchoRLModule(model=TINY_MODEL_PATH, method=method, lr=1e-4)
-    data = ArithmeticDataModule(num_train=64, num_val=0)
+    data = ProceduralDataModule(ArithmeticTask(), num_train=64, num_val=0)
     data.connect(module.tokenizer)
     probe = StepMetrics()
     trainer = L.Trainer(

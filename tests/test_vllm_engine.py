@@ -325,7 +325,7 @@ def _fsdp2_parity_worker(rank: int, world_size: int, port: int, folder: str, res
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
-    from echorl_lightning.tiny.tokenizer import build_tokenizer
+    from recipes.tiny.tokenizer import build_tokenizer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)

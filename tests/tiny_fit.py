@@ -17,7 +17,6 @@ import pytest
 import torch
 
 if TYPE_CHECKING:
-    from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
     from echorl_lightning.module import EchoRLModule
 
 
@@ -39,16 +38,17 @@ class Always:
 
 def tiny_policy_and_data(
     num_train: int, num_val: int, **module_args: Any
-) -> tuple[EchoRLModule, ArithmeticDataModule]:
+) -> tuple[EchoRLModule, ProceduralDataModule]:
     """After ``seed_everything(0)``: the embedded tiny policy (``lr=1e-4`` and ``module_args``) and
-    :class:`ArithmeticDataModule` prompts scored by :class:`Always`, bound to the policy's tokenizer."""
-    from echorl_lightning.data.arithmetic_dm import ArithmeticDataModule
+    :class:`ProceduralDataModule` prompts of the arithmetic task scored by :class:`Always`, bound to the policy's tokenizer."""
     from echorl_lightning.module import EchoRLModule
+    from echorl_lightning.tasks import ProceduralDataModule
+    from echorl_lightning.tasks.arithmetic import ArithmeticTask
     from echorl_lightning.tiny import TINY_MODEL_PATH
 
     L.seed_everything(0)
     module = EchoRLModule(model=TINY_MODEL_PATH, lr=1e-4, **module_args)
-    data = ArithmeticDataModule(num_train=num_train, num_val=num_val, verifier=Always())
+    data = ProceduralDataModule(ArithmeticTask(), num_train=num_train, num_val=num_val, verifier=Always())
     data.connect(module.tokenizer)
     return module, data
 

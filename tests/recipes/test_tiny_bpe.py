@@ -1,4 +1,4 @@
-"""The task-trained byte-level BPE tokenizer (echorl_lightning.tiny.bpe): fixed special ids, exact round
+"""The task-trained byte-level BPE tokenizer (recipes.tiny.bpe): fixed special ids, exact round
 trips, the same ids after a reload through ``AutoTokenizer``, and step delimiters EchoRL can find."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, LlamaConfig
 
-from echorl_lightning.data.countdown import make_problems
 from echorl_lightning.echo.steps import delimiter_token_ids
-from echorl_lightning.tiny.bpe import train_bpe_tokenizer
-from echorl_lightning.tiny.model import tiny_qwen2_config
-from echorl_lightning.tiny.tokenizer import build_tokenizer
+from echorl_lightning.tasks.countdown.problems import make_problems
+from recipes.tiny.bpe import train_bpe_tokenizer
+from recipes.tiny.model import tiny_qwen2_config
+from recipes.tiny.tokenizer import build_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +103,15 @@ def test_bad_arguments_name_themselves(texts) -> None:
 
 
 def test_cli_writes_a_tokenizer_the_sft_module_builds_a_llama_around(tmp_path: Path) -> None:
-    """`python -m echorl_lightning.tiny.bpe` writes a folder; SFTModule(tokenizer_path=..., architecture=llama)
+    """`python -m recipes.tiny.bpe` writes a folder; SFTModule(tokenizer_path=..., architecture=llama)
     builds a from-scratch model of that vocabulary, learns on Countdown rows, and its export reloads with the
     same encodings (GPT-2's number merges survive a Llama folder)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    from echorl_lightning.data.sft import sft_collate
-    from echorl_lightning.tiny.bpe import main
-    from echorl_lightning.tiny.sft import SFTModule, response_nll
+    from recipes.tiny.bpe import main
+    from recipes.tiny.sft import SFTModule, response_nll
+    from recipes.tiny.sft_data import sft_collate
 
     folder = tmp_path / "tok"
     main(["--task", "countdown", "--out", str(folder), "--texts", "200", "--vocab-size", "320"])
@@ -150,7 +150,7 @@ def test_cli_writes_a_tokenizer_the_sft_module_builds_a_llama_around(tmp_path: P
 def test_sft_module_refuses_a_tokenizer_with_other_special_ids(tmp_path: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
-    from echorl_lightning.tiny.sft import SFTModule
+    from recipes.tiny.sft import SFTModule
 
     tok = build_tokenizer()
     backend = tok.backend_tokenizer

@@ -1,4 +1,4 @@
-"""echorl_lightning/tiny/rft.py: the rejection-sampling fine-tuning stage of the Countdown warm-start."""
+"""recipes/tiny/rft.py: the rejection-sampling fine-tuning stage of the Countdown warm-start."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from echorl_lightning.data.sft import sft_collate
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH
-from echorl_lightning.tiny.rft import fine_tune, main
-from echorl_lightning.tiny.sft import response_nll
+from recipes.tiny.rft import fine_tune, main
+from recipes.tiny.sft import response_nll
+from recipes.tiny.sft_data import sft_collate
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs/warmstart_countdown.yaml")
 
 

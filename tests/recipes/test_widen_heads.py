@@ -1,4 +1,4 @@
-"""echorl_lightning.tiny.widen_heads: head size 24 -> 32 keeps the function of real tiny Qwen2 / Llama models,
+"""recipes.tiny.widen_heads: head size 24 -> 32 keeps the function of real tiny Qwen2 / Llama models,
 the shipped assets are the widened Llamas, and the sources it cannot convert exactly are refused."""
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from transformers import (
     Qwen3Config,
 )
 
-from echorl_lightning.data.arithmetic import make_problems
+from echorl_lightning.tasks.arithmetic.problems import make_problems
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH, TINY_MODEL_PATH
-from echorl_lightning.tiny.model import build_tiny_model, tiny_config
-from echorl_lightning.tiny.widen_heads import main, widen_heads, widen_state_dict, widened_config
+from recipes.tiny.model import build_tiny_model, tiny_config
+from recipes.tiny.widen_heads import main, widen_heads, widen_state_dict, widened_config
 
 # hidden 96 with 4 query / 2 KV heads: head size 96 / 4 = 24, the shipped models' shape before the widening
 SIZES = dict(

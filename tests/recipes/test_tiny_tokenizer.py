@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from echorl_lightning.tiny.model import build_tiny_model, tiny_qwen2_config
-from echorl_lightning.tiny.tokenizer import EOS_TOKEN, PAD_TOKEN, VOCAB_SIZE, build_tokenizer
+from recipes.tiny.model import build_tiny_model, tiny_qwen2_config
+from recipes.tiny.tokenizer import EOS_TOKEN, PAD_TOKEN, VOCAB_SIZE, build_tokenizer
 
 
 @pytest.fixture(scope="module")
