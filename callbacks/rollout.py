@@ -24,6 +24,7 @@ import lightning.pytorch as L
 import torch
 
 import echorl_lightning.rollout.progress as progress
+from echorl_lightning.bounds import SettingError
 from echorl_lightning.data.base import PromptDataModule
 from echorl_lightning.echo import delimiter_token_ids
 from echorl_lightning.pipeline import steps
@@ -69,20 +70,23 @@ class RolloutCallback(L.Callback):
         engine_logprob_tolerance: float | None = 0.5,
         engine_is_cap: float | None = None,
     ) -> None:
-        self.settings = RolloutSettings(
-            prompts_per_epoch,
-            group_size,
-            max_new_tokens,
-            temperature,
-            top_p,
-            ppo_epochs,
-            num_minibatches,
-            logprob_batch_size,
-            seed,
-            on_policy_shortcut,
-            engine_logprob_tolerance,
-            engine_is_cap,
-        )
+        try:
+            self.settings = RolloutSettings(
+                prompts_per_epoch,
+                group_size,
+                max_new_tokens,
+                temperature,
+                top_p,
+                ppo_epochs,
+                num_minibatches,
+                logprob_batch_size,
+                seed,
+                on_policy_shortcut,
+                engine_logprob_tolerance,
+                engine_is_cap,
+            )
+        except SettingError as err:
+            raise err.under("rollout") from None
         self._pending_metrics: dict[str, torch.Tensor] = {}
         self.last_rollout: RolloutBatch | None = None
         self.last_rollout_epoch: int | None = None
@@ -101,8 +105,11 @@ class RolloutCallback(L.Callback):
         missing = [m for m in _MODULE_MEMBERS if not hasattr(pl_module, m)]
         if missing:
             raise TypeError(f"RolloutCallback cannot train {type(pl_module).__name__}: it lacks {missing}")
-        self.settings.check_world(trainer.world_size)
-        self.settings.check_method(pl_module.method_cfg)
+        problems = self.settings.run_problems(
+            trainer.world_size, trainer.accumulate_grad_batches, pl_module.method_cfg
+        )
+        if problems:
+            raise SettingError(problems).under("rollout")
         s = self.settings
         n_batches = s.ppo_epochs * s.num_minibatches * trainer.accumulate_grad_batches
         dm.rollout_buffer = RolloutBuffer(n_batches, refill=lambda: self._ensure_filled(trainer, pl_module))

@@ -55,6 +55,7 @@ from callbacks.run_summary import RunSummary
 from echorl_lightning.config_checks import ConfigError, check_config
 from echorl_lightning.data.tables import DataSourceError
 from echorl_lightning.files.config_file import config_file_problem, config_paths, locate, parse_error_line
+from echorl_lightning.module import EchoRLModule
 from echorl_lightning.training.checkpoint_files import check_checkpoint_path
 from echorl_lightning.training.checkpoint_safety import SafeCheckpointIO, reading_checkpoint
 from echorl_lightning.training.sharding import FSDP2Strategy
@@ -108,9 +109,9 @@ def import_user_code(entries: list[str]) -> None:
 
 
 def takes_rollouts(model_class_path: str | None) -> bool:
-    """Whether the model class implements the rollout contract (``configure_rollout``)."""
+    """Whether the model class trains on rollouts (an :class:`EchoRLModule`)."""
     cls = _import(model_class_path) if model_class_path else None
-    return cls is not None and hasattr(cls, "configure_rollout")
+    return isinstance(cls, type) and issubclass(cls, EchoRLModule)
 
 
 def checkpoint_dirs(callbacks: Any) -> list[Path]:
@@ -269,7 +270,7 @@ class EchoRLCLI(LightningCLI):
     # ---- (3) the rollout callback only for models that take rollouts --------------------------------------
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
-        if not hasattr(self.model, "configure_rollout"):
+        if not isinstance(self.model, EchoRLModule):
             extra = [cb for cb in extra if not isinstance(cb, RolloutCallback)]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         trainer = self._instantiate_trainer(trainer_config, extra)
@@ -315,7 +316,7 @@ class EchoRLCLI(LightningCLI):
         if stage == "fit":
             for cb in self.trainer.callbacks:
                 if isinstance(cb, RolloutCallback):
-                    lengths["rollout.max_new_tokens"] = cb.max_new_tokens
+                    lengths["rollout.max_new_tokens"] = cb.settings.max_new_tokens
         if not context:
             return None
         key, longest = max(lengths.items(), key=lambda kv: kv[1])

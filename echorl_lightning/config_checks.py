@@ -5,9 +5,8 @@ it) to :func:`check_config`, which returns one message per problem, each naming 
 ``model.init_args.echo.coef``) and the values it accepts. It states no bound of a setting itself: it builds
 the objects that own them from the parsed values (``EchoConfig``, ``EvalConfig``, ``LoraConfig``, the method
 through ``AlgorithmOverrides.apply``, the optimizer settings' ``check_optimizer``, the ``NumericalGuard``,
-the ``RolloutCallback`` and the sampling bounds every engine checks) and reports what they refuse, under the
-full key. Across groups: ``group_size`` at least the advantage estimators' ``MIN_GROUP_SIZE``;
-``trainer.max_epochs >= 1`` for ``fit``; an
+the ``RolloutSettings`` with their cross-group checks) and reports what they refuse, under the full key.
+Also ``trainer.max_epochs >= 1`` for ``fit``; an
 engine whose Python package is missing (with the install command); a model or tokenizer path that is neither
 an existing folder nor a plausible hub id (and, offline, a hub id that is not in the local cache); a local model
 or tokenizer folder with a missing, truncated or foreign member (:mod:`echorl_lightning.files.model_folder`),
@@ -29,13 +28,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from callbacks.rollout import RolloutCallback
-from echorl_lightning.algorithms.advantages import group_size_problem
 from echorl_lightning.algorithms.presets import MethodConfig
 from echorl_lightning.bounds import SettingError
 from echorl_lightning.files.model_folder import check_model_folder, check_tokenizer_folder
-from echorl_lightning.rollout.hf_engine import sampling_problems
-from echorl_lightning.rollout.types import SamplingConfig
+from echorl_lightning.rollout.settings import RolloutSettings
 from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig, check_optimizer
 from echorl_lightning.training.forward import LM_HEADS
 from echorl_lightning.training.guard import NumericalGuard
@@ -179,76 +175,26 @@ def check_model(args: Mapping[str, Any], prefix: str = "model.init_args") -> lis
     return [p for p in out if p]
 
 
-def rollout_problems(rollout: Mapping[str, Any], prefix: str = "rollout") -> list[str]:
-    """What the rollout callback refuses (its ``RolloutCallback.<key> ...`` said as ``<prefix>.<key>=...``), and
-    what the engines' sampling check refuses of the rollout's sampling settings; one message per key."""
-    given = _given(rollout)
-    out = []
-    try:
-        RolloutCallback(**given)
-    except ValueError as error:
-        match = re.match(r"RolloutCallback\.(\w+)(?:=\S+)? (.*)", str(error))
-        if match is None:
-            out.append(f"{prefix}: {error}")
-        else:
-            key = match.group(1)
-            out.append(f"{prefix}.{key}={given.get(key)!r}: {match.group(2)}")
-    defaults = SamplingConfig()
-    sampling = SamplingConfig(
-        n=given.get("group_size", defaults.n),
-        max_new_tokens=given.get("max_new_tokens", defaults.max_new_tokens),
-        temperature=given.get("temperature", defaults.temperature),
-        top_p=given.get("top_p", defaults.top_p),
-    )
-    said = {problem.split("=")[0] for problem in out}
-    out += [p for p in sampling_problems(sampling, prefix, n_key="group_size") if p.split("=")[0] not in said]
-    return out
-
-
 def check_rollout(
     rollout: Mapping[str, Any],
     model_args: Mapping[str, Any],
     trainer: Mapping[str, Any],
     prefix: str = "rollout",
 ) -> list[str]:
-    """Problems in the rollout settings, and batch sizes that do not divide (fit only)."""
-    out = rollout_problems(rollout, prefix)
-    group = rollout.get("group_size", 2)
-    if not any(p.startswith(f"{prefix}.group_size=") for p in out):
-        out.append(group_size_problem(f"{prefix}.group_size", group))
+    """What :class:`~echorl_lightning.rollout.settings.RolloutSettings` refuses of the rollout group, alone and
+    with the trainer's ranks and accumulation and the model's method (fit only)."""
+    try:
+        settings = RolloutSettings(**_given(rollout))
+    except SettingError as error:
+        return error.under(prefix).problems
     try:
         method: MethodConfig | None = AlgorithmOverrides(**_given(model_args.get("algorithm"))).apply(
             model_args.get("method", "grpo")
         )
     except (ValueError, TypeError):
         method = None  # reported by check_model
-    world = world_size(trainer)
-    prompts, accumulate = rollout.get("prompts_per_epoch", 1), trainer.get("accumulate_grad_batches", 1) or 1
-    counts_ok = not any(p and p.startswith((f"{prefix}.prompts_per_epoch=", f"{prefix}.group_size=")) for p in out)
-    if world and counts_ok and prompts % world:
-        out.append(
-            f"{prefix}.prompts_per_epoch={prompts}: must be divisible by trainer.devices x trainer.num_nodes = "
-            f"{world} (each rank takes whole groups)"
-        )
-    elif world and not any(p and p.startswith(f"{prefix}.") for p in out) and method is not None:
-        rows = prompts // world * (group + int(method.off_policy))
-        chunks = rollout.get("num_minibatches", 1) * accumulate
-        if (method.dynamic_sampling and rows < chunks) or (not method.dynamic_sampling and rows % chunks):
-            out.append(
-                f"{prefix}.num_minibatches={rollout.get('num_minibatches', 1)} x trainer.accumulate_grad_batches="
-                f"{accumulate} = {chunks} micro-batches must divide the {rows} rollout rows per rank per epoch "
-                f"({prompts} prompts / {world} ranks x {group + int(method.off_policy)} rows per group)"
-            )
-    if (
-        method is not None
-        and method.overlong_shaping
-        and method.overlong_buffer > rollout.get("max_new_tokens", 1)
-    ):
-        out.append(
-            f"model.init_args.algorithm.overlong_buffer={method.overlong_buffer}: must be <= "
-            f"{prefix}.max_new_tokens={rollout.get('max_new_tokens')}"
-        )
-    return [p for p in out if p]
+    accumulate = trainer.get("accumulate_grad_batches", 1) or 1
+    return [f"{prefix}.{p}" for p in settings.run_problems(world_size(trainer), accumulate, method)]
 
 
 def check_trainer(trainer: Mapping[str, Any], subcommand: str) -> list[str]:

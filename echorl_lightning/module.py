@@ -35,7 +35,7 @@ from echorl_lightning.rollout.batch import RolloutBatch, TokenBatch
 from echorl_lightning.rollout.hf_engine import HFGenerateEngine
 from echorl_lightning.rollout.types import RolloutEngine
 from echorl_lightning.training.checkpoint_safety import CheckpointRefused, load_safetensors_model
-from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig
+from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig, EvalConfig, check_optimizer
 from echorl_lightning.training.guard import NumericalGuard, non_finite_parameters
 from echorl_lightning.training.lora import (
     LoraConfig,
@@ -119,6 +119,7 @@ class EchoRLModule(SampledEvalHooks, L.LightningModule):
         lora: LoraConfig | None = None,
     ) -> None:
         super().__init__()
+        check_optimizer(lr, weight_decay, warmup_steps)
         self.save_hyperparameters(ignore=["engine"])
         self.method_cfg: MethodConfig = (algorithm or AlgorithmOverrides()).apply(method)
         self.echo_cfg = echo or EchoConfig()

@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,13 +39,12 @@ def gradient_norms(module, micro_batches: list) -> dict[str, float]:
     grads = {"pg": [torch.zeros_like(p) for p in params], "echo": [torch.zeros_like(p) for p in params]}
     stats = {"clips": 0.0, "echo_loss": 0.0}
     module.policy.train()
-    spec = module.rollout_spec  # the rollout temperature and response limit the update uses
     for mb in micro_batches:
-        logp, _ = module.response_logprobs(mb, spec.temperature)  # [n, T]
+        logp, _ = module.response_logprobs(mb, mb.temperature)  # [n, T]
         old = logp.detach() if mb.old_logp is None else mb.old_logp  # None: exactly on-policy
         pg, _ = rlvr_echo_loss(
             logp, old, mb.advantages, mb.response_mask, mb.pg_mask, mb.clip_mask,
-            method=module.method_cfg, echo_coef=0.0, max_len=spec.max_response_len,
+            method=module.method_cfg, echo_coef=0.0, max_len=mb.max_response_len,
             num_tokens=mb.num_tokens, num_seqs=mb.num_seqs, num_clips=mb.num_clips,
             ref_logp=mb.ref_logp, off_policy_mask=mb.off_policy_mask,
         )  # fmt: skip
@@ -87,9 +87,9 @@ def main() -> None:
             )  # fmt: skip
             for callback in cli.trainer.callbacks:
                 if isinstance(callback, RolloutCallback):
-                    callback.seed = seed
+                    callback.settings = replace(callback.settings, seed=seed)
                     if args.prompts_per_epoch is not None:
-                        callback.prompts_per_epoch = args.prompts_per_epoch
+                        callback.settings = replace(callback.settings, prompts_per_epoch=args.prompts_per_epoch)
             cli.datamodule.connect(cli.model.tokenizer)  # run=False skips the CLI's before_fit hook
             cli.trainer.fit(cli.model, cli.datamodule)  # max_steps 0: on_fit_start fills one rollout batch
             s = gradient_norms(cli.model, list(cli.datamodule.rollout_buffer))

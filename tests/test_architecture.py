@@ -12,6 +12,7 @@ MAX_LINES = 400
 # A package may import its own layer and the layers below it, never one above.
 LAYERS = {
     "registry": 0,
+    "bounds": 0,
     "ops": 0,
     "algorithms": 1,
     "files": 1,
@@ -24,6 +25,7 @@ LAYERS = {
     "training": 3,
     "config_checks": 3,
     "tasks": 3,
+    "pipeline": 4,
     "module": 4,
     "callbacks": 5,
     "cli": 6,

@@ -121,7 +121,7 @@ def test_old_style_rollout_callback_is_refused(tmp_path: Path, no_weights: None)
 def test_rollout_group_overrides_and_callback_lists(tmp_path: Path) -> None:
     cli = main(demo_args(tmp_path, "--rollout.prompts_per_epoch=8", "--rollout.group_size=4")[1:], run=False)
     rollout = [cb for cb in cli.trainer.callbacks if isinstance(cb, RolloutCallback)]
-    assert len(rollout) == 1 and (rollout[0].prompts_per_epoch, rollout[0].group_size) == (8, 4)
+    assert len(rollout) == 1 and (rollout[0].settings.prompts_per_epoch, rollout[0].settings.group_size) == (8, 4)
     assert sum(isinstance(cb, FailureReport) for cb in cli.trainer.callbacks) == 1
     ckpt = [cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint)]
     assert [cb.dirpath for cb in ckpt] == [str(tmp_path / "ckpt")]  # the config's, not Lightning's default

@@ -63,7 +63,7 @@ def test_engine_check_without_engine_logprobs() -> None:
     with pytest.raises(ValueError, match="engine_is_cap needs an engine that reports its log-probs"):
         engine_check(TRAINER, None, mask, off, tolerance=0.5, is_cap=2.0)
     for bad in (dict(engine_logprob_tolerance=0.0), dict(engine_is_cap=-1.0)):
-        with pytest.raises(ValueError, match="must be > 0 or None"):
+        with pytest.raises(ValueError, match=r"engine_\w+=-?[\d.]+: must be a finite number > 0"):
             RolloutSettings(**bad)
 
 

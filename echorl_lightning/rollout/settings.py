@@ -1,25 +1,22 @@
 """The rollout settings (the ``rollout:`` config group), each checked here and nowhere else.
 
-:class:`RolloutSettings` holds what the rollout callback was configured with; its checks run when it is built,
-and the ones that need another group (the world size, the method's DAPO buffer) are methods the callback's
-``setup`` and the early config check both call.
+:class:`RolloutSettings` holds what the rollout callback was configured with. Its own bounds are checked when it
+is built; the checks that need other groups (the number of ranks, micro-batches per optimizer step, the method)
+are :meth:`RolloutSettings.run_problems`, which the callback's ``setup`` and the early config check both call.
+Messages name each key without a prefix (``group_size=1: ...``); callers put them under theirs
+(``rollout.group_size=1: ...``, :meth:`~echorl_lightning.bounds.SettingError.under`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from echorl_lightning.algorithms.advantages import group_size_problem
 from echorl_lightning.algorithms.presets import MethodConfig
+from echorl_lightning.bounds import integer_problem, number_problem, raise_problems
 
-# settings that count something: each must be >= 1
-_COUNTS = (
-    "prompts_per_epoch",
-    "group_size",
-    "max_new_tokens",
-    "ppo_epochs",
-    "num_minibatches",
-    "logprob_batch_size",
-)
+# settings that count something (besides prompts and G): each must be an integer >= 1
+_COUNTS = ("max_new_tokens", "ppo_epochs", "num_minibatches", "logprob_batch_size")
 
 
 @dataclass(frozen=True)
@@ -62,35 +59,42 @@ class RolloutSettings:
     engine_is_cap: float | None = None
 
     def __post_init__(self) -> None:
-        for key in _COUNTS:
-            if getattr(self, key) < 1:
-                raise ValueError(f"RolloutCallback.{key} must be >= 1, got {getattr(self, key)}")
-        if self.temperature <= 0:
-            raise ValueError(
-                f"RolloutCallback.temperature must be > 0 for RL rollouts, got {self.temperature}"
-            )
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"RolloutCallback.top_p must be in (0, 1], got {self.top_p}")
-        for key in ("engine_logprob_tolerance", "engine_is_cap"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ValueError(f"RolloutCallback.{key} must be > 0 or None, got {value}")
+        raise_problems(
+            integer_problem("prompts_per_epoch", self.prompts_per_epoch, 1),
+            group_size_problem("group_size", self.group_size),
+            *(integer_problem(key, getattr(self, key), 1) for key in _COUNTS),
+            number_problem("temperature", self.temperature, low=0, low_open=True),
+            number_problem("top_p", self.top_p, low=0, low_open=True, high=1),
+            number_problem(
+                "engine_logprob_tolerance", self.engine_logprob_tolerance, low=0, low_open=True, optional=True
+            ),
+            number_problem("engine_is_cap", self.engine_is_cap, low=0, low_open=True, optional=True),
+        )
 
-    def check_world(self, world_size: int) -> None:
-        """Raise when the prompts of an epoch cannot be split evenly over ``world_size`` ranks."""
-        if self.prompts_per_epoch % world_size:
-            raise ValueError(
-                f"RolloutCallback.prompts_per_epoch={self.prompts_per_epoch} must be divisible by the "
-                f"world size {world_size} (groups are never split across ranks)"
+    def run_problems(self, world: int | None, accumulate: int, method: MethodConfig | None) -> list[str]:
+        """What these settings cannot do with ``world`` ranks (None: not known yet), ``accumulate`` micro-batches
+        per optimizer step and ``method`` (None: not known); one message per problem, keys without a prefix."""
+        out = []
+        if world and self.prompts_per_epoch % world:
+            out.append(
+                f"prompts_per_epoch={self.prompts_per_epoch}: must be divisible by the number of ranks "
+                f"(trainer.devices x trainer.num_nodes = {world}): each rank takes whole groups"
             )
-
-    def check_method(self, method: MethodConfig) -> None:
-        """Raise when the method asks for something these settings cannot give (DAPO's overlong buffer)."""
-        if method.overlong_shaping and method.overlong_buffer > self.max_new_tokens:
-            raise ValueError(
-                f"model.init_args.algorithm.overlong_buffer={method.overlong_buffer} exceeds "
-                f"RolloutCallback.max_new_tokens={self.max_new_tokens}: set a shorter overlong buffer"
+        elif world and method is not None:
+            group = self.group_rows(method)
+            rows, chunks = self.prompts_per_epoch // world * group, self.num_minibatches * accumulate
+            if (method.dynamic_sampling and rows < chunks) or (not method.dynamic_sampling and rows % chunks):
+                out.append(
+                    f"num_minibatches={self.num_minibatches} x trainer.accumulate_grad_batches={accumulate} = "
+                    f"{chunks} micro-batches must divide the {rows} rollout rows per rank per epoch "
+                    f"({self.prompts_per_epoch} prompts / {world} ranks x {group} rows per group)"
+                )
+        if method is not None and method.overlong_shaping and method.overlong_buffer > self.max_new_tokens:
+            out.append(
+                f"max_new_tokens={self.max_new_tokens}: must be >= model.init_args.algorithm.overlong_buffer="
+                f"{method.overlong_buffer} (DAPO's overlong buffer lies within the response limit)"
             )
+        return out
 
     def on_policy(self, method: MethodConfig) -> bool:
         """Whether the update is exactly on-policy (one optimizer step per rollout batch, no reference model,
