@@ -130,9 +130,9 @@ class PhaseClock:
 def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, float]]:
     """``steps`` optimizer steps of the project's demo setting; one record per step after the first."""
     import lightning.pytorch as L
+    from echorl_lightning.callbacks.rollout import RolloutCallback
 
     import echorl_lightning.training.echo_rows
-    from callbacks.rollout import RolloutCallback
     from echorl_lightning.module import EchoRLModule
     from echorl_lightning.pipeline import steps as pipeline_steps
     from echorl_lightning.rollout.hf_engine import HFGenerateEngine

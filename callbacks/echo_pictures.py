@@ -2,7 +2,7 @@
 
 Every ``every_n_epochs`` epochs (epochs 0, N, 2N, ... and the first epoch of each ``fit``, so a resumed run
 also starts with one), at the end of the epoch, the callback reads the epoch's rollout batch
-(:attr:`callbacks.rollout.RolloutCallback.last_rollout`) and writes through the TensorBoard logger's
+(:attr:`echorl_lightning.callbacks.rollout.RolloutCallback.last_rollout`) and writes through the TensorBoard logger's
 ``SummaryWriter``, at the trainer's ``global_step``:
 
 * ``echo/clips`` (text): for the first ``max_groups`` advantage-degenerated groups that hold an EchoClip,
@@ -29,12 +29,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as L
 import torch
+from echorl_lightning.callbacks.rollout import RolloutCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from tensorboard.plugins.text.summary_v2 import text_pb
 from torch.utils.tensorboard import SummaryWriter
 
-from callbacks.rollout import RolloutCallback
 from echorl_lightning.echo.clip_view import clip_view, degenerate_clip_rows
 from echorl_lightning.echo.render import clip_markdown, escape_markdown, step_entropy_figure
 from echorl_lightning.rollout.batch import RolloutBatch
@@ -144,7 +144,7 @@ class EchoPictures(L.Callback):
         if not rollouts:
             raise ValueError(
                 "EchoPictures draws the rollout batches of a RolloutCallback: add "
-                "callbacks.rollout.RolloutCallback to trainer.callbacks"
+                "echorl_lightning.callbacks.rollout.RolloutCallback to trainer.callbacks"
             )
         if not isinstance(pl_module, Decoding):
             raise TypeError(

@@ -19,8 +19,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
-
-from callbacks.rollout import RolloutCallback
+from echorl_lightning.callbacks.rollout import RolloutCallback
 
 Section = tuple[str, list[tuple[str, str]]]
 

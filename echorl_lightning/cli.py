@@ -1,10 +1,10 @@
 """The LightningCLI subclass behind ``cli.py``: config groups, checks before loading, and resumable runs.
 
-Config groups beside ``trainer``/``model``/``data``: ``rollout`` (the :class:`~callbacks.rollout.RolloutCallback`
+Config groups beside ``trainer``/``model``/``data``: ``rollout`` (the :class:`~echorl_lightning.callbacks.rollout.RolloutCallback`
 settings, e.g. ``--rollout.prompts_per_epoch=8``; added to the trainer's callbacks for models that take
-rollouts, and acting in ``fit`` only), ``failure_report`` (:class:`~callbacks.failure_report.FailureReport`,
-on every run), ``progress`` (:class:`~callbacks.progress.RolloutProgress`: rollout progress and one line per
-epoch) and ``run_summary`` (:class:`~callbacks.run_summary.RunSummary`: the table ``fit`` starts with).
+rollouts, and acting in ``fit`` only), ``failure_report`` (:class:`~echorl_lightning.callbacks.failure_report.FailureReport`,
+on every run), ``progress`` (:class:`~echorl_lightning.callbacks.progress.RolloutProgress`: rollout progress and one line per
+epoch) and ``run_summary`` (:class:`~echorl_lightning.callbacks.run_summary.RunSummary`: the table ``fit`` starts with).
 ``trainer.callbacks`` keeps the other callbacks (checkpoints, export).
 
 ``imports`` (a top-level key, or ``--imports``): the user's own modules, as module names or paths to ``.py``
@@ -48,10 +48,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies import Strategy
 
-from callbacks.failure_report import FailureReport
-from callbacks.progress import RolloutProgress
-from callbacks.rollout import RolloutCallback
-from callbacks.run_summary import RunSummary
+from echorl_lightning.callbacks.failure_report import FailureReport
+from echorl_lightning.callbacks.progress import RolloutProgress
+from echorl_lightning.callbacks.rollout import RolloutCallback
+from echorl_lightning.callbacks.run_summary import RunSummary
 from echorl_lightning.config_checks import ConfigError, check_config
 from echorl_lightning.data.tables import DataSourceError
 from echorl_lightning.files.config_file import config_file_problem, config_paths, locate, parse_error_line

@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from echorl_lightning.callbacks.rollout import RolloutCallback  # noqa: E402
 
-from callbacks.rollout import RolloutCallback  # noqa: E402
 from echorl_lightning.cli import main as build_cli  # noqa: E402
 from echorl_lightning.echo import echo_loss  # noqa: E402
 from echorl_lightning.training.loss import rlvr_echo_loss  # noqa: E402

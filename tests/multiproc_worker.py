@@ -22,10 +22,10 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
+from echorl_lightning.callbacks.export_hf import ExportHFModel
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from callbacks.export_hf import ExportHFModel
 from echorl_lightning.module import EchoRLModule
 from echorl_lightning.rollout.batch import RolloutBatch, pad_rollouts
 from echorl_lightning.tiny import TINY_MODEL_PATH

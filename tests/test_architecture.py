@@ -36,8 +36,10 @@ def source_files() -> dict[str, Path]:
     files = sorted((ROOT / "echorl_lightning").rglob("*.py")) + sorted((ROOT / "callbacks").glob("*.py"))
     modules = {}
     for path in files:
-        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-        modules[name.removesuffix(".__init__")] = path
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[0] == "callbacks":  # installed as echorl_lightning.callbacks (pyproject's package-dir)
+            parts = ("echorl_lightning", *parts)
+        modules[".".join(parts).removesuffix(".__init__")] = path
     return modules
 
 
@@ -110,3 +112,16 @@ def test_no_file_over_400_lines() -> None:
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"files over {MAX_LINES} lines: {long}"
+
+
+def test_pyproject_installs_every_package_under_the_project_name() -> None:
+    """The installed packages are exactly the package folders (nothing forgotten, no generic top-level name)."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {
+        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "echorl_lightning").rglob("__init__.py")
+    } | {"echorl_lightning.callbacks"}
+    assert set(config["packages"]) == folders
+    assert config["package-dir"] == {"echorl_lightning.callbacks": "callbacks"}
+    assert all(name.split(".")[0] == "echorl_lightning" for name in config["packages"])

@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 
 import pytest
+from echorl_lightning.callbacks.failure_report import FailureReport
+from echorl_lightning.callbacks.rollout import RolloutCallback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import echorl_lightning.module
-from callbacks.failure_report import FailureReport
-from callbacks.rollout import RolloutCallback
 from echorl_lightning.bounds import number_problem
 from echorl_lightning.cli import main, resumed_version
 from echorl_lightning.config_checks import ConfigError, check_rollout, model_path_problem, world_size
@@ -111,7 +111,7 @@ def test_missing_engine_package_names_the_install_command(tmp_path: Path, no_wei
 
 
 def test_old_style_rollout_callback_is_refused(tmp_path: Path, no_weights: None) -> None:
-    old = '[{"class_path": "callbacks.rollout.RolloutCallback", "init_args": {"prompts_per_epoch": 8}}]'
+    old = '[{"class_path": "echorl_lightning.callbacks.rollout.RolloutCallback", "init_args": {"prompts_per_epoch": 8}}]'
     with pytest.raises(
         ConfigError, match=r"trainer.callbacks\[0\]: the RolloutCallback is the `rollout:` config group"
     ):

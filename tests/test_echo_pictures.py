@@ -18,13 +18,13 @@ import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
+from echorl_lightning.callbacks.echo_pictures import TAGS, EchoPictures, log_echo_pictures, logs_at
+from echorl_lightning.callbacks.rollout import RolloutCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugin_util import markdown_to_safe_html
 from torch.utils.tensorboard import SummaryWriter
 
-from callbacks.echo_pictures import TAGS, EchoPictures, log_echo_pictures, logs_at
-from callbacks.rollout import RolloutCallback
 from echorl_lightning.echo import (
     delimiter_token_ids,
     echo_metrics,
@@ -244,7 +244,7 @@ def test_setup_needs_a_rollout_callback_and_warns_without_tensorboard(tmp_path: 
     module = EchoRLModule(model=TINY_MODEL_PATH)
     pictures = EchoPictures()
     trainer = L.Trainer(logger=CSVLogger(str(tmp_path)), callbacks=[pictures], enable_progress_bar=False)
-    with pytest.raises(ValueError, match="add callbacks.rollout.RolloutCallback"):
+    with pytest.raises(ValueError, match="add echorl_lightning.callbacks.rollout.RolloutCallback"):
         pictures.setup(trainer, module, "fit")
     trainer = L.Trainer(
         logger=CSVLogger(str(tmp_path)), callbacks=[RolloutCallback(), pictures], enable_progress_bar=False

@@ -8,10 +8,10 @@ from pathlib import Path
 import lightning.pytorch as L
 import pytest
 import torch
+from echorl_lightning.callbacks.export_hf import ExportHFModel
+from echorl_lightning.callbacks.rollout import RolloutCallback
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from callbacks.export_hf import ExportHFModel
-from callbacks.rollout import RolloutCallback
 from echorl_lightning.module import EchoRLModule
 from echorl_lightning.tasks import ProceduralDataModule
 from echorl_lightning.tasks.arithmetic import ArithmeticTask

@@ -17,10 +17,10 @@ from pathlib import Path
 import lightning.pytorch as L
 import pytest
 import torch
+from echorl_lightning.callbacks.failure_report import FailureReport, format_report, newest_checkpoint
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from callbacks.failure_report import FailureReport, format_report, newest_checkpoint
 from echorl_lightning.training.checkpoint_safety import load_checkpoint_file
 
 ROOT = Path(__file__).resolve().parent.parent

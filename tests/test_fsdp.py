@@ -110,7 +110,7 @@ def test_fsdp2_fit_through_the_cli_with_rollouts_checkpoint_and_export(tmp_path:
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"dirpath": str(tmp_path / "checkpoints"), "every_n_epochs": 1,
                        "save_on_train_epoch_end": True, "save_top_k": 1}},
-        {"class_path": "callbacks.export_hf.ExportHFModel", "init_args": {"output_dir": str(export)}},
+        {"class_path": "echorl_lightning.callbacks.export_hf.ExportHFModel", "init_args": {"output_dir": str(export)}},
     ]  # fmt: skip
     strategy = {"class_path": "echorl_lightning.training.sharding.FSDP2Strategy"}
     args = [

@@ -17,12 +17,12 @@ import lightning.pytorch as L
 import peft
 import pytest
 import torch
+from echorl_lightning.callbacks.export_hf import ExportHFModel
+from echorl_lightning.callbacks.rollout import RolloutCallback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from callbacks.export_hf import ExportHFModel
-from callbacks.rollout import RolloutCallback
 from echorl_lightning.module import EchoRLModule, load_policy
 from echorl_lightning.rollout.batch import pad_rollouts
 from echorl_lightning.rollout.collect import encode_prompts

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import lightning.pytorch as L
 import pytest
 import torch
+from echorl_lightning.callbacks.rollout import RolloutCallback
 
-from callbacks.rollout import RolloutCallback
 from echorl_lightning.algorithms import METHODS
 from echorl_lightning.module import EchoRLModule
 from echorl_lightning.rewards.exact_match import ExactMatchVerifier

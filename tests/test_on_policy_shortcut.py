@@ -7,8 +7,8 @@ from __future__ import annotations
 import lightning.pytorch as L
 import pytest
 import torch
+from echorl_lightning.callbacks.rollout import RolloutCallback
 
-from callbacks.rollout import RolloutCallback
 from echorl_lightning.module import EchoRLModule
 from echorl_lightning.pipeline import steps
 from echorl_lightning.rollout.batch import pad_rollouts

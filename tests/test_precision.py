@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import lightning.pytorch as L
 import pytest
+from echorl_lightning.callbacks.rollout import RolloutCallback
 
-from callbacks.rollout import RolloutCallback
 from echorl_lightning.module import EchoRLModule
 from echorl_lightning.tasks import ProceduralDataModule
 from echorl_lightning.tasks.arithmetic import ArithmeticTask

@@ -12,10 +12,10 @@ from pathlib import Path
 import lightning.pytorch as L
 import pytest
 import torch
+from echorl_lightning.callbacks.progress import RolloutProgress, clock, metrics_line
+from echorl_lightning.callbacks.rollout import RolloutCallback
 from lightning.pytorch.loggers import CSVLogger
 
-from callbacks.progress import RolloutProgress, clock, metrics_line
-from callbacks.rollout import RolloutCallback
 from echorl_lightning.rollout.hf_engine import HFGenerateEngine
 from echorl_lightning.rollout.progress import (
     NullObserver,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from echorl_lightning.callbacks.rollout import RolloutCallback
+from echorl_lightning.callbacks.run_summary import RunSummary, count_parameters, plain_text, settings_text
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks.rollout import RolloutCallback
-from callbacks.run_summary import RunSummary, count_parameters, plain_text, settings_text
 from tests.tiny_fit import cpu_trainer, one_thread, tiny_policy_and_data  # noqa: F401 (one_thread: a fixture)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from echorl_lightning.callbacks.rollout import RolloutCallback
 
-from callbacks.rollout import RolloutCallback
 from echorl_lightning.algorithms.advantages import MIN_GROUP_SIZE
 from echorl_lightning.config_checks import check_model, check_rollout
 from echorl_lightning.rollout.hf_engine import validate_request

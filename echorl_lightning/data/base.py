@@ -257,7 +257,7 @@ class PromptDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.rollout_buffer is None:
             raise RuntimeError(
-                "the rollout buffer is empty: training needs the rollout callback (cli.py's `rollout:` group, or callbacks.rollout.RolloutCallback in Trainer(callbacks=...))"
+                "the rollout buffer is empty: training needs the rollout callback (cli.py's `rollout:` group, or echorl_lightning.callbacks.rollout.RolloutCallback in Trainer(callbacks=...))"
             )
         return DataLoader(self.rollout_buffer, batch_size=None)
 
