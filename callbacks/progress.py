@@ -115,10 +115,15 @@ class RolloutProgress(L.Callback):
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._live = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(),
-                console=get_console(), transient=True,
-            )  # fmt: skip
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("ETA {task.fields[eta]}"),
+                TimeElapsedColumn(),
+                console=get_console(),
+                transient=True,
+            )
             self._live.start()
 
     def phase_start(self, name: str, total: int) -> None:
@@ -141,8 +146,12 @@ class RolloutProgress(L.Callback):
             rate = rate_and_eta(
                 phase.done, phase.total, phase.tokens, now - phase.t0, self._rest_s(phase.name)
             )
-            self._live.update(phase.task, completed=phase.done, rate=self._rate(rate.tokens_per_s, rate.rows_per_s),
-                              eta=clock(rate.eta_s))  # fmt: skip
+            self._live.update(
+                phase.task,
+                completed=phase.done,
+                rate=self._rate(rate.tokens_per_s, rate.rows_per_s),
+                eta=clock(rate.eta_s),
+            )
         elif phase.done < phase.total and now - phase.last_line >= self.plain_interval_s:
             phase.last_line = now
             self._print(self._phase_line(phase, now))

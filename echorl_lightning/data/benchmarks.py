@@ -173,56 +173,178 @@ def _mmlu_pro(row: Mapping[str, Any], index: int) -> Example:
 # ---- the registry ---------------------------------------------------------------------------------------
 # Verified: dataset card of HuggingFaceH4/aime_2024 (features id, problem, solution, answer, url, year;
 # one split "train", 30 rows).
-_add(DatasetSpec("aime24", "HuggingFaceH4/aime_2024", None, "train", "math", "id",
-                 ("problem", "answer", "solution"), _math("problem", "answer", "solution")))  # fmt: skip
+_add(
+    DatasetSpec(
+        "aime24",
+        "HuggingFaceH4/aime_2024",
+        None,
+        "train",
+        "math",
+        "id",
+        ("problem", "answer", "solution"),
+        _math("problem", "answer", "solution"),
+    )
+)
 # Verified: load_dataset("math-ai/aime25", "default")["test"] with item["problem"], item["answer"] in
 # Jellyfish042/rwkv_mmlu prepare_data/prepare_aime2025.py (opencompass/AIME2025 is split in two configs).
-_add(DatasetSpec("aime25", "math-ai/aime25", None, "test", "math", "id",
-                 ("problem", "answer"), _math("problem", "answer")))  # fmt: skip
+_add(
+    DatasetSpec(
+        "aime25",
+        "math-ai/aime25",
+        None,
+        "test",
+        "math",
+        "id",
+        ("problem", "answer"),
+        _math("problem", "answer"),
+    )
+)
 # Verified: load_dataset("math-ai/amc23", split="test") with "question" / "answer" in public eval scripts
 # (answers may be numbers; 12.0 -> "12").
-_add(DatasetSpec("amc23", "math-ai/amc23", None, "test", "math", "id",
-                 ("question", "answer"), _math("question", "answer")))  # fmt: skip
+_add(
+    DatasetSpec(
+        "amc23",
+        "math-ai/amc23",
+        None,
+        "test",
+        "math",
+        "id",
+        ("question", "answer"),
+        _math("question", "answer"),
+    )
+)
 # Verified: HuggingFaceH4/MATH-500 "test" with problem / solution / answer (verl examples, eval pins).
-_add(DatasetSpec("math500", "HuggingFaceH4/MATH-500", None, "test", "math", "id",
-                 ("problem", "answer", "solution"), _math("problem", "answer", "solution")))  # fmt: skip
+_add(
+    DatasetSpec(
+        "math500",
+        "HuggingFaceH4/MATH-500",
+        None,
+        "test",
+        "math",
+        "id",
+        ("problem", "answer", "solution"),
+        _math("problem", "answer", "solution"),
+    )
+)
 # Verified: yuki-younai/verl-alignment examples/data_preprocess/math/eval_math_minerva-math.py reads
 # math-ai/minervamath["test"] example["question"], example["answer"].
-_add(DatasetSpec("minerva_math", "math-ai/minervamath", None, "test", "math", "id",
-                 ("question", "answer"), _math("question", "answer")))  # fmt: skip
+_add(
+    DatasetSpec(
+        "minerva_math",
+        "math-ai/minervamath",
+        None,
+        "test",
+        "math",
+        "id",
+        ("question", "answer"),
+        _math("question", "answer"),
+    )
+)
 # Verified: several public loaders use load_dataset("Hothan/OlympiadBench", "OE_TO_maths_en_COMP",
 # split="train") with row["question"] and row["final_answer"] a list (first / all answers), "solution" list.
-_add(DatasetSpec("olympiadbench", "Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train", "math", "id",
-                 ("question", "final_answer"), _olympiadbench))  # fmt: skip
+_add(
+    DatasetSpec(
+        "olympiadbench",
+        "Hothan/OlympiadBench",
+        "OE_TO_maths_en_COMP",
+        "train",
+        "math",
+        "id",
+        ("question", "final_answer"),
+        _olympiadbench,
+    )
+)
 # Verified: openai/gsm8k config "main", columns question / answer, answer ends "#### <number>".
-_add(DatasetSpec("gsm8k", "openai/gsm8k", "main", "test", "math", "id",
-                 ("question", "answer"), _gsm8k))  # fmt: skip
+_add(DatasetSpec("gsm8k", "openai/gsm8k", "main", "test", "math", "id", ("question", "answer"), _gsm8k))
 # Verified: load_dataset("allenai/ai2_arc", "ARC-Challenge")["test"] (public eval code); columns question,
 # choices {text, label}, answerKey (labels are "A".."E" or "1".."5").
-_add(DatasetSpec("arc_challenge", "allenai/ai2_arc", "ARC-Challenge", "test", "multiple_choice", "ood",
-                 ("question", "choices", "answerKey"), _arc))  # fmt: skip
+_add(
+    DatasetSpec(
+        "arc_challenge",
+        "allenai/ai2_arc",
+        "ARC-Challenge",
+        "test",
+        "multiple_choice",
+        "ood",
+        ("question", "choices", "answerKey"),
+        _arc,
+    )
+)
 # Verified: load_dataset("Idavidrein/gpqa", "gpqa_diamond", split="train") with "Question", "Correct
 # Answer", "Incorrect Answer 1..3" (public loaders; inspect_ai's gpqa notes the target is always A).
-_add(DatasetSpec("gpqa_diamond", "Idavidrein/gpqa", "gpqa_diamond", "train", "multiple_choice", "ood",
-                 ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
-                  "Incorrect Answer 3"), _gpqa))  # fmt: skip
+_add(
+    DatasetSpec(
+        "gpqa_diamond",
+        "Idavidrein/gpqa",
+        "gpqa_diamond",
+        "train",
+        "multiple_choice",
+        "ood",
+        ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"),
+        _gpqa,
+    )
+)
 # Verified: TIGER-Lab/MMLU-Pro splits validation / test (eval-framework docs: SAMPLE_SPLIT = test); columns
 # question, options (list, up to 10), answer (letter), answer_index.
-_add(DatasetSpec("mmlu_pro", "TIGER-Lab/MMLU-Pro", None, "test", "multiple_choice", "ood",
-                 ("question", "options", "answer"), _mmlu_pro))  # fmt: skip
+_add(
+    DatasetSpec(
+        "mmlu_pro",
+        "TIGER-Lab/MMLU-Pro",
+        None,
+        "test",
+        "multiple_choice",
+        "ood",
+        ("question", "options", "answer"),
+        _mmlu_pro,
+    )
+)
 # Verified: the verl RL schema documented in echorl_lightning/data/hub.py (LUFFY's release).
-_add(DatasetSpec("openr1_math", "Elliott/Openr1-Math-46k-8192", None, "train", "math", "train",
-                 ("prompt", "reward_model"), _openr1, optional_columns=("target",)))  # fmt: skip
+_add(
+    DatasetSpec(
+        "openr1_math",
+        "Elliott/Openr1-Math-46k-8192",
+        None,
+        "train",
+        "math",
+        "train",
+        ("prompt", "reward_model"),
+        _openr1,
+        optional_columns=("target",),
+    )
+)
 # Verified: DigitalLearningGmbH/MATH-lighteval "default" train / test, columns problem, level, type,
 # solution (verl reward routing and public loaders extract the boxed answer from "solution").
-_add(DatasetSpec("math_train", "DigitalLearningGmbH/MATH-lighteval", None, "train", "math", "train",
-                 ("problem", "solution"), _math_boxed))  # fmt: skip
-_add(DatasetSpec("gsm8k_train", "openai/gsm8k", "main", "train", "math", "train",
-                 ("question", "answer"), _gsm8k))  # fmt: skip
+_add(
+    DatasetSpec(
+        "math_train",
+        "DigitalLearningGmbH/MATH-lighteval",
+        None,
+        "train",
+        "math",
+        "train",
+        ("problem", "solution"),
+        _math_boxed,
+    )
+)
+_add(
+    DatasetSpec(
+        "gsm8k_train", "openai/gsm8k", "main", "train", "math", "train", ("question", "answer"), _gsm8k
+    )
+)
 # Verified: agentica-org/DeepScaleR-Preview-Dataset has one split "train" (public loaders); columns problem,
 # answer, solution (solution is often empty: the expert is then None).
-_add(DatasetSpec("deepscaler", "agentica-org/DeepScaleR-Preview-Dataset", None, "train", "math", "train",
-                 ("problem", "answer", "solution"), _math("problem", "answer", "solution")))  # fmt: skip
+_add(
+    DatasetSpec(
+        "deepscaler",
+        "agentica-org/DeepScaleR-Preview-Dataset",
+        None,
+        "train",
+        "math",
+        "train",
+        ("problem", "answer", "solution"),
+        _math("problem", "answer", "solution"),
+    )
+)
 
 
 # ---- loading --------------------------------------------------------------------------------------------

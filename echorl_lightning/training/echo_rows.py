@@ -48,8 +48,16 @@ def echo_clip_rows(
     if not echo.enabled:
         return torch.zeros(tokens.responses.shape, dtype=torch.bool), step_mask, step_end
     clip_mask = select_echo_clips(
-        entropy, step_mask, step_end, scores, group_size,
-        apply_to=echo.apply_to, selector=echo.selector, success_reward=echo.success_reward,
-        min_step_tokens=echo.min_step_tokens, truncated=ineligible, generator=generator,
-    )  # fmt: skip
+        entropy,
+        step_mask,
+        step_end,
+        scores,
+        group_size,
+        apply_to=echo.apply_to,
+        selector=echo.selector,
+        success_reward=echo.success_reward,
+        min_step_tokens=echo.min_step_tokens,
+        truncated=ineligible,
+        generator=generator,
+    )
     return clip_mask, step_mask, step_end

@@ -200,13 +200,26 @@ def main(argv: list[str] | None = None) -> None:
     def report(s: RoundStats) -> None:
         nonlocal total
         total += s.cpu_s
-        print(f"round {s.round}: kept {s.kept} of {s.sampled}, last loss {s.loss:.3f}, {total / 60:.1f} CPU-min",
-              flush=True)  # fmt: skip
+        print(
+            f"round {s.round}: kept {s.kept} of {s.sampled}, last loss {s.loss:.3f}, {total / 60:.1f} CPU-min",
+            flush=True,
+        )
 
     rft_rounds(
-        model, tok, config_difficulty(args.config), args.rounds, args.prompts, args.k, args.steps, args.lr,
-        args.seed, not args.any_correct, args.max_new_tokens, args.temperature, report,
-    )  # fmt: skip
+        model,
+        tok,
+        config_difficulty(args.config),
+        args.rounds,
+        args.prompts,
+        args.k,
+        args.steps,
+        args.lr,
+        args.seed,
+        not args.any_correct,
+        args.max_new_tokens,
+        args.temperature,
+        report,
+    )
     save(model, args.model, args.out)
     print(f"wrote {args.out}")
 

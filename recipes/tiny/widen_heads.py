@@ -164,11 +164,24 @@ def widened_config(config: PretrainedConfig, head_dim: int) -> LlamaConfig:
     kwargs: dict[str, Any] = {
         name: getattr(config, name)
         for name in (
-            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
-            "use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings", "attention_dropout",
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "hidden_act",
+            "max_position_embeddings",
+            "initializer_range",
+            "rms_norm_eps",
+            "use_cache",
+            "pad_token_id",
+            "bos_token_id",
+            "eos_token_id",
+            "tie_word_embeddings",
+            "attention_dropout",
         )
-    }  # fmt: skip
+    }
     return LlamaConfig(
         **kwargs,
         head_dim=head_dim,
@@ -214,8 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head-dim", type=int, required=True, help="the new head size (even, larger)")
     args = parser.parse_args(argv)
     config = widen_heads(args.src, args.dst, args.head_dim)
-    print(f"wrote {args.dst}: LlamaForCausalLM, head_dim {config.head_dim}, "
-          f"rope_theta {config.rope_parameters['rope_theta']}")  # fmt: skip
+    print(
+        f"wrote {args.dst}: LlamaForCausalLM, head_dim {config.head_dim}, "
+        f"rope_theta {config.rope_parameters['rope_theta']}"
+    )
 
 
 if __name__ == "__main__":
