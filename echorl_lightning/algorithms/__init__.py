@@ -1,7 +1,6 @@
 """The RLVR algorithm math EchoRL plugs into: pure tensor functions, one registry per axis.
 
-Reference: "EchoRL: Reinforcement Learning via Rollout Echoing", arXiv 2605.31228. The echo term itself
-lives in ``echorl_lightning.echo``; this package is the policy-gradient side ``L_RLVR``.
+The echo term itself lives in ``echorl_lightning.echo``; this package is the policy-gradient side ``L_RLVR``.
 
 Axes (each a :class:`~echorl_lightning.registry.Registry`, every entry of one axis with one signature):
 

@@ -1,9 +1,7 @@
 """Outcome-reward advantage estimators of the group-relative RLVR family.
 
-Reference: "EchoRL: Reinforcement Learning via Rollout Echoing", arXiv 2605.31228, the method table of
-the project's specification (``ECHORL.md``). Each estimator maps one scalar reward per rollout, laid out
-as ``[B, G]`` (the G rollouts of a prompt in one row), to one scalar advantage per rollout; the caller
-broadcasts it over the response tokens.
+Each estimator maps one scalar reward per rollout, laid out as ``[B, G]`` (the G rollouts of a prompt in one
+row), to one scalar advantage per rollout; the caller broadcasts it over the response tokens.
 
 Implemented (registry name: formula, per group of G rewards r_1..r_G):
 

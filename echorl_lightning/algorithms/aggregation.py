@@ -1,7 +1,6 @@
 """Loss aggregation modes: how a ``[N, T]`` per-token loss becomes the scalar that is backpropagated.
 
-Reference: "EchoRL: Reinforcement Learning via Rollout Echoing", arXiv 2605.31228, the method table of
-the project's specification (``ECHORL.md``); the mode names are verl's ``loss_agg_mode`` values.
+The mode names are verl's ``loss_agg_mode`` values.
 
 Implemented (registry name: formula), ``m`` the response mask, ``L`` the loss matrix:
 

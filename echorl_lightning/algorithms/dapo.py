@@ -1,7 +1,6 @@
 """DAPO's two batch-shaping helpers: overlong reward shaping and the dynamic-sampling group filter.
 
-Reference: "EchoRL: Reinforcement Learning via Rollout Echoing", arXiv 2605.31228, the project's
-specification (``ECHORL.md``); DAPO is arXiv 2503.14476.
+DAPO is arXiv 2503.14476.
 
 - :func:`overlong_penalty`: the soft length penalty added to the verifier reward, with ``L_max`` the
   length limit and ``L_cache`` the buffer before it: 0 if ``|y| <= L_max - L_cache``,
@@ -10,9 +9,9 @@ specification (``ECHORL.md``); DAPO is arXiv 2503.14476.
   ``0 < #correct < G``; this is written as "the group's rewards are not all equal", which is the same for
   0/1 rewards and also works for non-binary rewards (shaped, or with the overlong penalty added).
 - :func:`dynamic_sampling_rows`: the rows of the training batch under that filter, with EchoRL: the first
-  ``num_groups`` kept groups take part in the policy gradient; a dropped group stays only through its
-  EchoClip row (the clip is mined before the filter, ECHORL.md "Echo loss"); dropped rows pad the batch up
-  to a minimum row count (no gradient: their policy-gradient mask is 0).
+  ``num_groups`` kept groups take part in the policy gradient; a dropped group stays only through its EchoClip
+  row (the clip is mined before the filter); dropped rows pad the batch up to a minimum row count (no
+  gradient: their policy-gradient mask is 0).
 
 Left out here (the trainer's job): the resampling loop that refills the batch with kept groups
 (``MethodConfig.max_resample_rounds``).

@@ -1,8 +1,7 @@
 """Per-token estimators of KL(pi_theta || pi_ref), for the optional KL penalty to a reference model.
 
-Reference: "EchoRL: Reinforcement Learning via Rollout Echoing", arXiv 2605.31228, the project's
-specification (``ECHORL.md``); the estimators are Schulman's k1/k2/k3 ("Approximating KL divergence",
-2020), the names verl calls ``kl``/``mse``/``low_var_kl``.
+The estimators are Schulman's k1/k2/k3 ("Approximating KL divergence", 2020), the names verl calls
+``kl``/``mse``/``low_var_kl``.
 
 With ``x = ref_logp - logp`` on tokens sampled from pi_theta:
 

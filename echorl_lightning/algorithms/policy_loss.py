@@ -1,9 +1,8 @@
 """Per-token policy-gradient losses (the clip rule axis) of the RLVR methods EchoRL plugs into.
 
-Reference: "EchoRL: Reinforcement Learning via Rollout Echoing", arXiv 2605.31228, the method table of
-the project's specification (``ECHORL.md``). Every entry maps current and old per-token log-probs and one
-advantage per sequence to a ``[N, T]`` loss matrix to MINIMISE (0 on padding) plus detached scalar
-metrics; reducing the matrix to a scalar is the separate aggregation axis (``aggregation.py``).
+Every entry maps current and old per-token log-probs and one advantage per sequence to a ``[N, T]`` loss
+matrix to MINIMISE (0 on padding) plus detached scalar metrics; reducing the matrix to a scalar is the
+separate aggregation axis (``aggregation.py``).
 
 Implemented (registry name: per-token loss), ``rho = exp(logp - old_logp)``, ``A`` the sequence's
 advantage, ``clip(x) = clamp(x, 1 - clip_low, 1 + clip_high)``:

@@ -1,13 +1,12 @@
 """Named RLVR method presets: one value per independent algorithm axis.
 
-Reference: "EchoRL: Reinforcement Learning via Rollout Echoing", arXiv 2605.31228, the method table of
-the project's specification (``ECHORL.md``). A method (GRPO, DAPO, ...) is not code of its own: it is a
-:class:`MethodConfig` naming an advantage estimator, a policy loss, an aggregation mode, a KL estimator and
-a few switches, and any of them can be overridden (``resolve_method("dapo", clip_high=0.3)``, or in YAML).
+A method (GRPO, DAPO, ...) is not code of its own: it is a :class:`MethodConfig` naming an advantage
+estimator, a policy loss, an aggregation mode, a KL estimator and a few switches, and any of them can be
+overridden (``resolve_method("dapo", clip_high=0.3)``, or in YAML).
 
 Presets (``METHODS``): ``grpo``, ``dr_grpo``, ``dapo``, ``rloo``, ``reinforce_pp``, ``gspo``, ``luffy``.
-Choices the table leaves open: GSPO aggregates with ``seq-mean-token-mean`` (verl's GSPO setting, the
-table's "seq-mean"); REINFORCE++'s optional KL uses k2 with ``kl_coef`` 0 (off, as in the paper's runs);
+Choices the methods' own definitions leave open: GSPO aggregates with ``seq-mean-token-mean`` (verl's GSPO
+setting, a mean over sequences); REINFORCE++'s optional KL uses k2 with ``kl_coef`` 0 (off by default);
 DAPO's overlong buffer defaults to 1024 tokens and must not exceed the configured response limit.
 
 Left out: the echo term's settings (``echo.*``, owned by the echo package), rollout settings (G, lengths,
