@@ -1,4 +1,4 @@
-"""EchoRL's own pieces (arXiv 2605.31228): step splitting, EchoClip selection, the echo loss, echo statistics.
+"""EchoRL's own pieces: step splitting, EchoClip selection, the echo loss, echo statistics.
 
 All are pure tensor functions; the LightningModule calls them and adds ``echo.coef * echo_loss`` to the RLVR
 loss. Typical use, per rollout batch::

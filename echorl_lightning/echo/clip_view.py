@@ -1,11 +1,11 @@
-"""Where each EchoClip sits in its rollout, for pictures of the clips (EchoRL, arXiv 2605.31228).
+"""Where each EchoClip sits in its rollout, for pictures of the clips.
 
 Pure tensor math over one rollout batch (N rows, T response tokens, S = T step slots), built on
 :func:`~echorl_lightning.echo.steps.split_steps` so steps and step entropies are exactly those the clip
 selector saw. Definitions follow :mod:`echorl_lightning.echo.stats`:
 
 * the **peak step** of a clip row is the step that holds the clip's last token (the step s* the selector
-  chose; for the paper's ``peak`` selector the highest-entropy step of the group);
+  chose; for the default ``peak`` selector the highest-entropy step of the group);
 * its **relative position** is ``k / (K - 1)`` (k its 0-based index, K the row's steps; 0 for a one-step
   rollout), so the mean of :attr:`ClipView.peak_pos` over the clip rows is ``echo/peak_step_pos``;
 * the **clip end** is the index of the clip's last response token;

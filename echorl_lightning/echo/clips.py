@@ -1,4 +1,4 @@
-"""EchoClip selection for EchoRL (arXiv 2605.31228, "EchoClip selection (per prompt group)").
+"""EchoClip selection for EchoRL, one clip at most per prompt group.
 
 For every eligible prompt group, pool the steps of its eligible rollouts V, pick one step s* with a
 selector, and return the prefix of s*'s rollout from its first response token through the last token of
@@ -6,7 +6,7 @@ s* (the *EchoClip*). Exactly one row of an eligible group holds the clip; every 
 
 Eligibility (``apply_to``):
 
-* ``"degenerate"`` (the paper's default): groups whose G rewards all equal ``success_reward``; V = those
+* ``"degenerate"`` (the default): groups whose G rewards all equal ``success_reward``; V = those
   rollouts.
 * ``"success"``: groups with at least one success; V = its successful rollouts.
 
@@ -17,7 +17,7 @@ Rewards are compared with ``==`` to ``success_reward``.
 
 Selectors (the :data:`ECHO_SELECTORS` registry, one signature per entry):
 
-* ``"peak"`` (the paper): the step with the highest step entropy;
+* ``"peak"`` (the default): the step with the highest step entropy;
 * ``"lowest"``: the step with the lowest step entropy (an ablation);
 * ``"random"``: a uniformly drawn eligible step (``generator`` seeds it);
 * ``"full"``: the whole response of the rollout that holds the peak step.
@@ -94,7 +94,7 @@ def first_argmax_per_group(score: Tensor, candidate: Tensor, group_size: int) ->
 def peak_selector(
     steps: Steps, candidate: Tensor, group_size: int, generator: torch.Generator | None
 ) -> Tensor:
-    """The paper's selector: the clip runs through the highest-entropy step of V."""
+    """The default selector: the clip runs through the highest-entropy step of V."""
     return first_argmax_per_group(steps.entropy, candidate, group_size)
 
 

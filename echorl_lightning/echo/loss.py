@@ -1,13 +1,13 @@
-"""The EchoRL echo loss (arXiv 2605.31228, "Echo loss").
+"""The EchoRL echo loss: a likelihood term on the EchoClips.
 
 ``L_echo = (1 / num_clips) * sum over clips c of [ -(1/|c|) * sum_{t in c} log pi_theta(o_t | q, o_<t) ]``:
 a token-mean negative log-likelihood per clip, averaged over the clips of the optimizer step. The total
 loss is ``L_RLVR + echo.coef * L_echo``; the coefficient is applied by the caller.
 
-This file implements that term only. Left out on purpose, as in the paper: importance ratios, clipping and
-any KL on the echo term. ``num_clips`` is the clip count of the whole optimizer step (all ranks, all
-gradient-accumulation micro-batches); the trainer passes it so that summing per-micro-batch losses and
-averaging gradients across ranks gives the global mean. By default it is the local count.
+This file implements that term only. Left out on purpose: importance ratios, clipping and any KL on the echo
+term. ``num_clips`` is the clip count of the whole optimizer step (all ranks, all gradient-accumulation
+micro-batches); the trainer passes it so that summing per-micro-batch losses and averaging gradients across
+ranks gives the global mean. By default it is the local count.
 """
 
 from __future__ import annotations

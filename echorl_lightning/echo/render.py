@@ -1,4 +1,4 @@
-"""Text and figure of EchoClips for TensorBoard (EchoRL, arXiv 2605.31228): what a clip looks like.
+"""Text and figure of EchoClips for TensorBoard: what a clip looks like.
 
 Reads a :class:`~echorl_lightning.echo.clip_view.ClipView` (steps, peak step, clip end) and turns chosen
 rows into

@@ -1,4 +1,4 @@
-"""Logging statistics of EchoRL's clips and of the step entropies (arXiv 2605.31228; names from ECHORL.md).
+"""Logging statistics of EchoRL's clips and of the step entropies.
 
 :func:`echo_metrics` reads only tensors (the clip mask, not the selector that made it), so it describes any
 clip mask. Definitions, all over the rows of the batch handed in (the trainer reduces across ranks):

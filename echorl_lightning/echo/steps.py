@@ -1,10 +1,11 @@
-"""Reasoning-step splitting for EchoRL (arXiv 2605.31228, the "Steps" and "Step entropy" rules).
+"""Reasoning-step splitting for EchoRL: where steps end and each step's entropy.
 
 A response is split into reasoning steps at delimiter tokens: a step ends at, and includes, a token whose
-decoded text contains the delimiter (default "\\n"; merged tokens such as ".\\n\\n" count). The last step
-runs to the end of the response. The steps cover exactly the tokens of ``response_mask``: whether EOS is a
-response token for step purposes is the caller's choice of mask (ECHORL.md excludes it; the trainer passes
-the mask it wants). A step's entropy is the mean token entropy over its tokens.
+decoded text contains the delimiter (default "\\n"; merged tokens such as ".\\n\\n" count). The last step runs
+to the end of the response. The steps cover exactly the tokens of ``response_mask``: whether EOS is a response
+token for step purposes is the caller's choice of mask (the trainer excludes it:
+:func:`~echorl_lightning.training.echo_rows.echo_clip_rows`). A step's entropy is the mean token entropy over
+its tokens.
 
 This file implements:
 
