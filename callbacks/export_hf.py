@@ -56,8 +56,9 @@ class ExportHFModel(L.Callback):
         self.max_shard_bytes = max_shard_bytes
         self.export_adapter = export_adapter
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Fail before training, not after it, when the module cannot be exported."""
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Fail before training, not after it, when the module cannot be exported (the policy is loaded by
+        now: ``configure_model`` runs before this hook)."""
         if not isinstance(pl_module, HFExportable) or not hasattr(pl_module.policy, "save_pretrained"):
             raise TypeError(
                 f"ExportHFModel: {type(pl_module).__name__} needs a Hugging Face `policy` (save_pretrained) "

@@ -57,4 +57,4 @@ def test_export_refuses_a_module_without_a_policy_before_training() -> None:
         pass
 
     with pytest.raises(TypeError, match="policy"):
-        ExportHFModel("unused").setup(L.Trainer(logger=False), NoPolicy(), "fit")
+        ExportHFModel("unused").on_fit_start(L.Trainer(logger=False), NoPolicy())

@@ -78,6 +78,7 @@ def run(
         lr=1e-4,
         echo=EchoConfig(apply_to="success"),
     )
+    module.configure_model()  # the policy, loaded now so its starting weights can be kept
     before = {k: v.clone() for k, v in module.policy.state_dict().items()}
     verifier = RecordingVerifier()
     data = ProceduralDataModule(ArithmeticTask(), num_train=128, num_val=0, verifier=verifier)

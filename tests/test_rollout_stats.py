@@ -53,11 +53,11 @@ def test_success_reward_decides_what_counts_as_success() -> None:
 def test_step_valid_frac_counts_successful_judged_rollouts_only() -> None:
     # rows: success+valid, success+faulty step, success+unjudged, failure+valid -> 1 valid of 2 judged successes
     scores = torch.tensor([1.0, 1.0, 1.0, 0.0])
-    verdicts = [True, False, None, True]
+    verdicts = torch.tensor([1.0, 0.0, float("nan"), 1.0])  # NaN: not judged
     zeros = torch.zeros(4, dtype=torch.bool)
     m = rollout_metrics(scores, scores, zeros, torch.ones(4), zeros, 2, step_valid=verdicts)
     assert float(m["rollout/step_valid_frac"]) == pytest.approx(1 / 2)
     assert "rollout/step_valid_frac" not in rollout_metrics(scores, scores, zeros, torch.ones(4), zeros, 2)
     # nothing judged: still logged (every rank logs the same keys), as NaN
-    none_judged = rollout_metrics(scores, scores, zeros, torch.ones(4), zeros, 2, step_valid=[None] * 4)
+    none_judged = rollout_metrics(scores, scores, zeros, torch.ones(4), zeros, 2, step_valid=torch.full((4,), float("nan")))
     assert torch.isnan(none_judged["rollout/step_valid_frac"])
