@@ -101,14 +101,14 @@ class AlgorithmOverrides:
 
 @dataclass
 class EchoConfig:
-    """EchoRL settings (ECHORL.md, "EchoClip selection" and "Echo loss").
+    """EchoRL settings: which rollouts get an EchoClip, where it ends, and the echo term's weight.
 
     Attributes:
         enabled: add the echo term L = L_RLVR + coef * L_echo.
-        coef: lambda, the echo-loss coefficient (the paper's 0.001).
+        coef: lambda, the echo-loss coefficient.
         apply_to: ``degenerate``: only groups whose rollouts all succeeded; ``success``: every group with a
             success (V = its successful rollouts).
-        selector: ``peak`` (the paper: prefix through the highest-entropy step), ``lowest``, ``random``,
+        selector: ``peak`` (the default: prefix through the highest-entropy step), ``lowest``, ``random``,
             ``full`` (the whole rollout holding the peak step): ablations; or a name registered in
             ``ECHO_SELECTORS`` by the user's own code.
         step_delimiter: text whose presence in a token's decoded text ends a reasoning step.
@@ -141,7 +141,7 @@ class EvalConfig:
 
     Attributes:
         n: samples per prompt (k of avg@k).
-        temperature: evaluation temperature (the paper's 0.6; 0 = greedy).
+        temperature: evaluation temperature (0 = greedy).
         top_p: nucleus mass.
         max_new_tokens: response length limit.
         seed: sampling seed.

@@ -1,9 +1,9 @@
 """Batch statistics over all data-parallel ranks for the rollout step.
 
 :func:`global_advantages`: each rank holds its own groups; estimators with a batch statistic (REINFORCE++'s
-std over the whole batch, ECHORL.md) must see every rank's rewards, so the rewards are gathered (ranks may hold
-different numbers of groups after DAPO's extra rounds), the estimator runs on the global batch and each rank
-keeps its own rows. Group-local estimators give the same values either way.
+std over the whole batch) must see every rank's rewards, so the rewards are gathered (ranks may hold different
+numbers of groups after DAPO's extra rounds), the estimator runs on the global batch and each rank keeps its
+own rows. Group-local estimators give the same values either way.
 
 :func:`all_ranks_min`: a value agreed by every rank (DAPO's "enough groups" decision, so that every rank runs
 the same number of generation rounds: under FSDP2 each forward is a collective).

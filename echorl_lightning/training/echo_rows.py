@@ -1,4 +1,4 @@
-"""EchoClips of one rollout batch from the EchoRL settings (ECHORL.md, "EchoClip selection").
+"""EchoClips of one rollout batch from the EchoRL settings.
 
 :func:`echo_clip_rows` applies an :class:`~echorl_lightning.training.config.EchoConfig` to a padded rollout
 batch: steps end at tokens holding the step delimiter, EOS is excluded from steps, truncated and expert rows are

@@ -1,13 +1,13 @@
 """The policy forward: response log-probs and entropy without full-vocabulary logits.
 
 Every pass over rollouts (the training forward, the no-grad old-log-prob pass that gives EchoRL its token
-entropies, the reference-model pass; EchoRL, arXiv 2605.31228) needs, for each response token, the
-log-prob of the sampled token and the full-vocabulary entropy at the rollout temperature tau. The
-default path runs the decoder only (``model.get_decoder()``: no LM head), keeps the final hidden states at
-the T positions that predict the response, and hands them with the output embedding to
+entropies, the reference-model pass) needs, for each response token, the log-prob of the sampled token and the
+full-vocabulary entropy at the rollout temperature tau. The default path runs the decoder only
+(``model.get_decoder()``: no LM head), keeps the final hidden states at the T positions that predict the
+response, and hands them with the output embedding to
 :func:`echorl_lightning.ops.logprobs_and_entropy_from_hidden`, which computes logits chunk by chunk and
-recomputes them in the backward. Peak memory beyond the decoder is then a few [chunk, V] buffers instead
-of the [n, P + T, V] logits (and their gradient) of ``model(...).logits``.
+recomputes them in the backward. Peak memory beyond the decoder is then a few [chunk, V] buffers instead of
+the [n, P + T, V] logits (and their gradient) of ``model(...).logits``.
 
 The decoder is trusted to compute what the model's own forward computes before the LM head; what the model
 does after the head is looked up by ``config.model_type`` in :data:`LM_HEADS`, a registry of functions

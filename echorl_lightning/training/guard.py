@@ -1,11 +1,12 @@
 """The numerical guard of the update: a step whose loss or gradient is not finite is skipped, not applied.
 
-RL runs diverge in ways a finite loss does not show (measured: at lr 1e6 the loss stayed finite, the gradient
-norm was NaN, the optimizer stepped and 373,344 parameters became non-finite). :class:`NumericalGuard` looks
-at the total gradient norm just before each optimizer step (a non-finite loss gives non-finite gradients, so
-one check covers both): a non-finite norm skips the step (the caller drops the gradients, so nothing is
-applied), is counted and reported; ``max_consecutive`` skips in a row stop the run with an error that names
-the likely causes. :func:`non_finite_parameters` lets the caller refuse to checkpoint non-finite weights.
+RL runs diverge in ways a finite loss does not show (a far too large learning rate can keep the loss finite
+while the gradient norm is NaN: the optimizer steps and the parameters become non-finite).
+:class:`NumericalGuard` looks at the total gradient norm just before each optimizer step (a non-finite loss
+gives non-finite gradients, so one check covers both): a non-finite norm skips the step (the caller drops the
+gradients, so nothing is applied), is counted and reported; ``max_consecutive`` skips in a row stop the run
+with an error that names the likely causes. :func:`non_finite_parameters` lets the caller refuse to checkpoint
+non-finite weights.
 
 Left out: loss scaling (fp16's GradScaler does its own skipping) and per-rank decisions (under DDP/FSDP the
 gradient norm is computed after the all-reduce, so every rank decides the same).

@@ -1,9 +1,9 @@
 """LoRA for the policy: the YAML settings, the peft wrapper, the reference model without a second copy, and
 adapter-only checkpoints.
 
-RLVR post-training (EchoRL, arXiv 2605.31228, and the GRPO family it plugs into) with LoRA trains low-rank
-adapters ``W + (alpha / r) * B @ A`` on the chosen linear layers and keeps the base weights ``W`` frozen.
-This file implements:
+RLVR post-training (EchoRL and the GRPO family it plugs into) with LoRA trains low-rank adapters
+``W + (alpha / r) * B @ A`` on the chosen linear layers and keeps the base weights ``W`` frozen. This file
+implements:
 
 * :class:`LoraConfig`: ``model.init_args.lora: {r, alpha, dropout, target_modules}``, checked when parsed;
 * :func:`wrap_lora`: ``peft.get_peft_model`` with those settings (``B = 0`` at the start, so the wrapped
@@ -14,8 +14,7 @@ This file implements:
   (adapter) tensors, and the frozen entries filled back in from the freshly loaded base when one is loaded.
   Resume is exact because the base weights are never modified: the merged weights for engines and export
   (``echorl_lightning.training.lora_merge``) are produced without peft's merge/unmerge round trip, which
-  changes the base weights by rounding (10 merge/unmerge cycles changed 41% of the float32 base elements of
-  the shipped tiny model, and 47% of the bfloat16 ones).
+  changes the base weights by rounding.
 
 Left out: DoRA and other LoRA variants, adapters on the LM head or the embeddings (the hidden-state
 log-prob path needs a plain ``nn.Linear`` head, ``training.forward``), several adapters at once, quantized

@@ -4,9 +4,8 @@ export, without a second full copy and without touching the base weights.
 Inference engines that hold their own weights (vLLM) and the exported Hugging Face folder need the plain
 model: every adapted layer's weight merged, under the base checkpoint's names. peft's ``merge_adapter()`` /
 ``unmerge_adapter()`` round trip adds the update to ``W`` and subtracts it again, which does not give ``W``
-back in floating point (``(W + D) - D != W``): every sync would perturb the frozen base by rounding, so
-"only adapters change" and exact resume would fail (10 round trips changed 41% of the float32 base elements
-of the shipped tiny model, 47% in bfloat16). Here each adapted layer is merged into a fresh tensor, handed
+back in floating point (``(W + D) - D != W``): every sync would perturb the frozen base by rounding, so "only
+adapters change" and exact resume would fail. Here each adapted layer is merged into a fresh tensor, handed
 out, and freed before the next one is built; ``W`` is only read:
 
 * :func:`merged_named_weights`: ``(HF name, tensor)`` for each state-dict entry of the base model, adapter
@@ -24,8 +23,8 @@ out, and freed before the next one is built; ``W`` is only read:
 * :func:`save_merged_pretrained`: the merged model as a Hugging Face folder (config, generation config,
   safetensors files written one at a time) that ``AutoModelForCausalLM.from_pretrained`` loads.
 
-Part of echorl-lightning, the implementation of EchoRL (arXiv 2605.31228). Left out: DoRA and other LoRA
-variants (refused), FSDP2-sharded (DTensor) adapters, quantized bases, adapters on embeddings.
+Left out: DoRA and other LoRA variants (refused), FSDP2-sharded (DTensor) adapters, quantized bases, adapters
+on embeddings.
 """
 
 from __future__ import annotations

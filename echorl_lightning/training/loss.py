@@ -1,4 +1,4 @@
-"""The total loss of one micro-batch: L = L_RLVR (+ beta * KL) + lambda * L_echo (ECHORL.md, "Echo loss").
+"""The total loss of one micro-batch: L = L_RLVR (+ beta * KL) + lambda * L_echo.
 
 Every term reads the SAME ``logp`` (one policy forward per micro-batch: the echo term costs no extra pass).
 The normalisers are the global counts of the optimizer step (all micro-batches of the step, all ranks), so

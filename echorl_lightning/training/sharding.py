@@ -1,9 +1,9 @@
 """FSDP2 sharding of the policy through Lightning, and full weights streamed out of the shards.
 
-Sharded training of the EchoRL update (EchoRL, arXiv 2605.31228; issue 10 item 3) uses Lightning's
-``ModelParallelStrategy`` (FSDP2, ``torch.distributed.fsdp.fully_shard``): the strategy builds a device mesh,
-the module's ``configure_model`` calls :func:`apply_fsdp2` on the policy (and the frozen reference model),
-and parameters, gradients and AdamW state then live as ``DTensor`` shards, 1/world of each per rank.
+Sharded training of the EchoRL update uses Lightning's ``ModelParallelStrategy`` (FSDP2,
+``torch.distributed.fsdp.fully_shard``): the strategy builds a device mesh, the module's ``configure_model``
+calls :func:`apply_fsdp2` on the policy (and the frozen reference model), and parameters, gradients and AdamW
+state then live as ``DTensor`` shards, 1/world of each per rank.
 
 - :class:`FSDP2Strategy`: ``ModelParallelStrategy`` with pure data parallelism by default (all ranks shard,
   no tensor parallelism) and the mixed-precision settings of the shards (:class:`ShardingConfig`). A plain
