@@ -1,6 +1,6 @@
 """Tensor operations shared by the algorithms: memory-bounded token log-probs and entropy.
 
-See :mod:`echorl_lightning.ops.logprob_entropy` (EchoRL, arXiv 2605.31228).
+See :mod:`echorl_lightning.ops.logprob_entropy`.
 """
 
 from echorl_lightning.ops.logprob_entropy import (

@@ -1,8 +1,8 @@
 """Memory-bounded token log-probs and full-vocabulary entropy, from logits or from the last hidden state.
 
-EchoRL (arXiv 2605.31228) needs, for every response token, the log-prob of the sampled token (the policy
-gradient and echo losses) and the full-vocabulary Shannon entropy of the next-token distribution at the
-rollout temperature tau (EchoClip selection, a constant)::
+EchoRL needs, for every response token, the log-prob of the sampled token (the policy gradient and echo
+losses) and the full-vocabulary Shannon entropy of the next-token distribution at the rollout temperature tau
+(EchoClip selection, a constant)::
 
     z = logits / tau
     logp_t = z_t[token_t] - logsumexp(z_t)

@@ -19,19 +19,15 @@ entropies. An optional ``progress`` callable hears after each chunk how many row
 tokens they came to (progress displays, ``echorl_lightning.rollout.progress``).
 
 At temperature 1 and ``top_p=1`` no processor that touches the logits runs (only the entropy recorder, with
-``return_entropy``). Measured on the CPU demo (512 rows of 64 new tokens, tiny-arith, 1 thread, shared 2-core
-machine, benchmarks/RESULTS.md): ``batch_size`` 256 (the default) and 512 tie, 128 and 64 are 15% and 60%
-slower; a static KV cache gave no gain there (7.1 s against 6.5 s with the dynamic cache), and ``torch.compile``
-of the forward over a static cache took 274 s to compile and then ran 2x slower (11-12 s against 5-7 s).
-At 384 new tokens (tiny-countdown, 256 rows, 1 thread, ``benchmarks/kv_cache.py``) the static cache is 1.06x
-faster (20.4 s against 21.6 s, medians of 5), inside the run-to-run spread (19.4-22.4 s); the first rollout
-of a process takes about twice as long whichever cache it uses (warm-up). The cache is a constructor option
-for other hardware: ``None`` (transformers' dynamic cache, the default) or any ``cache_implementation`` that
+``return_entropy``). The defaults follow the CPU measurements in ``benchmarks/RESULTS.md``: smaller chunks
+than ``batch_size`` 256 were slower and larger ones no faster; a static KV cache gained nothing beyond the
+run-to-run spread, even on long responses (``benchmarks/kv_cache.py``), and ``torch.compile`` of the forward
+over a static cache was slow to compile and then decoded slower. The cache is a constructor option for
+other hardware: ``None`` (transformers' dynamic cache, the default) or any ``cache_implementation`` that
 ``generate`` accepts.
 
 Left out: beam search, stop strings, per-prompt sampling settings, speculative decoding and compiled decoding
 (see above; worth measuring again on a GPU).
-Part of echorl-lightning, the implementation of EchoRL (arXiv 2605.31228), whose rollouts this engine samples.
 """
 
 from __future__ import annotations

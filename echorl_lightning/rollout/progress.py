@@ -1,16 +1,17 @@
 """Progress reports from one epoch's rollout: the observer protocol, the wrappers that feed it, and its arithmetic.
 
-An epoch's rollout (EchoRL, arXiv 2605.31228; the rollout callback's steps (a)-(g)) runs in phases: generation
-(one per generation round; DAPO's dynamic sampling may run several), verification, and the no-grad
-old-log-prob (and reference) pass. The rollout callback tells a :class:`RolloutObserver` when the rollout
-starts, when each phase starts, advances (rows and response tokens done) and ends, and hands it the epoch's
+An epoch's rollout (the steps of :mod:`echorl_lightning.pipeline.steps`) runs in phases: generation (one per
+generation round; DAPO's dynamic sampling may run several), verification, and the no-grad old-log-prob (and
+reference) pass. The pipeline tells a :class:`RolloutObserver` when the rollout starts, when each phase
+starts, advances (rows and response tokens done) and ends, and the rollout callback hands it the epoch's
 rollout metrics at the end. :class:`ObservedEngine` and :func:`observed_verifier` report the generation and
-verification phases around any engine and verifier; an engine whose ``generate`` takes a ``progress``
-callable (the HF engine: one call per generated chunk) reports per chunk, any other once at the end.
+verification phases around any engine and verifier; an engine whose ``generate`` takes a ``progress`` callable
+(the HF engine: one call per generated chunk) reports per chunk, any other once at the end.
 
 :func:`rate_and_eta` is the throughput/ETA arithmetic shared by every display. Rendering lives in
-``callbacks/progress.py``. Left out: progress inside one ``generate`` chunk and inside the log-prob pass (the
-module's ``score_rollouts`` reports nothing until it returns).
+:mod:`echorl_lightning.callbacks.progress`. Left out: progress inside one ``generate`` chunk and inside the
+log-prob pass (the pipeline's :func:`~echorl_lightning.training.passes.score_rollouts` reports nothing until
+it returns).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ seeds, ``torch.Generator.manual_seed``).
 Seeds nest: ``derive_seed(derive_seed(base, epoch, round, rank), i, j)`` is the seed of sample j of
 prompt i of a call whose ``SamplingConfig.seed`` is ``derive_seed(base, epoch, round, rank)``; that is how
 :class:`~echorl_lightning.rollout.vllm_engine.VLLMEngine` seeds its requests. Pure functions of their
-arguments, no global state. Part of echorl-lightning, the implementation of EchoRL (arXiv 2605.31228).
+arguments, no global state.
 """
 
 from __future__ import annotations

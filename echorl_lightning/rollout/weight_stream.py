@@ -19,7 +19,7 @@ without a copy. Wrapper fragments that never appear in checkpoint names (``torch
 
 Left out: FSDP1 (``FullyShardedDataParallel`` flat parameters; rejected with an error), DeepSpeed ZeRO-3,
 tensor-parallel (non-``Shard``/``Replicate``-on-one-mesh) layouts beyond what ``full_tensor()`` handles,
-LoRA merging, quantized engines. Part of echorl-lightning, the implementation of EchoRL (arXiv 2605.31228).
+LoRA merging, quantized engines.
 """
 
 from __future__ import annotations
