@@ -8,7 +8,7 @@ does not start with ``Answer: ``. The text comes back as written (no trimming), 
 own format strictly: a canonical integer, a Countdown expression.
 
 Leaves out any leniency on purpose (an ``Answer:`` line before the last line, ``answer:``, no space after the
-colon): RL amplifies whatever format drift a verifier lets through (EchoRL, arXiv 2605.31228).
+colon): RL amplifies whatever format drift a verifier lets through.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The strict final-answer verifier of the embedded arithmetic task.
 
-Implements a :class:`~echorl_lightning.data.types.Verifier` that scores 1.0 when the LAST non-empty line of
-a completion is exactly ``Answer: <int>`` in canonical integer form (optional ``-``, no leading zeros, no
-``+``, no spaces or other characters anywhere in the line) and that integer equals the reference, else 0.0.
-A reference that is not an integer cannot be judged (``None``). :meth:`ExactMatchVerifier.answer` gives the
-integer it compares, for maj@k votes. The verifiable reward of RLVR as used by
-EchoRL (arXiv 2605.31228): r = 1 for a verified-correct final answer, 0 otherwise.
+Implements a :class:`~echorl_lightning.data.types.Verifier` that scores 1.0 when the LAST non-empty line of a
+completion is exactly ``Answer: <int>`` in canonical integer form (optional ``-``, no leading zeros, no ``+``,
+no spaces or other characters anywhere in the line) and that integer equals the reference, else 0.0. A
+reference that is not an integer cannot be judged (``None``). :meth:`ExactMatchVerifier.answer` gives the
+integer it compares, for maj@k votes. The verifiable reward of RLVR: r = 1 for a verified-correct final
+answer, 0 otherwise.
 
 Leaves out any leniency on purpose: a lenient ``int()`` check let format drift (leading zeros, ``+5``,
 trailing spaces) through, which RL then amplifies. Leaves out symbolic/LaTeX answers (use math-verify for

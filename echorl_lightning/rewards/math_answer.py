@@ -1,8 +1,8 @@
 """The answer a math completion states, as a normalised string, by pure string rules (no sympy).
 
 Implements what :meth:`~echorl_lightning.rewards.math_verify.MathVerifier.answer` returns for maj@k voting
-(EchoRL, arXiv 2605.31228, reports maj@k beside avg@k and pass@k): the same places the verifier's
-math-verify extraction reads, in the same order of preference, cut down to what a regex can tell:
+(reported beside avg@k and pass@k): the same places the verifier's math-verify extraction reads, in the same
+order of preference, cut down to what a regex can tell:
 
 1. every complete ``\\boxed{...}`` (brace matching, ``\\{`` escapes skipped); several boxes with different
    contents form one answer ``"a,b"`` in order of appearance, as math-verify reads them as a set (a hedge);

@@ -1,33 +1,32 @@
 """Math answer verifier: ``math-verify`` run in a pool of worker processes with a hard per-item timeout and a
 per-worker memory limit.
 
-Implements the binary RLVR reward of EchoRL (arXiv 2605.31228, "reward 1/0"): a completion scores 1.0 when
-the answer it states is mathematically equivalent to the reference according to HuggingFace's
-``math-verify``: ``parse`` the reference (boxed first if bare) and the completion with ``LatexExtractionConfig``
-(boxed answers first) and ``ExprExtractionConfig`` ("final answer is 3", a trailing number), then
-``verify(gold, prediction)``; 0.0 otherwise. math-verify reads every box of a completion together, so two
-different boxed answers (hedging) never match a single reference. With ``require_boxed=True`` a completion
-without a complete ``\\boxed{}`` scores 0.0 without being parsed, and only its boxes are parsed (a stray
-number in the text around them counts for nothing).
+Implements the binary RLVR reward (1 or 0): a completion scores 1.0 when the answer it states is
+mathematically equivalent to the reference according to HuggingFace's ``math-verify``: ``parse`` the reference
+(boxed first if bare) and the completion with ``LatexExtractionConfig`` (boxed answers first) and
+``ExprExtractionConfig`` ("final answer is 3", a trailing number), then ``verify(gold, prediction)``; 0.0
+otherwise. math-verify reads every box of a completion together, so two different boxed answers (hedging)
+never match a single reference. With ``require_boxed=True`` a completion without a complete ``\\boxed{}``
+scores 0.0 without being parsed, and only its boxes are parsed (a stray number in the text around them counts
+for nothing).
 
 Why worker processes: ``math-verify`` bounds its own work with ``signal.alarm``, which only works on the main
 thread of the main interpreter, and a hostile completion (``\\boxed{9^{9^{9^{9}}}}``) can spin inside a
-C-level big-integer operation that no in-process timer can interrupt, while ``\\boxed{4^{2^{32}}}`` also
-grows its memory by about 50 MB/s. So every item runs in a :class:`~echorl_lightning.rewards.process_pool.
-ProcessPool` worker with math-verify's internal timeouts switched off (``parsing_timeout=None``,
-``timeout_seconds=None``): an item past ``timeout_s`` scores 0.0 (math-verify's own verdict on a timeout);
-an item whose worker grows more than ``memory_limit_mb`` above its start-up size, raises ``MemoryError``,
-dies, or raises anything else cannot be judged and scores None. Either way the worker is replaced, and the
-counters :attr:`MathVerifier.num_timeouts`, :attr:`~MathVerifier.num_memory_kills` and
-:attr:`~MathVerifier.num_errors` (cumulative; :meth:`MathVerifier.stats` gives them under the names
-``verifier_timeouts``, ``verifier_oom``, ``verifier_errors``) say how often.
+C-level big-integer operation that no in-process timer can interrupt, while ``\\boxed{4^{2^{32}}}`` also keeps
+growing its memory. So every item runs in a :class:`~echorl_lightning.rewards.process_pool.ProcessPool` worker
+with math-verify's internal timeouts switched off (``parsing_timeout=None``, ``timeout_seconds=None``): an
+item past ``timeout_s`` scores 0.0 (math-verify's own verdict on a timeout); an item whose worker grows more
+than ``memory_limit_mb`` above its start-up size, raises ``MemoryError``, dies, or raises anything else cannot
+be judged and scores None. Either way the worker is replaced, and the counters
+:attr:`MathVerifier.num_timeouts`, :attr:`~MathVerifier.num_memory_kills` and :attr:`~MathVerifier.num_errors`
+(cumulative; :meth:`MathVerifier.stats` gives them under the names ``verifier_timeouts``, ``verifier_oom``,
+``verifier_errors``) say how often.
 
 Start-up cost: a spawned or forkserver child re-imports the parent's ``__main__`` script (Python's own rule;
 CPython 3.11's forkserver cannot preload it), so under ``python cli.py`` each worker start imports the
-training stack once (about 12 s and 375 MB on a loaded 2-core CPU box) instead of about 1 s for math-verify
-alone; launching as ``python -m <package>`` (a ``__main__.py``) avoids it. Item deadlines never include
-start-up, the memory limit is measured from the footprint after it, and :meth:`MathVerifier.start` lets it
-overlap model loading.
+training stack once, far slower and larger than math-verify alone; launching as ``python -m <package>`` (a
+``__main__.py``) avoids it. Item deadlines never include start-up, the memory limit is measured from the
+footprint after it, and :meth:`MathVerifier.start` lets it overlap model loading.
 
 :meth:`MathVerifier.answer` gives the normalised answer for maj@k by string rules in the calling process
 (:func:`~echorl_lightning.rewards.math_answer.extract_math_answer`), never sympy.
@@ -95,8 +94,8 @@ class MathVerifier:
         strict: math-verify's ``strict`` mode (variables must match by name, sets are not tuples).
         memory_limit_mb: the most resident memory (MiB) a worker may add to its start-up footprint while it
             verifies one item (its address space is capped at twice that); past it the worker is killed and
-            the item scores None. None: no limit. A worker needs about 60 MB to start; 2048 leaves ten
-            times what any hostile input tried reached in its 3 s.
+            the item scores None. None: no limit. The default 2048 is far above what any hostile
+            input tried so far reached within the default timeout.
         require_boxed: a completion without a complete ``\\boxed{}`` scores 0.0, and only its boxes are
             parsed.
 

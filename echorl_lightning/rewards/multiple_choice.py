@@ -1,5 +1,5 @@
-"""Multiple-choice (letter) verifier for the out-of-distribution benchmarks of EchoRL (arXiv 2605.31228):
-ARC-Challenge, GPQA-Diamond, MMLU-Pro.
+"""Multiple-choice (letter) verifier for the out-of-distribution benchmarks: ARC-Challenge, GPQA-Diamond,
+MMLU-Pro.
 
 Implements a :class:`~echorl_lightning.data.types.Verifier` that scores 1.0 when the letter a completion
 commits to equals the reference letter, else 0.0; a reference that is not one of the allowed letters cannot

@@ -1,7 +1,7 @@
 """A pool of worker processes that runs one function on untrusted items under a hard per-item deadline and a
 per-worker memory limit: the isolation that :class:`~echorl_lightning.rewards.math_verify.MathVerifier` needs
-to parse model output (EchoRL, arXiv 2605.31228, scores every rollout with a verifier; a hostile rollout must
-neither stall nor take down the training process).
+to parse model output (every rollout is scored by a verifier; a hostile rollout must neither stall nor take
+down the training process).
 
 Implements, per item: the owner hands ``args`` to an idle worker, which answers ``fn(*args)``. An item ends
 in one of four states (:data:`ItemStatus`):
