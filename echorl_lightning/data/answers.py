@@ -1,6 +1,6 @@
 """Turning a dataset's answer column into a verifier reference (pure string functions).
 
-Two formats besides a raw answer, as used by the math sets of EchoRL (arXiv 2605.31228) and its baselines:
+Two formats besides a raw answer, as used by the math sets of EchoRL and its baselines:
 
 * ``boxed``: a worked solution whose final answer is the LAST ``\\boxed{...}`` (or ``\\fbox{...}``), with
   nested braces (``\\boxed{\\frac{1}{2}}``) handled by brace matching, not a regex;

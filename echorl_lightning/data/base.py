@@ -1,15 +1,15 @@
 """Base class of every RLVR datamodule, and :class:`EvalSet`, one named evaluation set.
 
-A :class:`PromptDataModule` owns three things: the training prompt pool the rollout callback draws from
+A :class:`PromptDataModule` owns three things: the training prompt pool the rollout pipeline draws from
 each epoch, the evaluation sets (validation and test both use them), and the verifier that scores
 completions. Its training dataloader serves the rollout buffer that the rollout callback fills at the start
 of every epoch (the buffer is data, so it lives here, not on the LightningModule).
 
 Subclasses implement :meth:`load_train_prompts` (and usually :meth:`load_val_prompts` and
 :meth:`default_verifier`). By default there is one evaluation set, ``"val"``, built from the validation
-prompts and the verifier; a subclass with several benchmarks overrides :meth:`load_eval_sets` (EchoRL, arXiv
-2605.31228, reports in-distribution math and out-of-distribution multiple-choice sets separately). One
-dataloader is served per set, so ``dataloader_idx`` of ``validation_step`` indexes :meth:`eval_sets`.
+prompts and the verifier; a subclass with several benchmarks overrides :meth:`load_eval_sets` (in-distribution
+math and out-of-distribution multiple-choice sets are reported separately). One dataloader is served per set,
+so ``dataloader_idx`` of ``validation_step`` indexes :meth:`eval_sets`.
 
 Prompt text that needs the tokenizer (chat templates) is built after :meth:`connect` has bound it;
 ``cli.py`` calls ``connect`` before every subcommand. :meth:`check_data`, meant to run right after

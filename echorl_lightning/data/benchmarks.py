@@ -1,17 +1,17 @@
-"""Named benchmark and training sets of EchoRL (arXiv 2605.31228): where each lives and how one raw row
-becomes ``(problem text, reference, expert solution)``.
+"""Named benchmark and training sets of EchoRL: where each lives and how one raw row becomes
+``(problem text, reference, expert solution)``.
 
 :data:`BENCHMARKS` is a :class:`~echorl_lightning.registry.Registry` of frozen :class:`DatasetSpec` entries,
 one per named set; :func:`load_benchmark` loads one split (from the hub, or from a local JSONL / Parquet file
 in the same schema) and maps every row with the spec's pure ``to_example`` function.
 
-* In-distribution math evaluation (the paper's and LUFFY's six): ``aime24``, ``aime25``, ``amc23``,
+* In-distribution math evaluation (the six that EchoRL and LUFFY report): ``aime24``, ``aime25``, ``amc23``,
   ``math500``, ``minerva_math``, ``olympiadbench``; plus ``gsm8k`` (math, so tagged ``id``).
 * Out-of-distribution multiple choice: ``arc_challenge``, ``gpqa_diamond``, ``mmlu_pro``. The problem text
   is the question followed by lettered options (:func:`format_choices`); the reference is the correct letter.
   GPQA stores the correct answer first, so its four options are shuffled with a seed derived from the row
   index (``random.Random(index)``): reproducible, and the correct letter is not always ``A``.
-* Training: ``openr1_math`` (LUFFY's OpenR1-Math-46k, the paper's training set; expert = the R1 solution),
+* Training: ``openr1_math`` (LUFFY's OpenR1-Math-46k, EchoRL's training set; expert = the R1 solution),
   ``math_train`` (MATH train, reference = last ``\\boxed{}`` of the solution), ``gsm8k_train`` (expert = the
   solution text before ``####``), ``deepscaler`` (DeepScaleR-Preview).
 

@@ -1,9 +1,8 @@
 """Prompts from a Hugging Face hub dataset or a local data file, with a column mapping, plus named
 benchmark sets for evaluation.
 
-The training data of EchoRL (arXiv 2605.31228) is OpenR1-Math, "about 46k problems with expert solutions",
-distributed for LUFFY as the hub dataset ``Elliott/Openr1-Math-46k-8192`` (one ``train`` split). Its rows
-are in verl's RL schema:
+The training data of EchoRL is OpenR1-Math, "about 46k problems with expert solutions", distributed for LUFFY
+as the hub dataset ``Elliott/Openr1-Math-46k-8192`` (one ``train`` split). Its rows are in verl's RL schema:
 
     data_source   str
     prompt        list of {role, content}: [system message, user message with the problem]

@@ -1,7 +1,8 @@
 """What a prompt datamodule hands to the rollout loop, and the verifier protocol.
 
 A datamodule serves :class:`PromptExample` items (text, already templated for the policy) and owns a
-verifier; the rollout callback tokenizes, generates, scores and builds the training buffer.
+verifier; the rollout pipeline (:mod:`echorl_lightning.pipeline.steps`) tokenizes, generates, scores and
+cuts the micro-batches that the training buffer serves.
 
 :class:`Verifier` is the protocol a verifier meets; :data:`VerifierFn` is the looser type datamodules take
 from a config, so that a plain function without exact type hints (``def my_verifier(completions,

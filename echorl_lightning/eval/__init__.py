@@ -1,7 +1,4 @@
-"""Evaluation of a policy on held-out prompts: sampling-based accuracy metrics (avg@k, pass@k, maj@k).
-
-Reference: "EchoRL: Reinforcement Learning via Rollout Echoing", arXiv 2605.31228 (ICML 2026).
-"""
+"""Evaluation of a policy on held-out prompts: sampling-based accuracy metrics (avg@k, pass@k, maj@k)."""
 
 from echorl_lightning.eval.metrics import (
     AvgAtK,

@@ -3,10 +3,10 @@
 :class:`SampledEvalHooks` is a mixin for a LightningModule that has ``eval_cfg`` (an
 :class:`~echorl_lightning.training.config.EvalConfig`), ``evaluation`` (a
 :class:`~echorl_lightning.eval.sampled.SampledEvaluation`), ``tokenizer``, ``policy`` and ``engine_sync`` (an
-:class:`~echorl_lightning.pipeline.engine_sync.EngineSync`): per batch it samples k completions per prompt through the rollout engine
-(:func:`~echorl_lightning.eval.sampled.sample_and_score`), and at the end of the stage it logs the values of
-``SampledEvaluation.compute`` (EchoRL, arXiv 2605.31228: k samples per prompt at temperature 0.6), prints the
-accuracy, and records the sanity pass before training as the accuracy at step 0.
+:class:`~echorl_lightning.pipeline.engine_sync.EngineSync`): per batch it samples k completions per prompt
+through the rollout engine (:func:`~echorl_lightning.eval.sampled.sample_and_score`), and at the end of the
+stage it logs the values of ``SampledEvaluation.compute`` (k samples per prompt, at temperature 0.6 by
+default), prints the accuracy, and records the sanity pass before training as the accuracy at step 0.
 
 Left out: the evaluation of a model other than the module's policy.
 """

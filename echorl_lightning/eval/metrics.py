@@ -1,8 +1,8 @@
 """Sampling-based evaluation metrics: avg@k, the unbiased pass@k, and maj@k, as ``torchmetrics`` metrics.
 
-Evaluation in the style of EchoRL (arXiv 2605.31228, "evaluation temperature 0.6") samples k completions per
-prompt; per prompt the caller hands over the k verifier scores (0/1) and, for maj@k, the k verifier-normalised
-answers. Notation: ``P`` prompts in one ``update`` call, ``k`` samples per prompt.
+Evaluation samples k completions per prompt (at temperature 0.6 by default); per prompt the caller hands over
+the k verifier scores (0/1) and, for maj@k, the k verifier-normalised answers. Notation: ``P`` prompts in one
+``update`` call, ``k`` samples per prompt.
 
 - avg@k: mean score over all P*k samples.
 - pass@k: the unbiased estimator of the Codex paper (Chen et al. 2021, arXiv 2107.03374) per prompt,

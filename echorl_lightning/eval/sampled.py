@@ -1,9 +1,9 @@
 """Sampled evaluation of a policy on named evaluation sets, as used by validation and test.
 
-Per batch of one :class:`~echorl_lightning.data.base.EvalSet` (EchoRL, arXiv 2605.31228: k samples per prompt
-at temperature 0.6): :func:`sample_and_score` draws k completions per prompt through the rollout engine and
-scores them with the set's verifier (and, where the set has one, its step checker);
-:class:`SampledEvaluation` keeps the torchmetrics state per stage and set and turns it into the logged values:
+Per batch of one :class:`~echorl_lightning.data.base.EvalSet` (k samples per prompt, at temperature 0.6 by
+default): :func:`sample_and_score` draws k completions per prompt through the rollout engine and scores them
+with the set's verifier (and, where the set has one, its step checker); :class:`SampledEvaluation` keeps the
+torchmetrics state per stage and set and turns it into the logged values:
 
 * ``<stage>/<set>/avg@k``, ``pass@1``, ``pass@k`` (unbiased), ``maj@k`` (a vote over the verifier's own parsed
   answers, ``verifier.answer``, where the verifier has one, else the set's ``answer_fn``) and
