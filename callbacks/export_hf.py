@@ -1,9 +1,8 @@
 """Callback that exports the trained policy as a Hugging Face folder at the end of ``fit``.
 
 Implements :class:`ExportHFModel`: the folder loads with ``AutoModelForCausalLM.from_pretrained`` /
-``AutoTokenizer.from_pretrained`` and can serve as the starting policy of an EchoRL run (EchoRL, arXiv
-2605.31228). Every module of the project names its network ``policy`` (the RL module and the SFT warm-start
-alike).
+``AutoTokenizer.from_pretrained`` and can serve as the starting policy of an EchoRL run. Every module of the
+project names its network ``policy`` (the RL module and the SFT warm-start alike).
 
 - Unsharded policy (one process, DDP): ``policy.save_pretrained(output_dir)`` on global rank 0.
 - FSDP2-sharded policy (``ModelParallelStrategy`` / ``training.sharding.FSDP2Strategy``): every rank takes

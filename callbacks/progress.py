@@ -1,8 +1,8 @@
-"""Rollout progress on the console (issue 13 item 3): what a user sees while an epoch's rollout runs, and after.
+"""Rollout progress on the console: what a user sees while an epoch's rollout runs, and after.
 
-``RolloutProgress`` is a :class:`~echorl_lightning.rollout.progress.RolloutObserver`: the rollout callback finds
-it among the trainer's callbacks and reports each phase of the epoch's rollout (EchoRL, arXiv 2605.31228:
-generation, verification, the no-grad old-log-prob and reference passes). On rank 0 it shows:
+``RolloutProgress`` is a :class:`~echorl_lightning.rollout.progress.RolloutObserver`: the rollout callback
+finds it among the trainer's callbacks and the rollout pipeline reports each phase of the epoch's rollout to
+it (generation, verification, the no-grad old-log-prob and reference passes). On rank 0 it shows:
 
 * in a terminal, a live rich progress bar per phase (rows done of the epoch's rows, response tokens/s, ETA of
   the epoch's rollout, elapsed), removed when the rollout ends;
@@ -10,7 +10,7 @@ generation, verification, the no-grad old-log-prob and reference passes). On ran
   while a long phase runs;
 * after each epoch's rollout, one line from the rollout callback's metrics: epoch, ``reward/mean``,
   ``rollout/frac_all_success``, ``echo/num_clips``, ``rollout/response_length``, ``perf/rollout_tokens_per_s``
-  and ``perf/rollout_s`` (validation prints its own ``[val]`` line: ``echorl_lightning/eval/hooks.py``).
+  and ``perf/rollout_s`` (validation prints its own ``[val]`` line: :mod:`echorl_lightning.eval.hooks`).
 
 The ETA is the current phase's remaining rows at its rate so far plus the previous epoch's durations of the
 phases still to come. The HF engine reports per generated chunk; engines that report nothing while they run

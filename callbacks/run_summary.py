@@ -1,12 +1,12 @@
-"""The run summary (issue 13 item 3): the table a ``fit`` starts with, on rank 0.
+"""The run summary: the table a ``fit`` starts with, on rank 0.
 
-What the run will do, read from the built objects (not the YAML), so overrides and presets show resolved:
-the model (path, class, dtype, parameters total and trainable; the reference model when KL needs one), the
-method preset and every axis of its resolved ``MethodConfig`` (EchoRL, arXiv 2605.31228, plugs into the GRPO
-family), the echo settings, the rollout engine, accelerator, devices, strategy and precision, the data
-(train prompts, verifier, evaluation sets and their sizes), the rollout and update schedule (from the
-``RolloutCallback``), and where logs and checkpoints go. Sections whose objects are absent (a module without
-a method, no rollout callback) are left out. Printed with rich in a terminal, as plain text otherwise.
+What the run will do, read from the built objects (not the YAML), so overrides and presets show resolved: the
+model (path, class, dtype, parameters total and trainable; the reference model when KL needs one), the method
+preset and every axis of its resolved ``MethodConfig`` (EchoRL plugs into the GRPO family), the echo settings,
+the rollout engine, accelerator, devices, strategy and precision, the data (train prompts, verifier,
+evaluation sets and their sizes), the rollout and update schedule (from the ``RolloutCallback``), and where
+logs and checkpoints go. Sections whose objects are absent (a module without a method, no rollout callback)
+are left out. Printed with rich in a terminal, as plain text otherwise.
 
 Left out: settings of objects the project does not know (other loggers' options, optimizer internals).
 """

@@ -5,8 +5,9 @@ EchoClips, row keeping, micro-batches.
 :class:`~echorl_lightning.rollout.batch.RolloutBatch` (every row, for observers), its micro-batches (for the
 training buffer) and its metrics. Each step is a plain function of plain inputs; the math lives in
 ``algorithms`` (advantages, DAPO), ``echo`` (EchoClips) and ``training.forward`` (log-probs), the engine-side
-steps in ``rollout.collect``. The rollout callback (``callbacks/rollout.py``) only gathers the inputs from the
-trainer and the module and hands the outputs on; nothing here reads the training loop's state.
+steps in ``rollout.collect``. The rollout callback (:mod:`echorl_lightning.callbacks.rollout`) only gathers
+the inputs from the trainer and the module and hands the outputs on; nothing here reads the training loop's
+state.
 
 1. **sync**: the engine holds the policy's weights of this optimizer step (``EngineSync``).
 2. **draw**: this rank's prompts for the epoch (seeded by epoch and round; each rank its own slice, groups are
