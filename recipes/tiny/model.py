@@ -10,7 +10,7 @@ one in ``tokenizer.json``; and for vLLM's CPU attention, which serves head sizes
 96 / 4 = 24: the warm-start configs build a Llama with ``head_dim=32`` (468k parameters with the byte tokenizer),
 the shape of the shipped models, which were trained at head size 24 and widened exactly by
 :mod:`recipes.tiny.widen_heads`. Leaves out sliding-window attention and anything GPU-specific. Used by the EchoRL
-CPU demo and the Countdown miniature (EchoRL, arXiv 2605.31228).
+CPU demo and the Countdown miniature.
 """
 
 from __future__ import annotations

@@ -2,14 +2,13 @@
 
 Implements :class:`SFTModule`: a tiny Qwen2 or Llama built from scratch (the tiny config of
 :mod:`recipes.tiny.model`, with the byte tokenizer or a tokenizer folder such as a task BPE of
-:mod:`recipes.tiny.bpe`) or loaded from a folder, trained with token-mean
-next-token NLL on the response tokens and EOS (:func:`response_nll`), AdamW with linear warm-up and cosine
-decay. Validation samples ``val_samples`` completions per prompt at ``val_temperature`` plus one greedy
-completion and logs ``val/pass@1`` (mean reward of the samples), ``val/frac_all_correct`` and
-``val/frac_all_wrong`` (prompts with all / none of the samples right: the degenerate groups EchoRL feeds
-on), ``val/greedy_acc``, ``val/eos_rate`` and ``val/response_len``. The warm-start gives RLVR and EchoRL
-(arXiv 2605.31228) a policy that already formats answers and stops. Leaves out packing, gradient
-checkpointing and LoRA (the model has under 1M parameters).
+:mod:`recipes.tiny.bpe`) or loaded from a folder, trained with token-mean next-token NLL on the response
+tokens and EOS (:func:`response_nll`), AdamW with linear warm-up and cosine decay. Validation samples
+``val_samples`` completions per prompt at ``val_temperature`` plus one greedy completion and logs
+``val/pass@1`` (mean reward of the samples), ``val/frac_all_correct`` and ``val/frac_all_wrong`` (prompts with
+all / none of the samples right: the degenerate groups EchoRL feeds on), ``val/greedy_acc``, ``val/eos_rate``
+and ``val/response_len``. The warm-start gives RLVR and EchoRL a policy that already formats answers and
+stops. Leaves out packing, gradient checkpointing and LoRA (the model has under 1M parameters).
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """The byte-level BPE tokenizer of the embedded tiny model.
 
-Implements a byte-level BPE vocabulary of exactly the 256 byte symbols (GPT-2's byte-to-unicode alphabet,
-so token id == byte value) plus two special tokens, ``<|endoftext|>`` (EOS, id 256) and ``<|pad|>`` (pad,
-id 257), with no merges: every byte is one token, every string round-trips exactly and ``"\\n"`` is its own
-token (EchoRL splits reasoning steps at newline tokens; EchoRL, arXiv 2605.31228). Leaves out merges (the
-embedded arithmetic task is short, and one token per character keeps step boundaries trivial), a BOS token
-and any chat template.
+Implements a byte-level BPE vocabulary of exactly the 256 byte symbols (GPT-2's byte-to-unicode alphabet, so
+token id == byte value) plus two special tokens, ``<|endoftext|>`` (EOS, id 256) and ``<|pad|>`` (pad, id
+257), with no merges: every byte is one token, every string round-trips exactly and ``"\\n"`` is its own token
+(EchoRL splits reasoning steps at newline tokens). Leaves out merges (the embedded arithmetic task is short,
+and one token per character keeps step boundaries trivial), a BOS token and any chat template.
 
 Why byte-level BPE and not a character vocabulary: transformers 5.x loads a tokenizer folder whose model
 config says ``model_type: qwen2`` as ``Qwen2Tokenizer``, which silently drops the spaces of a
