@@ -10,8 +10,9 @@ The buffer is filled when the training loop asks for an epoch's first batch (``R
 hook), once per epoch: Lightning requests the first batch of a run before ``on_train_epoch_start`` and, on
 resume, after it has restored the epoch counter, so each epoch's rollouts are generated exactly once, for the
 right epoch. The last rollout batch stays readable as :attr:`RolloutCallback.last_rollout` (for observers
-such as the EchoClip pictures); a ``rollout.progress.RolloutObserver`` among the trainer's callbacks hears
-each phase's progress. ``perf/train_s`` ends with the epoch's last training batch (validation excluded).
+such as the EchoClip pictures); a :class:`~echorl_lightning.rollout.progress.RolloutObserver` among the
+trainer's callbacks hears each phase's progress. ``perf/train_s`` ends with the epoch's last training batch
+(validation excluded).
 """
 
 from __future__ import annotations
