@@ -6,27 +6,23 @@ import re
 
 import pytest
 
-from echorl_lightning.data.arithmetic import (
+from echorl_lightning.data.types import PromptExample
+from echorl_lightning.rewards.exact_match import ExactMatchVerifier
+from echorl_lightning.tasks import EvalSpec, ProceduralDataModule
+from echorl_lightning.tasks.arithmetic import ArithmeticTask
+from echorl_lightning.tasks.arithmetic.problems import (
     DEFAULT_DIFFICULTY,
-    ArithmeticStepChecker,
     Difficulty,
-    check_steps,
     expression_bucket,
     make_problem,
     make_problems,
     ood_difficulty,
-    solve,
 )
-from echorl_lightning.data.arithmetic import parse_expression as parse_arith
-from echorl_lightning.data.arithmetic_dm import (
-    ArithmeticDataModule,
-    ArithmeticEvalSpec,
-    ArithmeticSFTDataModule,
-    sft_collate,
-)
-from echorl_lightning.data.types import PromptExample
-from echorl_lightning.rewards.exact_match import ExactMatchVerifier
-from echorl_lightning.tiny.tokenizer import build_tokenizer
+from echorl_lightning.tasks.arithmetic.solver import solve
+from echorl_lightning.tasks.arithmetic.steps import ArithmeticStepChecker, check_steps
+from echorl_lightning.tasks.arithmetic.steps import parse_expression as parse_arith
+from recipes.tiny.sft_data import SFTDataModule, sft_collate
+from recipes.tiny.tokenizer import build_tokenizer
 
 STEP = re.compile(r"(-?\d+)([-+*])(\d+)=(-?\d+)")
 
@@ -108,7 +104,9 @@ def test_difficulty_knobs() -> None:
 
 
 def test_rlvr_datamodule() -> None:
-    dm = ArithmeticDataModule(num_train=16, num_val=8, split="test", seed=2)
+    dm = ProceduralDataModule(
+        ArithmeticTask(), num_train=16, num_val=8, seed=2, eval_sets=[EvalSpec("val", "test", None, None)]
+    )
     assert len(dm.train_prompts) == 16 and len(dm.val_prompts) == 8
     example = dm.val_prompts[3]
     problem = make_problem("test", 3, seed=2)
@@ -124,13 +122,13 @@ def test_rlvr_datamodule() -> None:
 
 def test_named_eval_sets() -> None:
     harder = Difficulty(min_operands=4, max_operands=4)
-    dm = ArithmeticDataModule(
+    dm = ProceduralDataModule(
+        ArithmeticTask(Difficulty(min_operands=3, max_operands=3)),
         num_train=8,
         num_val=5,
-        difficulty=Difficulty(min_operands=3, max_operands=3),
         eval_sets=[
-            ArithmeticEvalSpec("id", split="val", group="id"),
-            ArithmeticEvalSpec("ood_steps", split="test", difficulty=harder, group="ood", num=3),
+            EvalSpec("id", split="val", group="id"),
+            EvalSpec("ood_steps", split="test", task=ArithmeticTask(harder), group="ood", num=3),
         ],
     )
     id_set, ood_set = dm.eval_sets()
@@ -142,10 +140,10 @@ def test_named_eval_sets() -> None:
     assert ood_set.prompts[1].prompt == make_problem("test", 1, 0, harder).prompt
     assert id_set.verifier is dm.verifier
     # without eval_sets: the single set "val" of the configured split
-    (only,) = ArithmeticDataModule(num_train=8, num_val=2).eval_sets()
+    (only,) = ProceduralDataModule(ArithmeticTask(), num_train=8, num_val=2).eval_sets()
     assert (only.name, len(only.prompts)) == ("val", 2)
     with pytest.raises(ValueError, match="eval_sets\\['bad'\\].num must be >= 1, got 0"):
-        ArithmeticDataModule(eval_sets=[ArithmeticEvalSpec("bad", num=0)])
+        ProceduralDataModule(ArithmeticTask(), eval_sets=[EvalSpec("bad", num=0)])
 
 
 def test_sft_collate_masks_from_lengths() -> None:
@@ -162,7 +160,7 @@ def test_sft_collate_masks_from_lengths() -> None:
 
 def test_sft_datamodule_batches() -> None:
     tok = build_tokenizer()
-    dm = ArithmeticSFTDataModule(batch_size=4, num_val=6, val_batch_size=4)
+    dm = SFTDataModule(ArithmeticTask(), batch_size=4, num_val=6, val_batch_size=4)
     dm.connect(tok)
     batch = next(iter(dm.train_dataloader()))
     problems = make_problems("train", 4)
@@ -204,6 +202,6 @@ def test_step_checker_accepts_every_reference_solution() -> None:
         examples = [PromptExample(p.prompt, p.answer) for p in problems]
         assert checker([p.solution for p in problems], examples) == [True] * 200
     assert checker(["Answer: 1"], [PromptExample("not a problem", "1")]) == [None]
-    dm = ArithmeticDataModule(num_train=4, num_val=2, eval_sets=[ArithmeticEvalSpec("id")])
+    dm = ProceduralDataModule(ArithmeticTask(), num_train=4, num_val=2, eval_sets=[EvalSpec("id")])
     assert isinstance(dm.default_step_checker(), ArithmeticStepChecker)
     assert isinstance(dm.eval_sets()[0].step_checker, ArithmeticStepChecker)

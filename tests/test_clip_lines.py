@@ -36,10 +36,12 @@ def test_clip_lines_on_the_embedded_model(capsys):
 
 
 def test_config_difficulty_reads_the_sweep_task(tmp_path):
-    """clip_lines and countdown_regime draw prompts at a config's data.init_args.difficulty: the forking
-    sweep's task caps traces at 12 lines where the default allows 20; a mixture comes back as a mixture; a
-    config without one gets the default; a wrong key names itself."""
-    from echorl_lightning.data.countdown import DEFAULT_DIFFICULTY, CountdownMixture, config_difficulty
+    """clip_lines and countdown_regime draw prompts at a config's task difficulty
+    (data.init_args.task.init_args.difficulty): the forking sweep's task caps traces at 12 lines where the
+    default allows 20; a mixture comes back as a mixture; a config without one gets the default; a wrong key
+    names itself."""
+    from echorl_lightning.tasks.countdown.difficulty import DEFAULT_DIFFICULTY, CountdownMixture
+    from recipes.task_config import config_difficulty
 
     sweep = config_difficulty(REPO / "experiments/configs/echo_forking.yaml")
     assert sweep.max_steps == 12 and DEFAULT_DIFFICULTY.max_steps == 20
@@ -47,7 +49,8 @@ def test_config_difficulty_reads_the_sweep_task(tmp_path):
     assert config_difficulty(REPO / "configs/warmstart_countdown.yaml") == sweep
     mix = tmp_path / "mix.yaml"
     mix.write_text(
-        "data:\n  init_args:\n    difficulty:\n      components: [{max_number: 10}, {}]\n      weights: [1, 3]\n"
+        "data:\n  init_args:\n    task:\n      init_args:\n        difficulty:\n"
+        "          components: [{max_number: 10}, {}]\n          weights: [1, 3]\n"
     )
     got = config_difficulty(mix)
     assert isinstance(got, CountdownMixture) and got.components[0].max_number == 10
@@ -55,7 +58,7 @@ def test_config_difficulty_reads_the_sweep_task(tmp_path):
     bare.write_text("data:\n  init_args: {num_train: 8}\n")
     assert config_difficulty(bare) == DEFAULT_DIFFICULTY
     bad = tmp_path / "bad.yaml"
-    bad.write_text("data:\n  init_args:\n    difficulty: {max_numbr: 10}\n")
+    bad.write_text("data:\n  init_args:\n    task:\n      init_args:\n        difficulty: {max_numbr: 10}\n")
     with pytest.raises(TypeError, match="max_numbr"):
         config_difficulty(bad)
 

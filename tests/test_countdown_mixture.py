@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from echorl_lightning.data.countdown import (
+from echorl_lightning.tasks import ProceduralDataModule
+from echorl_lightning.tasks.countdown import CountdownTask
+from echorl_lightning.tasks.countdown.difficulty import (
     CountdownDifficulty,
     CountdownMixture,
-    component_name,
     larger_numbers,
-    make_problem,
     more_numbers,
 )
-from echorl_lightning.data.countdown_dm import CountdownDataModule, countdown_prompts
+from echorl_lightning.tasks.countdown.problems import make_problem
+from experiments.countdown_traces import component_name
 
 THREE = CountdownDifficulty(max_steps=12)
 FOUR = CountdownDifficulty(min_numbers=4, max_numbers=4, max_steps=16)
@@ -83,27 +84,36 @@ def test_mixture_from_yaml_through_the_cli_parser(tmp_path: Path) -> None:
     """A YAML mixture reaches the datamodule as a CountdownMixture, a plain block as a CountdownDifficulty."""
     from lightning.pytorch.cli import LightningCLI
 
-    from echorl_lightning.tiny.sft import SFTModule
+    from recipes.tiny.sft import SFTModule
 
     data = {
-        "class_path": "echorl_lightning.data.countdown_dm.CountdownDataModule",
+        "class_path": "echorl_lightning.tasks.ProceduralDataModule",
         "init_args": {
             "num_train": 8,
             "num_val": 4,
-            "difficulty": {
-                "components": [{"max_steps": 12}, {"min_numbers": 4, "max_numbers": 4, "max_steps": 16}],
-                "weights": [3, 1],
-                "names": ["three", "four"],
+            "task": {
+                "class_path": "echorl_lightning.tasks.countdown.CountdownTask",
+                "init_args": {
+                    "difficulty": {
+                        "components": [
+                            {"max_steps": 12},
+                            {"min_numbers": 4, "max_numbers": 4, "max_steps": 16},
+                        ],
+                        "weights": [3, 1],
+                        "names": ["three", "four"],
+                    },
+                },
             },
         },
     }
     path = tmp_path / "mix.yaml"
     path.write_text(yaml.safe_dump({"data": data}))
     cli = LightningCLI(SFTModule, args=["--config", str(path)], run=False, subclass_mode_data=True)
-    assert isinstance(cli.datamodule, CountdownDataModule)
-    assert cli.datamodule.difficulty == MIX
+    assert isinstance(cli.datamodule, ProceduralDataModule)
+    assert isinstance(cli.datamodule.task, CountdownTask)
+    assert cli.datamodule.task.difficulty == MIX
     prompts = cli.datamodule.load_train_prompts()
-    assert prompts == countdown_prompts("train", 8, 0, MIX)
+    assert prompts == CountdownTask(MIX).prompts("train", 8, 0)
     # the default ood sets derive from the mixture: ood_numbers has 4 and 5 numbers, by component
-    ood = {spec.name: spec.difficulty for spec in cli.datamodule.eval_specs}["ood_numbers"]
+    ood = {spec.name: spec.task.difficulty for spec in cli.datamodule.eval_specs}["ood_numbers"]
     assert ood == more_numbers(MIX)

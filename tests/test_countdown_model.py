@@ -12,20 +12,18 @@ from pathlib import Path
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from echorl_lightning.data.countdown import parse_difficulty, parse_reference
-from echorl_lightning.data.countdown_dm import countdown_prompts
 from echorl_lightning.data.types import PromptExample
-from echorl_lightning.rewards.countdown import (
-    CountdownStepChecker,
-    CountdownVerifier,
-    first_invalid_step,
-    first_repeated_move,
-)
+from echorl_lightning.tasks.countdown import CountdownTask
+from echorl_lightning.tasks.countdown.difficulty import parse_difficulty
+from echorl_lightning.tasks.countdown.problems import parse_reference
+from echorl_lightning.tasks.countdown.steps import CountdownStepChecker, first_invalid_step
+from echorl_lightning.tasks.countdown.verifier import CountdownVerifier
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH
-from echorl_lightning.tiny.bpe import main as train_tokenizer
-from echorl_lightning.tiny.bpe import task_texts, train_bpe_tokenizer
-from echorl_lightning.tiny.rft import add_arguments as add_rft_arguments
-from echorl_lightning.tiny.sft import sample_completions
+from experiments.countdown_traces import first_repeated_move
+from recipes.tiny.bpe import main as train_tokenizer
+from recipes.tiny.bpe import task_texts, train_bpe_tokenizer
+from recipes.tiny.rft import add_arguments as add_rft_arguments
+from recipes.tiny.sft import sample_completions
 
 REPO = Path(__file__).resolve().parent.parent
 # Greedy decoding of the shipped model (a 456k-parameter Llama with a task BPE, 3,000 SFT steps then 3 rounds of
@@ -42,11 +40,13 @@ def test_warmstart_config_and_its_users_share_one_task() -> None:
     # configs/warmstart_countdown.yaml defines the shipped model's task; the demo and the forking sweep train
     # and evaluate on that same task, so the shipped model, the regime script and the sweep mean one thing
     config = yaml.safe_load((REPO / "configs/warmstart_countdown.yaml").read_text())
-    task = parse_difficulty(config["data"]["init_args"]["difficulty"])
+    task = parse_difficulty(config["data"]["init_args"]["task"]["init_args"]["difficulty"])
     demo = yaml.safe_load((REPO / "configs/countdown_demo.yaml").read_text())
     sweep = yaml.safe_load((REPO / "experiments/configs/echo_forking.yaml").read_text())
-    assert parse_difficulty(demo["data"]["init_args"]["difficulty"]) == task
-    assert parse_difficulty(sweep["data"]["init_args"]["difficulty"]) == task
+    for user in (demo, sweep):
+        user_task = user["data"]["init_args"]["task"]
+        assert user_task["class_path"] == config["data"]["init_args"]["task"]["class_path"]
+        assert parse_difficulty(user_task["init_args"]["difficulty"]) == task
     assert demo["model"]["init_args"]["model"] == "echorl_lightning/assets/tiny-countdown"
     assert sweep["model"]["init_args"]["model"] == "echorl_lightning/assets/tiny-countdown"
     # the from-scratch model is a Llama around the tokenizer folder the header's first command writes
@@ -57,7 +57,7 @@ def test_warmstart_config_and_its_users_share_one_task() -> None:
     header = (REPO / "configs/warmstart_countdown.yaml").read_text()
     assert "--out runs/warmstart_countdown/tokenizer" in header
     # the third command is the RFT stage on the SFT export, run with the defaults the header describes
-    assert "python -m echorl_lightning.tiny.rft --model runs/warmstart_countdown/hf" in header
+    assert "python -m recipes.tiny.rft --model runs/warmstart_countdown/hf" in header
     stage = argparse.ArgumentParser()
     add_rft_arguments(stage)
     defaults = vars(stage.parse_args([]))
@@ -74,12 +74,12 @@ def test_warmstart_config_and_its_users_share_one_task() -> None:
 
 
 def test_shipped_tokenizer_is_the_header_command_s() -> None:
-    """The shipped tokenizer is what `python -m echorl_lightning.tiny.bpe --task countdown --vocab-size 512
+    """The shipped tokenizer is what `python -m recipes.tiny.bpe --task countdown --vocab-size 512
     --pre-tokenization gpt2` trains (deterministic merges): the same vocabulary and the same encodings."""
     shipped = AutoTokenizer.from_pretrained(TINY_COUNTDOWN_PATH)
     fresh = train_bpe_tokenizer(task_texts("countdown", 4096), 512, "gpt2")
     assert shipped.get_vocab() == fresh.get_vocab()
-    for problem in countdown_prompts("val", 16):
+    for problem in CountdownTask().prompts("val", 16):
         text = problem.prompt + problem.expert
         ids = shipped(text, add_special_tokens=False)["input_ids"]
         assert ids == fresh(text, add_special_tokens=False)["input_ids"]
@@ -125,7 +125,7 @@ def test_shipped_model_loads_and_solves() -> None:
     model = AutoModelForCausalLM.from_pretrained(TINY_COUNTDOWN_PATH).eval()
     assert sum(p.numel() for p in model.parameters()) < 3_000_000
     assert (model.generation_config.eos_token_id, model.generation_config.pad_token_id) == (256, 257)
-    examples = countdown_prompts("val", 32)
+    examples = CountdownTask().prompts("val", 32)
     prompt_ids = tok([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
     completions, ended = sample_completions(
         model, prompt_ids, 1, 384, None, tok.eos_token_id, tok.pad_token_id

@@ -8,24 +8,22 @@ from dataclasses import replace
 
 import pytest
 
-from echorl_lightning.data.countdown import (
+from echorl_lightning.data.types import PromptExample
+from echorl_lightning.tasks import EvalSpec, ProceduralDataModule
+from echorl_lightning.tasks.countdown import CountdownTask
+from echorl_lightning.tasks.countdown.difficulty import (
     DEFAULT_DIFFICULTY,
     CountdownDifficulty,
     larger_numbers,
+    more_numbers,
+)
+from echorl_lightning.tasks.countdown.problems import (
     make_problem,
     make_problems,
-    more_numbers,
     parse_reference,
     problem_bucket,
 )
-from echorl_lightning.data.countdown_dm import (
-    CountdownDataModule,
-    CountdownEvalSpec,
-    CountdownSFTDataModule,
-    countdown_prompts,
-    distinct_problems,
-)
-from echorl_lightning.data.countdown_solver import (
+from echorl_lightning.tasks.countdown.solver import (
     Term,
     apply_op,
     combine_text,
@@ -34,14 +32,10 @@ from echorl_lightning.data.countdown_solver import (
     reachable,
     search_trace,
 )
-from echorl_lightning.data.types import PromptExample
-from echorl_lightning.rewards.countdown import (
-    CountdownStepChecker,
-    CountdownVerifier,
-    countdown_answer,
-    parse_expression,
-)
-from echorl_lightning.tiny.tokenizer import build_tokenizer
+from echorl_lightning.tasks.countdown.steps import CountdownStepChecker
+from echorl_lightning.tasks.countdown.verifier import CountdownVerifier, countdown_answer, parse_expression
+from recipes.tiny.sft_data import SFTDataModule
+from recipes.tiny.tokenizer import build_tokenizer
 
 
 def test_rule_of_one_move() -> None:
@@ -174,7 +168,7 @@ def test_countdown_answer_is_the_value() -> None:
 
 
 def test_datamodule_sets_verifier_and_step_checker() -> None:
-    dm = CountdownDataModule(num_train=5, num_val=3, eval_sets=None)
+    dm = ProceduralDataModule(CountdownTask(), num_train=5, num_val=3, eval_sets=None)
     sets = dm.eval_sets()
     assert [(s.name, s.group, len(s.prompts)) for s in sets] == [
         ("id", "id", 3), ("ood_numbers", "ood", 3), ("ood_large", "ood", 3),
@@ -185,52 +179,55 @@ def test_datamodule_sets_verifier_and_step_checker() -> None:
     ex = sets[0].prompts[0]
     assert sets[0].verifier([ex.expert, "Answer: 1"], [ex.reference] * 2) == [1.0, 0.0]
     assert sets[0].answer_fn(ex.expert) == ex.reference.split(" -> ")[1]
-    custom = CountdownDataModule(num_val=2, eval_sets=[CountdownEvalSpec("x", "test", None, None, num=1)])
+    custom = ProceduralDataModule(
+        CountdownTask(), num_val=2, eval_sets=[EvalSpec("x", "test", None, None, num=1)]
+    )
     assert [(s.name, s.group, len(s.prompts)) for s in custom.eval_sets()] == [("x", None, 1)]
     with pytest.raises(ValueError, match="num must be >= 1"):
-        CountdownDataModule(eval_sets=[CountdownEvalSpec("x", num=0)])
+        ProceduralDataModule(CountdownTask(), eval_sets=[EvalSpec("x", num=0)])
 
 
 def test_distinct_problems_and_the_narrow_id_set_warning(caplog) -> None:
     # the same numbers in another order and the same target are one problem; another target is another
     examples = [PromptExample("", r) for r in ("3 9 2 -> 21", "2 3 9 -> 21", "3 9 2 -> 12", "1 2 3 -> 21")]
-    assert distinct_problems(examples) == 3
+    task = CountdownTask()
+    assert task.distinct_problems(examples) == 3
     # evaluation sets hold distinct problems by default: every prompt is another problem, and the draws it
     # skipped are repeats of earlier ones (the uid carries the draw index)
-    sets = CountdownDataModule(num_val=64).eval_sets()
+    sets = ProceduralDataModule(task, num_val=64).eval_sets()
     for eval_set in sets:
-        assert distinct_problems(eval_set.prompts) == len(eval_set.prompts) == 64, eval_set.name
-    drawn = countdown_prompts("val", 64)  # the generator's own draws repeat problems even at 1..20
-    assert distinct_problems(drawn) < 64
+        assert task.distinct_problems(eval_set.prompts) == len(eval_set.prompts) == 64, eval_set.name
+    drawn = task.prompts("val", 64)  # the generator's own draws repeat problems even at 1..20
+    assert task.distinct_problems(drawn) < 64
     indices = [int(ex.uid.rsplit("-", 1)[1]) for ex in sets[0].prompts]
     assert indices[0] == 0 and indices == sorted(indices) and indices[-1] > 63
-    raw = countdown_prompts("val", indices[-1] + 1)
+    raw = task.prompts("val", indices[-1] + 1)
     assert [ex.prompt for ex in sets[0].prompts] == [raw[i].prompt for i in indices]
     assert all(  # every skipped draw repeats a problem taken before it
-        distinct_problems([raw[j] for j in indices if j < i] + [raw[i]]) == sum(j < i for j in indices)
+        task.distinct_problems([raw[j] for j in indices if j < i] + [raw[i]]) == sum(j < i for j in indices)
         for i in range(indices[-1] + 1)
         if i not in indices
     )
     # a narrow difficulty (numbers in 1..10: 22 problems in the val bucket) cannot fill a set of 64: the set
     # is shorter, and the datamodule says so, naming it; without distinct_eval the repeats stay, also named
     narrow = CountdownDifficulty(max_number=10)
-    spec = [CountdownEvalSpec("narrow", "val", narrow, "id")]
-    with caplog.at_level("WARNING", logger="echorl_lightning.data.countdown_dm"):
-        short = CountdownDataModule(num_val=64, eval_sets=spec).eval_sets()[0]
-    assert distinct_problems(short.prompts) == len(short.prompts) < 32
+    spec = [EvalSpec("narrow", "val", CountdownTask(narrow), "id")]
+    with caplog.at_level("WARNING", logger="echorl_lightning.tasks.datamodule"):
+        short = ProceduralDataModule(task, num_val=64, eval_sets=spec).eval_sets()[0]
+    assert task.distinct_problems(short.prompts) == len(short.prompts) < 32
     assert f"eval set 'narrow' has {len(short.prompts)} distinct problems for the 64 prompts" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="echorl_lightning.data.countdown_dm"):
-        kept = CountdownDataModule(num_val=64, eval_sets=spec, distinct_eval=False).eval_sets()[0]
-    assert len(kept.prompts) == 64 and distinct_problems(kept.prompts) <= len(short.prompts)  # 64 draws
+    with caplog.at_level("WARNING", logger="echorl_lightning.tasks.datamodule"):
+        kept = ProceduralDataModule(task, num_val=64, eval_sets=spec, distinct_eval=False).eval_sets()[0]
+    assert len(kept.prompts) == 64 and task.distinct_problems(kept.prompts) <= len(short.prompts)  # 64 draws
     assert "64 prompts, repeats included" in caplog.text
     # the validation loop's prompts are the first set's
-    dm = CountdownDataModule(num_val=8)
+    dm = ProceduralDataModule(task, num_val=8)
     assert [ex.prompt for ex in dm.load_val_prompts()] == [ex.prompt for ex in dm.eval_sets()[0].prompts][:8]
 
 
 def test_sft_datamodule_batches() -> None:
-    dm = CountdownSFTDataModule(batch_size=4, num_val=2)
+    dm = SFTDataModule(CountdownTask(), batch_size=4, num_val=2)
     dm.connect(build_tokenizer())
     batch = next(iter(dm.train_dataloader()))
     first = make_problem("train", 0)

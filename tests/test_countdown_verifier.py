@@ -5,17 +5,14 @@ from __future__ import annotations
 import pytest
 
 from echorl_lightning.data.types import PromptExample
-from echorl_lightning.rewards.countdown import (
+from echorl_lightning.tasks.countdown.steps import (
     STEP_FAULTS,
     CountdownStepChecker,
-    CountdownVerifier,
-    ExpressionError,
     check_trace,
     first_invalid_step,
-    first_repeated_move,
-    parse_expression,
-    step_kind,
 )
+from echorl_lightning.tasks.countdown.verifier import CountdownVerifier, ExpressionError, parse_expression
+from experiments.countdown_traces import first_repeated_move, step_kind
 
 REF = "25 5 3 7 -> 27"
 
@@ -91,7 +88,7 @@ def test_verifier_requiring_a_valid_trace() -> None:
 def test_trace_checked_verifier_selected_from_yaml(tmp_path) -> None:
     from echorl_lightning.cli import main
 
-    verifier = '{"class_path": "echorl_lightning.rewards.countdown.CountdownVerifier", "init_args": {"require_valid_trace": true}}'
+    verifier = '{"class_path": "echorl_lightning.tasks.countdown.CountdownVerifier", "init_args": {"require_valid_trace": true}}'
     cli = main(
         args=["--config", "configs/countdown_demo.yaml", f"--data.init_args.verifier={verifier}",
               f"--trainer.default_root_dir={tmp_path}"],

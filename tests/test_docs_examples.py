@@ -67,9 +67,9 @@ def test_add_verifier_plain_function_and_class_through_the_cli(tmp_path: Path) -
     # completions ["2+3=5\nAnswer: 5", "about 4.6", "no idea"], references all "5":
     # last_number: last integer "5" == "5" -> 1.0; "4.6" gives integers "4", "6": "6" != "5" -> 0.0;
     # no number at all -> None (could not judge)
-    assert lines[0] == "ArithmeticDataModule [1.0, 0.0, None]"
+    assert lines[0] == "ProceduralDataModule [1.0, 0.0, None]"
     # LastNumber(tolerance=0.5): |5.0 - 5| = 0 -> 1.0; |4.6 - 5| = 0.4 <= 0.5 -> 1.0; no number -> None
-    assert lines[1] == "ArithmeticDataModule [1.0, 1.0, None]"
+    assert lines[1] == "ProceduralDataModule [1.0, 1.0, None]"
     # answer() of "7-2=5\nAnswer: 5": last number "5" -> str(float("5")) = "5.0"
     assert lines[2] == "5.0"
     assert len(lines) == 3

@@ -155,7 +155,8 @@ def test_power_estimate_by_hand():
 
 def test_forking_config_harness_section(tmp_path):
     config, harness = load_base(REPO / "experiments/configs/echo_forking.yaml")
-    assert "harness" not in config and config["data"]["class_path"].endswith("CountdownDataModule")
+    assert "harness" not in config and config["data"]["class_path"].endswith("ProceduralDataModule")
+    assert config["data"]["init_args"]["task"]["class_path"].endswith("CountdownTask")
     assert harness["seeds"] == [0, 1, 2, 3, 4] and all(arm_by_name(name) for name in harness["arms"])
     quick = parse_args(["--config", "experiments/configs/echo_forking.yaml", "--quick"])
     assert quick.arms == ["grpo", "grpo+echo"] and quick.epochs == harness["quick_epochs"]
@@ -166,16 +167,23 @@ def test_forking_config_harness_section(tmp_path):
     full = parse_args(["--config", "experiments/configs/echo_forking.yaml", "--epochs", "10"])
     assert full.val_every is None  # 10 divides 10: the config's schedule already ends on step 10
     # the config's sets are the datamodule's default sets, spelled out to give each its own size
-    from echorl_lightning.data.countdown import parse_difficulty
-    from echorl_lightning.data.countdown_dm import default_eval_specs
+    from echorl_lightning.tasks.countdown import CountdownTask
+    from echorl_lightning.tasks.countdown.difficulty import parse_difficulty
 
     data = config["data"]["init_args"]
-    defaults = default_eval_specs(parse_difficulty(data["difficulty"]))
+    defaults = CountdownTask(parse_difficulty(data["task"]["init_args"]["difficulty"])).default_eval_specs()
     written = [
-        (s["name"], s["split"], s["group"], s.get("difficulty") and parse_difficulty(s["difficulty"]))
+        (
+            s["name"],
+            s["split"],
+            s["group"],
+            s.get("task") and parse_difficulty(s["task"]["init_args"]["difficulty"]),
+        )
         for s in data["eval_sets"]
     ]
-    assert written == [(d.name, d.split, d.group, None if d.name == "id" else d.difficulty) for d in defaults]
+    assert written == [
+        (d.name, d.split, d.group, None if d.name == "id" else d.task.difficulty) for d in defaults
+    ]
     # --num-val sizes every set, also those that name their own (the quick budget)
     sized = run_config(arm_by_name("grpo"), 0, tmp_path / "q", quick)["data"]["init_args"]
     assert sized["num_val"] == harness["quick_num_val"]

@@ -365,13 +365,14 @@ def test_static_cache_gives_the_dynamic_cache_completions(temperature: float) ->
     chunks of different prompt widths and rows that stop at different steps."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from echorl_lightning.data.countdown_dm import countdown_prompts
+    from echorl_lightning.tasks.countdown import CountdownTask
     from echorl_lightning.tiny import TINY_COUNTDOWN_PATH
 
     tokenizer = AutoTokenizer.from_pretrained(TINY_COUNTDOWN_PATH)
     model = AutoModelForCausalLM.from_pretrained(TINY_COUNTDOWN_PATH)
     prompts = [
-        tokenizer(ex.prompt, add_special_tokens=False)["input_ids"] for ex in countdown_prompts("val", 6)
+        tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+        for ex in CountdownTask().prompts("val", 6)
     ]
     sampling = SamplingConfig(n=2, max_new_tokens=160, temperature=temperature, seed=3, return_entropy=True)
     runs = {}

@@ -1,6 +1,6 @@
 """Rollout progress (issue 13 item 3): the rate/ETA arithmetic, the observer wrappers, the console lines of a
-real short run (the embedded tiny model, ArithmeticDataModule, RolloutCallback, a real Trainer), and
-``perf/train_s`` measured without the validation pass."""
+real short run (the embedded tiny model, ProceduralDataModule(ArithmeticTask()), RolloutCallback, a real
+Trainer), and ``perf/train_s`` measured without the validation pass."""
 
 from __future__ import annotations
 

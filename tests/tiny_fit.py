@@ -18,6 +18,7 @@ import torch
 
 if TYPE_CHECKING:
     from echorl_lightning.module import EchoRLModule
+    from echorl_lightning.tasks import ProceduralDataModule
 
 
 @pytest.fixture
