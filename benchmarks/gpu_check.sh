@@ -42,7 +42,7 @@ SMOKE=$SMOKE python - "$WORK/model" <<'EOF'
 import os, sys, time
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
-from echorl_lightning.tiny.tokenizer import build_tokenizer
+from recipes.tiny.tokenizer import build_tokenizer
 
 t0 = time.time()
 smoke = os.environ["SMOKE"] == "1"

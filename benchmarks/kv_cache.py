@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from echorl_lightning.data.countdown_dm import countdown_prompts  # noqa: E402
 from echorl_lightning.rollout import HFGenerateEngine, SamplingConfig  # noqa: E402
+from echorl_lightning.tasks.countdown import CountdownTask  # noqa: E402
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(TINY_COUNTDOWN_PATH, dtype=torch.float32)
     prompts = [
         tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
-        for ex in countdown_prompts("val", args.prompts)
+        for ex in CountdownTask().prompts("val", args.prompts)
     ]
     sampling = SamplingConfig(n=args.samples, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0)
     variants = {"dynamic": None, "static": "static"}

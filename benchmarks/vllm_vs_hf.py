@@ -57,13 +57,13 @@ def shipped(path: str, prompts: int) -> tuple[torch.nn.Module, object, list[list
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if path == TINY_COUNTDOWN_PATH:
-        from echorl_lightning.data.countdown_dm import countdown_prompts
+        from echorl_lightning.tasks.countdown import CountdownTask
 
-        texts = [example.prompt for example in countdown_prompts("val", prompts)]
+        texts = [example.prompt for example in CountdownTask().prompts("val", prompts)]
     else:
-        from echorl_lightning.data.arithmetic_dm import arithmetic_prompts
+        from echorl_lightning.tasks.arithmetic import ArithmeticTask
 
-        texts = [example.prompt for example in arithmetic_prompts("val", prompts)]
+        texts = [example.prompt for example in ArithmeticTask().prompts("val", prompts)]
     return model, tokenizer, [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 

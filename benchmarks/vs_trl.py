@@ -1,7 +1,7 @@
 """Training throughput of this project against TRL's ``GRPOTrainer`` on the CPU demo's setting (issue 12).
 
 Both sides train the demo's model (``echorl_lightning/assets/tiny-arith``, float32) on the demo's prompts
-(``ArithmeticDataModule``, seed 0, 4,096 training problems) with G = 8 rollouts per prompt, 64 prompts per
+(``ProceduralDataModule(ArithmeticTask())``, seed 0, 4,096 training problems) with G = 8 rollouts per prompt, 64 prompts per
 step, ``--max-new-tokens`` new tokens at temperature 1 (no top-k/top-p/min-p), lr 5e-5 (AdamW, constant,
 no weight decay), one optimizer step per rollout batch, no KL term, GRPO's seq-mean-token-mean loss:
 

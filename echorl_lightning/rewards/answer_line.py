@@ -2,7 +2,7 @@
 
 Implements :func:`answer_line_text`, shared by the arithmetic task's
 :class:`~echorl_lightning.rewards.exact_match.ExactMatchVerifier` and the Countdown task's
-:class:`~echorl_lightning.rewards.countdown.CountdownVerifier`: the text after ``Answer: `` on the LAST
+:class:`~echorl_lightning.tasks.countdown.verifier.CountdownVerifier`: the text after ``Answer: `` on the LAST
 non-empty line of a completion (a line counts when it holds anything but whitespace), or None when that line
 does not start with ``Answer: ``. The text comes back as written (no trimming), so each verifier judges its
 own format strictly: a canonical integer, a Countdown expression.
