@@ -103,7 +103,7 @@ echo "fit + figures: $(( $(date +%s) - START )) s"
 
 echo "== 4. python -m pytest -m gpu"
 if [ "$SMOKE" = 1 ]; then
-  timeout 180 python -m pytest -q -rs -m gpu tests/test_fsdp.py || true   # skips with the reason on a CPU
+  timeout 180 python -m pytest -q -rs -m gpu tests/training/test_sharding.py || true   # skips with the reason on a CPU
 else
   timeout 180 python -m pytest -q -rs -m gpu
 fi

@@ -1,12 +1,18 @@
-"""Shared test fixtures: a real tiny byte-level tokenizer and a random-init tiny Qwen2, built without hub access.
+"""Fixtures shared by the test files (helpers that are not fixtures live in ``tests/helpers/``).
 
-Both are session-scoped and shared by every test file: a test that changes the model (weights, train mode,
-generation_config) must work on ``copy.deepcopy(tiny_random_model)``.
+``tiny_tokenizer`` and ``tiny_random_model``: a real tiny byte-level tokenizer and a random-init tiny Qwen2,
+built without hub access. Both are session-scoped and shared by every test file: a test that changes the model
+(weights, train mode, generation_config) must work on ``copy.deepcopy(tiny_random_model)``.
+
+``plain_argv`` and ``no_weights``: for tests that call ``echorl_lightning.cli.main`` in-process.
+
+``one_thread``: one intra-op torch thread for the test (real tiny fits whose console output is checked).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # One torch thread per process (subprocesses inherit it): the tests run tiny models, often several processes at
@@ -16,41 +22,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-from recipes.tiny.tokenizer import build_tokenizer  # noqa: E402
-
-
-def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """The project's byte-level tokenizer (token id == byte value for 0..255, then ``<|endoftext|>`` = 256
-    as EOS and ``<|pad|>`` = 257 as pad): every string round-trips through encode/decode."""
-    return build_tokenizer()
-
-
-def build_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCausalLM:
-    """Random-init Qwen2 (hidden 32, 2 layers, 4 heads / 2 KV heads, untied head), in eval mode, float32.
-
-    Initialised under a forked RNG so building it leaves the global generator untouched.
-    """
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    return model.eval()
+from tests.helpers.tiny_models import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +37,28 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="session")
 def tiny_random_model(tiny_tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
     return build_tiny_model(tiny_tokenizer)
+
+
+@pytest.fixture
+def plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sys.argv`` without pytest's own arguments (``main(args=...)`` warns when they are there)."""
+    monkeypatch.setattr("sys.argv", ["cli.py"])
+
+
+@pytest.fixture
+def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``echorl_lightning.module.load_policy`` fails the test: a config check must come before any weight loads."""
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("load_policy was called: the config check came too late")
+
+    monkeypatch.setattr("echorl_lightning.module.load_policy", fail)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine two spinning threads made tiny generate calls 30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

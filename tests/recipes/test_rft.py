@@ -13,8 +13,8 @@ from echorl_lightning.tiny import TINY_COUNTDOWN_PATH
 from recipes.tiny.rft import fine_tune, main
 from recipes.tiny.sft import response_nll
 from recipes.tiny.sft_data import sft_collate
+from tests.helpers.paths import ROOT as REPO
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs/warmstart_countdown.yaml")
 
 

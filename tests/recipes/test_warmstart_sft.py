@@ -15,8 +15,8 @@ from echorl_lightning.rewards.exact_match import ExactMatchVerifier
 from echorl_lightning.tasks.arithmetic import ArithmeticTask
 from echorl_lightning.tiny import TINY_MODEL_PATH
 from recipes.tiny.sft import SFTModule, response_nll, sample_completions
+from tests.helpers.paths import ROOT as REPO
 
-REPO = Path(__file__).resolve().parents[2]
 # Greedy accuracy of the shipped model on val problems 0..31 measured 18/32 = 0.5625 when it was exported
 # (0.598 on val 0..255); a broken or badly retrained model falls below this floor.
 SHIPPED_GREEDY_FLOOR = 0.40

@@ -1,0 +1,22 @@
+"""Response log-probs of a policy on a fixed batch, for tests that compare two policies' outputs."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from echorl_lightning.rollout.batch import TokenBatch
+from echorl_lightning.training.forward import policy_response_logprobs
+
+
+def logprobs(model: nn.Module, batch: TokenBatch) -> Tensor:
+    """Response log-probs [n, T] at temperature 1, no grad, eval mode."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        logp, _ = policy_response_logprobs(
+            model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_len,
+            batch.responses, 1.0,
+        )  # fmt: skip
+    model.train(was)
+    return logp * batch.response_mask
