@@ -68,7 +68,12 @@ def record(tokenizer) -> RolloutBatch:
     clip = select_echo_clips(ENTROPY, step_mask, step_end, SCORES, 2, apply_to="success")
     return RolloutBatch(
         **{name: getattr(tokens, name) for name in tokens.__dataclass_fields__},
-        group_size=2, scores=SCORES, entropy=ENTROPY, step_mask=step_mask, step_end=step_end, clip_mask=clip,
+        group_size=2,
+        scores=SCORES,
+        entropy=ENTROPY,
+        step_mask=step_mask,
+        step_end=step_end,
+        clip_mask=clip,
         off_policy=torch.zeros(4).bool(),
     )
 
@@ -84,9 +89,12 @@ def test_clip_view_hand_computed(tiny_tokenizer) -> None:
     ).bool()
     assert torch.equal(rec.clip_mask, expected_clip)
     view = clip_view(rec.entropy, rec.step_mask, rec.step_end, rec.clip_mask)
-    torch.testing.assert_close(view.steps.entropy[:, :3], torch.tensor(
-        [[2.0, 5.0, 0.5], [4.0, 1.0, 0.0], [2.0, 0.0, 0.0], [3.0, 0.0, 0.0]]
-    ), rtol=0, atol=1e-6)  # fmt: skip
+    torch.testing.assert_close(
+        view.steps.entropy[:, :3],
+        torch.tensor([[2.0, 5.0, 0.5], [4.0, 1.0, 0.0], [2.0, 0.0, 0.0], [3.0, 0.0, 0.0]]),
+        rtol=0,
+        atol=1e-6,
+    )
     assert view.steps.num_steps.tolist() == [3, 2, 1, 1]
     # step spans: row 0 steps t 0-1, 2-3, 4; row 1 t 0, 1-2; rows 2, 3 t 0-1; absent steps start T=6, stop 0
     assert view.start.tolist() == [
@@ -149,9 +157,7 @@ def test_escape_markdown_renders_literally() -> None:
 def test_clip_markdown_content(tiny_tokenizer) -> None:
     rec = record(tiny_tokenizer)
     view = clip_view(rec.entropy, rec.step_mask, rec.step_end, rec.clip_mask)
-    text = clip_markdown(
-        view, rec.responses, rec.clip_mask, [0, 1], decoder(tiny_tokenizer), ["A", "B"]
-    )
+    text = clip_markdown(view, rec.responses, rec.clip_mask, [0, 1], decoder(tiny_tokenizer), ["A", "B"])
     lines = text.splitlines()
     assert lines[0] == "#### A"
     # clip = steps 0-1 of 3, tokens 0..3 = 4 of 5 step tokens; peak step 1 at entropy 5.000, position 1 / 2
@@ -324,10 +330,22 @@ def test_pictures_of_a_real_run_are_served_by_tensorboard(tmp_path: Path) -> Non
     base = f"http://127.0.0.1:{port}"
     tb_bin = Path(sys.executable).with_name("tensorboard")
     server = subprocess.Popen(
-        [str(tb_bin), "--logdir", str(tmp_path / "on" / "tb"), "--port", str(port), "--host", "127.0.0.1",
-         "--load_fast", "false", "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            str(tb_bin),
+            "--logdir",
+            str(tmp_path / "on" / "tb"),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--load_fast",
+            "false",
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline, text_tags = time.monotonic() + 90, {}
         while time.monotonic() < deadline:

@@ -72,9 +72,14 @@ def test_trainer_exception_writes_failed_txt(tmp_path: Path) -> None:
     report = FailureReport()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_epochs=1, save_on_train_epoch_end=True)
     trainer = L.Trainer(
-        default_root_dir=tmp_path, logger=False, callbacks=[report, ckpt], max_epochs=3,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-    )  # fmt: skip
+        default_root_dir=tmp_path,
+        logger=False,
+        callbacks=[report, ckpt],
+        max_epochs=3,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     data = DataLoader(torch.ones(2, 2), batch_size=1)  # 2 steps per epoch: the error comes in epoch 1
     with pytest.raises(RuntimeError, match="boom at step 2"):
         trainer.fit(_Boom(), data)
@@ -87,14 +92,27 @@ def test_trainer_exception_writes_failed_txt(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_lr_1e6_stops_with_the_guard_error_and_finite_checkpoints(tmp_path: Path) -> None:
     cmd = [
-        sys.executable, "cli.py", "fit", "--config", "configs/demo.yaml", "--model.init_args.lr=1e6",
-        "--trainer.max_epochs=4", "--trainer.num_sanity_val_steps=0", "--trainer.check_val_every_n_epoch=10",
-        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--trainer.callbacks.init_args.dirpath={tmp_path / 'checkpoints'}", "--trainer.callbacks.init_args.every_n_epochs=1",
-        "--data.init_args.num_val=4", "--data.init_args.num_train=64", "--model.init_args.eval.max_new_tokens=16",
-        "--rollout.prompts_per_epoch=8", "--rollout.group_size=4", "--rollout.max_new_tokens=48",
+        sys.executable,
+        "cli.py",
+        "fit",
+        "--config",
+        "configs/demo.yaml",
+        "--model.init_args.lr=1e6",
+        "--trainer.max_epochs=4",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.check_val_every_n_epoch=10",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--trainer.callbacks.init_args.dirpath={tmp_path / 'checkpoints'}",
+        "--trainer.callbacks.init_args.every_n_epochs=1",
+        "--data.init_args.num_val=4",
+        "--data.init_args.num_train=64",
+        "--model.init_args.eval.max_new_tokens=16",
+        "--rollout.prompts_per_epoch=8",
+        "--rollout.group_size=4",
+        "--rollout.max_new_tokens=48",
         "--rollout.num_minibatches=2",  # epoch 0: one step applied (finite, checkpointed), then NaN gradients
-    ]  # fmt: skip
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr

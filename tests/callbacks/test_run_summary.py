@@ -54,14 +54,18 @@ def test_fit_starts_with_the_table(tmp_path: Path, capsys: pytest.CaptureFixture
     from echorl_lightning.training.config import AlgorithmOverrides, EchoConfig
 
     module, data = tiny_policy_and_data(
-        num_train=48, num_val=3, method="rloo", algorithm=AlgorithmOverrides(clip_high=0.28),
+        num_train=48,
+        num_val=3,
+        method="rloo",
+        algorithm=AlgorithmOverrides(clip_high=0.28),
         echo=EchoConfig(selector="lowest"),
-    )  # fmt: skip
+    )
     rollout = RolloutCallback(prompts_per_epoch=2, group_size=3, max_new_tokens=16, seed=0)
     trainer = cpu_trainer(
-        max_epochs=1, logger=TensorBoardLogger(str(tmp_path), name="tb", version=0),
+        max_epochs=1,
+        logger=TensorBoardLogger(str(tmp_path), name="tb", version=0),
         callbacks=[rollout, RunSummary(width=200), ModelCheckpoint(dirpath=str(tmp_path / "ckpts"))],
-    )  # fmt: skip
+    )
     trainer.fit(module, data)
     out = capsys.readouterr().out
     assert out.count("echorl-lightning run") == 1  # once, at the start

@@ -37,9 +37,21 @@ def _triples(rows: list[Row]) -> list[tuple[str, str, str | None]]:
 
 def test_registry_names_and_fields() -> None:
     expected = {
-        "aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadbench", "gsm8k", "arc_challenge",
-        "gpqa_diamond", "mmlu_pro", "openr1_math", "math_train", "gsm8k_train", "deepscaler",
-    }  # fmt: skip
+        "aime24",
+        "aime25",
+        "amc23",
+        "math500",
+        "minerva_math",
+        "olympiadbench",
+        "gsm8k",
+        "arc_challenge",
+        "gpqa_diamond",
+        "mmlu_pro",
+        "openr1_math",
+        "math_train",
+        "gsm8k_train",
+        "deepscaler",
+    }
     assert set(BENCHMARKS.names()) == expected
     for name in BENCHMARKS:
         spec = BENCHMARKS.get(name)
@@ -113,12 +125,28 @@ def test_question_answer_sets(tmp_path: Path, name: str) -> None:
 
 def test_olympiadbench_lists(tmp_path: Path) -> None:
     rows = [
-        {"id": 10, "question": "Find all $n$ with $n^2 = 4$.", "final_answer": ["$2$", "$-2$"],
-         "solution": ["Square roots.", "Both signs."], "is_multiple_answer": True},
-        {"id": 11, "question": "Find $1+1$.", "final_answer": ["$2$"], "solution": ["Add."],
-         "is_multiple_answer": False},
-        {"id": 12, "question": "No answer here.", "final_answer": [], "solution": [], "is_multiple_answer": False},
-    ]  # fmt: skip
+        {
+            "id": 10,
+            "question": "Find all $n$ with $n^2 = 4$.",
+            "final_answer": ["$2$", "$-2$"],
+            "solution": ["Square roots.", "Both signs."],
+            "is_multiple_answer": True,
+        },
+        {
+            "id": 11,
+            "question": "Find $1+1$.",
+            "final_answer": ["$2$"],
+            "solution": ["Add."],
+            "is_multiple_answer": False,
+        },
+        {
+            "id": 12,
+            "question": "No answer here.",
+            "final_answer": [],
+            "solution": [],
+            "is_multiple_answer": False,
+        },
+    ]
     assert _triples(_rows("olympiadbench", _write(tmp_path, rows))) == [
         ("Find all $n$ with $n^2 = 4$.", "$2$, $-2$", "Square roots.\n\nBoth signs."),
         ("Find $1+1$.", "$2$", "Add."),
@@ -128,10 +156,12 @@ def test_olympiadbench_lists(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["gsm8k", "gsm8k_train"])
 def test_gsm8k(tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> None:
     rows = [
-        {"question": "Ann has 1,200 coins and finds 34. How many now?",
-         "answer": "She has 1200 + 34 = <<1200+34=1234>>1234 coins.\n#### 1,234"},
+        {
+            "question": "Ann has 1,200 coins and finds 34. How many now?",
+            "answer": "She has 1200 + 34 = <<1200+34=1234>>1234 coins.\n#### 1,234",
+        },
         {"question": "A question whose answer lost its marker.", "answer": "It is 5."},
-    ]  # fmt: skip
+    ]
     with caplog.at_level(logging.WARNING, logger="echorl_lightning.data.rows"):
         got = _rows(name, _write(tmp_path, rows))
     assert _triples(got) == [
@@ -146,10 +176,14 @@ def test_gsm8k(tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> N
 
 def test_math_train_boxed(tmp_path: Path) -> None:
     rows = [
-        {"problem": "Simplify $\\frac{2}{4}$.", "level": "Level 1", "type": "Algebra",
-         "solution": "Divide by 2: $\\boxed{\\frac{1}{2}}$."},
+        {
+            "problem": "Simplify $\\frac{2}{4}$.",
+            "level": "Level 1",
+            "type": "Algebra",
+            "solution": "Divide by 2: $\\boxed{\\frac{1}{2}}$.",
+        },
         {"problem": "Unboxed.", "level": "Level 1", "type": "Algebra", "solution": "The answer is 3."},
-    ]  # fmt: skip
+    ]
     assert _triples(_rows("math_train", _write(tmp_path, rows))) == [
         ("Simplify $\\frac{2}{4}$.", "\\frac{1}{2}", "Divide by 2: $\\boxed{\\frac{1}{2}}$.")
     ]
@@ -175,13 +209,25 @@ def test_openr1_math_verl_schema(tmp_path: Path) -> None:
 
 def test_arc_letter_and_numeric_labels(tmp_path: Path) -> None:
     rows = [
-        {"id": "q1", "question": "Which is a liquid at room temperature?",
-         "choices": {"text": ["iron", "water", "salt", "sand"], "label": ["A", "B", "C", "D"]}, "answerKey": "B"},
-        {"id": "q2", "question": "Which is largest?",
-         "choices": {"text": ["ant", "cat", "whale", "dog"], "label": ["1", "2", "3", "4"]}, "answerKey": "3"},
-        {"id": "q3", "question": "Key not among labels.",
-         "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "E"},
-    ]  # fmt: skip
+        {
+            "id": "q1",
+            "question": "Which is a liquid at room temperature?",
+            "choices": {"text": ["iron", "water", "salt", "sand"], "label": ["A", "B", "C", "D"]},
+            "answerKey": "B",
+        },
+        {
+            "id": "q2",
+            "question": "Which is largest?",
+            "choices": {"text": ["ant", "cat", "whale", "dog"], "label": ["1", "2", "3", "4"]},
+            "answerKey": "3",
+        },
+        {
+            "id": "q3",
+            "question": "Key not among labels.",
+            "choices": {"text": ["x", "y"], "label": ["A", "B"]},
+            "answerKey": "E",
+        },
+    ]
     assert _triples(_rows("arc_challenge", _write(tmp_path, rows))) == [
         ("Which is a liquid at room temperature?\n\n(A) iron\n(B) water\n(C) salt\n(D) sand", "B", None),
         ("Which is largest?\n\n(A) ant\n(B) cat\n(C) whale\n(D) dog", "C", None),  # label "3" -> C
@@ -190,10 +236,16 @@ def test_arc_letter_and_numeric_labels(tmp_path: Path) -> None:
 
 def test_gpqa_shuffle_is_fixed_and_points_at_correct_answer(tmp_path: Path) -> None:
     rows = [
-        {"Question": f" Question {k}? ", "Correct Answer": f"right{k}", "Incorrect Answer 1": f"wrong{k}a",
-         "Incorrect Answer 2": f"wrong{k}b", "Incorrect Answer 3": f"wrong{k}c", "Record ID": f"r{k}"}
+        {
+            "Question": f" Question {k}? ",
+            "Correct Answer": f"right{k}",
+            "Incorrect Answer 1": f"wrong{k}a",
+            "Incorrect Answer 2": f"wrong{k}b",
+            "Incorrect Answer 3": f"wrong{k}c",
+            "Record ID": f"r{k}",
+        }
         for k in range(8)
-    ]  # fmt: skip
+    ]
     path = _write(tmp_path, rows)
     got = _rows("gpqa_diamond", path)
     # random.Random(0).shuffle([0, 1, 2, 3]) -> [2, 0, 1, 3]: options (wrong b, right, wrong a, wrong c), letter B;
@@ -218,13 +270,31 @@ def test_gpqa_shuffle_is_fixed_and_points_at_correct_answer(tmp_path: Path) -> N
 def test_mmlu_pro_ten_options(tmp_path: Path) -> None:
     options = [f"opt{k}" for k in range(10)]
     rows = [
-        {"question_id": 1, "question": "Pick the tenth.", "options": options, "answer": "J", "answer_index": 9,
-         "category": "math"},
-        {"question_id": 2, "question": "Pick the second.", "options": ["yes", "no", "maybe"], "answer": "B",
-         "answer_index": 1, "category": "other"},
-        {"question_id": 3, "question": "Letter beyond the options.", "options": ["p", "q"], "answer": "D",
-         "answer_index": 3, "category": "other"},
-    ]  # fmt: skip
+        {
+            "question_id": 1,
+            "question": "Pick the tenth.",
+            "options": options,
+            "answer": "J",
+            "answer_index": 9,
+            "category": "math",
+        },
+        {
+            "question_id": 2,
+            "question": "Pick the second.",
+            "options": ["yes", "no", "maybe"],
+            "answer": "B",
+            "answer_index": 1,
+            "category": "other",
+        },
+        {
+            "question_id": 3,
+            "question": "Letter beyond the options.",
+            "options": ["p", "q"],
+            "answer": "D",
+            "answer_index": 3,
+            "category": "other",
+        },
+    ]
     got = _rows("mmlu_pro", _write(tmp_path, rows))
     tenth = "Pick the tenth.\n\n" + "\n".join(f"({letter}) opt{k}" for k, letter in enumerate("ABCDEFGHIJ"))
     assert _triples(got) == [

@@ -143,8 +143,11 @@ def test_nothing_within_the_limit_names_the_source_and_the_limit(
 ) -> None:
     dm = _hub(tmp_path)
     dm.connect(tiny_tokenizer)
-    with pytest.raises(ValueError, match=r"file '.*train.jsonl' \(split 'train'\): all 3 prompts are longer than "
-                       r"max_prompt_tokens=5 tokens \(shortest 10\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"file '.*train.jsonl' \(split 'train'\): all 3 prompts are longer than "
+        r"max_prompt_tokens=5 tokens \(shortest 10\)",
+    ):
         dm.check_data(max_prompt_tokens=5)
 
 
@@ -158,8 +161,11 @@ def test_bad_training_files_fail_at_check_data(tmp_path: Path, kind: str) -> Non
         _hub(tmp_path, path=str(empty)).check_data()
     writer = _jsonl if kind == "jsonl" else _parquet
     no_column = writer(tmp_path / f"cols.{kind}", [{"problem": "1+1?", "answer": "2"}])
-    with pytest.raises(DataSourceError, match=r"prompt_column='question': no column 'question' .* available "
-                       r"columns: \['answer', 'problem'\]"):  # fmt: skip
+    with pytest.raises(
+        DataSourceError,
+        match=r"prompt_column='question': no column 'question' .* available "
+        r"columns: \['answer', 'problem'\]",
+    ):
         _hub(tmp_path, path=no_column).check_data()
     unusable = writer(
         tmp_path / f"none.{kind}", [{"question": None, "answer": "2"}, {"question": "x", "answer": ""}]
@@ -251,8 +257,11 @@ def test_base_class_check_runs_for_the_arithmetic_task(tiny_tokenizer: PreTraine
         "data/skipped_rows/train": 0,
         "data/skipped_rows/val": 0,
     }
-    with pytest.raises(ValueError, match=r"ProceduralDataModule 'train' prompts: all 16 prompts are longer than "
-                       r"max_prompt_tokens=3 tokens"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"ProceduralDataModule 'train' prompts: all 16 prompts are longer than "
+        r"max_prompt_tokens=3 tokens",
+    ):
         dm.check_data(max_prompt_tokens=3)
 
 

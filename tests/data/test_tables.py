@@ -130,11 +130,18 @@ def test_parquet_schema_and_jsonl_union_schema(tmp_path: Path) -> None:
         (None, None, None),
         ({"content": "x"}, "user", None),
         ([{"role": "user", "content": "hi"}], None, None),  # a chat list needs a role
-        ([{"role": "system", "content": "s"}, {"role": "user", "content": "u1"}, {"role": "user", "content": "u2"}],
-         "user", "u2"),  # the last message with the role
+        (
+            [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "u1"},
+                {"role": "user", "content": "u2"},
+            ],
+            "user",
+            "u2",
+        ),  # the last message with the role
         ([{"role": "user", "content": 5}], "user", None),  # non-text content
     ],
-)  # fmt: skip
+)
 def test_cell_text(value: Any, role: str | None, expected: str | None) -> None:
     assert cell_text(value, role) == expected
 
@@ -147,8 +154,11 @@ def test_get_column_and_check_column() -> None:
     assert get_column(row, "absent") is None
     schema = {"prompt": None, "reward_model": {"ground_truth": None, "style": None}}
     check_column(schema, "reward_model.ground_truth", "answer_column", "file 'x'")
-    with pytest.raises(DataSourceError, match=r"answer_column='answer': no column 'answer' in file 'x'; "
-                       r"available columns: \['prompt', 'reward_model'\]"):  # fmt: skip
+    with pytest.raises(
+        DataSourceError,
+        match=r"answer_column='answer': no column 'answer' in file 'x'; "
+        r"available columns: \['prompt', 'reward_model'\]",
+    ):
         check_column(schema, "answer", "answer_column", "file 'x'")
     with pytest.raises(
         DataSourceError, match=r"available fields of 'reward_model': \['ground_truth', 'style'\]"

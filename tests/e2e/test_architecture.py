@@ -121,8 +121,46 @@ def test_pyproject_installs_every_package_under_the_project_name() -> None:
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     folders = {
-        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "echorl_lightning").rglob("__init__.py")
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "echorl_lightning").rglob("__init__.py")
     } | {"echorl_lightning.callbacks"}
     assert set(config["packages"]) == folders
     assert config["package-dir"] == {"echorl_lightning.callbacks": "callbacks"}
     assert all(name.split(".")[0] == "echorl_lightning" for name in config["packages"])
+
+
+# tests/ mirrors the code: tests/<folder>/ for echorl_lightning/<folder>/ (tasks/<task>/ for each task), the
+# repository's callbacks/, recipes/ and experiments/, plus e2e/ (whole-program runs) and helpers/ (no tests)
+TEST_FOLDERS_OUTSIDE_THE_PACKAGE = {"callbacks", "recipes", "experiments", "e2e", "helpers"}
+
+
+def test_tests_mirror_the_code_and_share_helpers_only() -> None:
+    tests = ROOT / "tests"
+    package = ROOT / "echorl_lightning"
+    misplaced, cross = [], []
+    for path in sorted(tests.rglob("*.py")):
+        rel = path.relative_to(tests)
+        if rel.parts[0] == "helpers":
+            misplaced += [str(rel)] if path.name.startswith("test_") else []
+        elif path.name.startswith("test_"):
+            folder = rel.parent
+            mirrors = (package / folder).is_dir() or folder.parts[0] in TEST_FOLDERS_OUTSIDE_THE_PACKAGE
+            misplaced += [] if len(rel.parts) > 1 and mirrors else [str(rel)]
+        for name in imports_of_tests(path):
+            if not name.startswith("tests.helpers"):
+                cross.append(f"{rel} imports {name}")
+    assert not misplaced, (
+        f"test files outside a folder that mirrors the code (or tests in helpers/): {misplaced}"
+    )
+    assert not cross, "tests import shared code from tests.helpers only:\n" + "\n".join(cross)
+
+
+def imports_of_tests(path: Path) -> set[str]:
+    """Modules under ``tests`` that the file imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name == "tests" or name.startswith("tests.")}

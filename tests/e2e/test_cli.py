@@ -29,14 +29,20 @@ CKPT = (
 
 def rollout_args(prompts: int) -> list[str]:
     """The rollout group at test sizes: ``prompts`` x 4 rollouts of <= 48 tokens, one optimizer step."""
-    return [f"--rollout.prompts_per_epoch={prompts}", "--rollout.group_size=4", "--rollout.max_new_tokens=48",
-            "--rollout.num_minibatches=1", "--rollout.seed=0"]  # fmt: skip
+    return [
+        f"--rollout.prompts_per_epoch={prompts}",
+        "--rollout.group_size=4",
+        "--rollout.max_new_tokens=48",
+        "--rollout.num_minibatches=1",
+        "--rollout.seed=0",
+    ]
 
 
 def small_demo_args(out: Path, epochs: int, prompts: int = 8, extra_callbacks: str = "") -> list[str]:
     callbacks = f"[{CKPT % {'d': out / 'checkpoints'}}{extra_callbacks}]"
     return [
-        "--config", "configs/demo.yaml",  # first: options after it override the config's values
+        "--config",
+        "configs/demo.yaml",  # first: options after it override the config's values
         *rollout_args(prompts),
         f"--trainer.max_epochs={epochs}",
         f"--trainer.default_root_dir={out}",
@@ -46,15 +52,28 @@ def small_demo_args(out: Path, epochs: int, prompts: int = 8, extra_callbacks: s
         "--data.init_args.num_val=8",
         "--data.init_args.num_train=256",
         "--model.init_args.eval.max_new_tokens=48",
-    ]  # fmt: skip
+    ]
 
 
 def test_fit_two_epochs_learns_logs_and_resumes(tmp_path: Path) -> None:
     run_cli("fit", *small_demo_args(tmp_path, epochs=2))
     logged = scalars(tmp_path)
-    for tag in ("echo/loss", "echo/num_clips", "rollout/frac_all_success", "rollout/frac_all_fail",
-                "reward/mean", "actor/pg_loss", "actor/clipfrac", "actor/grad_norm", "entropy/token_mean",
-                "echo/clip_tokens", "echo/peak_step_entropy", "perf/rollout_s", "perf/train_s", "val/accuracy"):  # fmt: skip
+    for tag in (
+        "echo/loss",
+        "echo/num_clips",
+        "rollout/frac_all_success",
+        "rollout/frac_all_fail",
+        "reward/mean",
+        "actor/pg_loss",
+        "actor/clipfrac",
+        "actor/grad_norm",
+        "entropy/token_mean",
+        "echo/clip_tokens",
+        "echo/peak_step_entropy",
+        "perf/rollout_s",
+        "perf/train_s",
+        "val/accuracy",
+    ):
         assert tag in logged, f"{tag} not logged; have {sorted(logged)}"
     for tag in ("actor/pg_loss", "echo/loss", "actor/grad_norm"):
         assert all(math.isfinite(v) for _, v in logged[tag]), tag
@@ -103,19 +122,25 @@ def test_qwen_config_runs_one_epoch_with_local_overrides(tmp_path: Path) -> None
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     run_cli(
         "fit",
-        "--config", "configs/qwen_grpo_echo.yaml",
+        "--config",
+        "configs/qwen_grpo_echo.yaml",
         f"--model.init_args.model={TINY_MODEL_PATH}",
         "--model.init_args.engine=echorl_lightning.rollout.hf_engine.HFGenerateEngine",
         "--model.init_args.gradient_checkpointing=false",
         "--model.init_args.eval.max_new_tokens=32",
         f"--data.init_args.path={data}",
         "--data.init_args.eval.sets=[]",
-        "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
-        "--trainer.precision=32-true", "--trainer.max_epochs=1", "--trainer.accumulate_grad_batches=2",
-        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.strategy=auto",
+        "--trainer.precision=32-true",
+        "--trainer.max_epochs=1",
+        "--trainer.accumulate_grad_batches=2",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
         f"--trainer.callbacks.init_args.dirpath={tmp_path / 'checkpoints'}",
         *rollout_args(4),
-    )  # fmt: skip
+    )
     logged = scalars(tmp_path)
     assert [s for s, _ in logged["actor/pg_loss"]] == [0]  # 2 accumulated micro-batches, 1 optimizer step
     assert "reward/mean" in logged

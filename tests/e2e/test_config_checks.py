@@ -46,12 +46,28 @@ BAD = [
     ("--rollout.top_p=0", "rollout.top_p=0.0", "> 0 and <= 1"),
     ("--rollout.group_size=1", "rollout.group_size=1", "integer >= 2"),
     ("--trainer.max_epochs=0", "trainer.max_epochs=0", "must be >= 1 for fit"),
-    ("--model.init_args.model=no/such/folder", "model.init_args.model='no/such/folder'", "hub id of the form"),
-    ("--model.init_args.model=./missing-model", "model.init_args.model='./missing-model'", "existing model folder"),
-    ("--model.init_args.model=nobody-xyz/not-cached", "model.init_args.model='nobody-xyz/not-cached'", "local hub cache"),
+    (
+        "--model.init_args.model=no/such/folder",
+        "model.init_args.model='no/such/folder'",
+        "hub id of the form",
+    ),
+    (
+        "--model.init_args.model=./missing-model",
+        "model.init_args.model='./missing-model'",
+        "existing model folder",
+    ),
+    (
+        "--model.init_args.model=nobody-xyz/not-cached",
+        "model.init_args.model='nobody-xyz/not-cached'",
+        "local hub cache",
+    ),
     ("--rollout.num_minibatches=3", "rollout.num_minibatches=3", "must divide the 512 rollout rows"),
-    ("--trainer.accumulate_grad_batches=3", "trainer.accumulate_grad_batches=3", "must divide the 512 rollout"),
-]  # fmt: skip
+    (
+        "--trainer.accumulate_grad_batches=3",
+        "trainer.accumulate_grad_batches=3",
+        "must divide the 512 rollout",
+    ),
+]
 
 
 @pytest.mark.parametrize(("override", "key", "accepted"), BAD, ids=[row[1] for row in BAD])
@@ -101,13 +117,23 @@ def test_old_style_rollout_callback_is_refused(tmp_path: Path, no_weights: None)
 def test_rollout_group_overrides_and_callback_lists(tmp_path: Path) -> None:
     cli = main(demo_args(tmp_path, "--rollout.prompts_per_epoch=8", "--rollout.group_size=4")[1:], run=False)
     rollout = [cb for cb in cli.trainer.callbacks if isinstance(cb, RolloutCallback)]
-    assert len(rollout) == 1 and (rollout[0].settings.prompts_per_epoch, rollout[0].settings.group_size) == (8, 4)
+    assert len(rollout) == 1 and (rollout[0].settings.prompts_per_epoch, rollout[0].settings.group_size) == (
+        8,
+        4,
+    )
     assert sum(isinstance(cb, FailureReport) for cb in cli.trainer.callbacks) == 1
     ckpt = [cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint)]
     assert [cb.dirpath for cb in ckpt] == [str(tmp_path / "ckpt")]  # the config's, not Lightning's default
     # the SFT warm-start takes no rollouts: no rollout callback is added
-    sft = main(["--config", str(ROOT / "configs/warmstart_sft.yaml"), "--trainer.logger=false",
-                f"--trainer.default_root_dir={tmp_path}"], run=False)  # fmt: skip
+    sft = main(
+        [
+            "--config",
+            str(ROOT / "configs/warmstart_sft.yaml"),
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        run=False,
+    )
     assert not any(isinstance(cb, RolloutCallback) for cb in sft.trainer.callbacks)
 
 
@@ -127,12 +153,18 @@ def test_world_size_and_row_division() -> None:
     assert world_size({"devices": "0,1"}) == 2
     assert world_size({"devices": "auto"}) is None and world_size({"devices": -1}) is None
     # 8 prompts / 2 ranks x 4 rollouts = 16 rows per rank; 2 mini-batches x 4 accumulation = 8 divides 16
-    ok = check_rollout({"prompts_per_epoch": 8, "group_size": 4, "num_minibatches": 2}, {"method": "grpo"},
-                       {"devices": 2, "accumulate_grad_batches": 4})  # fmt: skip
+    ok = check_rollout(
+        {"prompts_per_epoch": 8, "group_size": 4, "num_minibatches": 2},
+        {"method": "grpo"},
+        {"devices": 2, "accumulate_grad_batches": 4},
+    )
     assert ok == []
     # LUFFY adds the expert row: 4 prompts x (4 + 1) = 20 rows; 8 micro-batches do not divide 20
-    bad = check_rollout({"prompts_per_epoch": 4, "group_size": 4, "num_minibatches": 2}, {"method": "luffy"},
-                        {"devices": 1, "accumulate_grad_batches": 4})  # fmt: skip
+    bad = check_rollout(
+        {"prompts_per_epoch": 4, "group_size": 4, "num_minibatches": 2},
+        {"method": "luffy"},
+        {"devices": 1, "accumulate_grad_batches": 4},
+    )
     assert len(bad) == 1 and "= 8 micro-batches must divide the 20 rollout rows" in bad[0]
 
 
@@ -182,4 +214,6 @@ def test_dataclass_defaults_and_edges_are_accepted() -> None:
     EchoConfig(coef=0.0)  # coef 0 is allowed (no echo term)
     EvalConfig(temperature=0.0, top_p=1.0)  # greedy evaluation
     AlgorithmOverrides(kl_coef=0.0, max_resample_rounds=0).apply("grpo")
-    AlgorithmOverrides(clip_low=0.0, clip_high=0.0).apply("grpo")  # eps 0: the ratio clipped at 1 (as verl allows)
+    AlgorithmOverrides(clip_low=0.0, clip_high=0.0).apply(
+        "grpo"
+    )  # eps 0: the ratio clipped at 1 (as verl allows)

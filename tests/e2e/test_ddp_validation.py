@@ -21,11 +21,18 @@ def validate(devices: int, prompts: int) -> dict[str, str]:
     """``cli.py validate`` of the demo config's start model: ``prompts`` prompts in batches of 4, 2 samples each;
     the printed result table."""
     args = [
-        sys.executable, "cli.py", "validate", "--config", "configs/demo.yaml",
-        f"--data.init_args.num_val={prompts}", "--data.init_args.val_batch_size=4",
-        "--model.init_args.eval.n=2", "--model.init_args.eval.max_new_tokens=32",
-        "--trainer.logger=false", f"--trainer.devices={devices}",
-    ] + (["--trainer.strategy=ddp"] if devices > 1 else [])  # fmt: skip
+        sys.executable,
+        "cli.py",
+        "validate",
+        "--config",
+        "configs/demo.yaml",
+        f"--data.init_args.num_val={prompts}",
+        "--data.init_args.val_batch_size=4",
+        "--model.init_args.eval.n=2",
+        "--model.init_args.eval.max_new_tokens=32",
+        "--trainer.logger=false",
+        f"--trainer.devices={devices}",
+    ] + (["--trainer.strategy=ddp"] if devices > 1 else [])
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -81,8 +81,18 @@ def _rollout_runtime(key: str, value: Any) -> bool:
     return False
 
 
-ROLLOUT_KEYS = ("prompts_per_epoch", "group_size", "max_new_tokens", "temperature", "top_p", "ppo_epochs",
-                "num_minibatches", "logprob_batch_size", "engine_logprob_tolerance", "engine_is_cap")  # fmt: skip
+ROLLOUT_KEYS = (
+    "prompts_per_epoch",
+    "group_size",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "ppo_epochs",
+    "num_minibatches",
+    "logprob_batch_size",
+    "engine_logprob_tolerance",
+    "engine_is_cap",
+)
 
 
 @pytest.mark.parametrize("key", ROLLOUT_KEYS)

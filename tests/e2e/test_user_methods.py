@@ -51,20 +51,32 @@ def my_loss(logp, old_logp, advantages, response_mask, clip_low, clip_high, **kw
 @pytest.mark.slow
 def test_user_methods_are_selected_from_yaml_and_used(tmp_path: Path) -> None:
     (tmp_path / "my_methods.py").write_text(USER_FILE)
-    (tmp_path / "mine.yaml").write_text(textwrap.dedent(f"""\
+    (tmp_path / "mine.yaml").write_text(
+        textwrap.dedent(f"""\
         imports: [{tmp_path / "my_methods.py"}]
         model:
           init_args:
             algorithm:
               adv_estimator: my_adv
               policy_loss: my_loss
-        """))  # fmt: skip
+        """)
+    )
     run_cli(
-        "fit", "--config", "configs/demo.yaml", "--config", str(tmp_path / "mine.yaml"),
-        "--trainer.max_epochs=1", "--rollout.prompts_per_epoch=8", "--rollout.group_size=2",
-        "--rollout.max_new_tokens=16", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
-        f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.callbacks=[]",
-    )  # fmt: skip
+        "fit",
+        "--config",
+        "configs/demo.yaml",
+        "--config",
+        str(tmp_path / "mine.yaml"),
+        "--trainer.max_epochs=1",
+        "--rollout.prompts_per_epoch=8",
+        "--rollout.group_size=2",
+        "--rollout.max_new_tokens=16",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=false",
+        "--trainer.callbacks=[]",
+    )
     marks = [json.loads(line) for line in (tmp_path / "marks.jsonl").read_text().splitlines()]
     assert {"name": "my_adv", "shape": [8, 2]} in marks  # B = 8 prompts, G = 2
     assert any(m["name"] == "my_loss" and m["shape"][0] == 16 for m in marks)  # N = 16 rows

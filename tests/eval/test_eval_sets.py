@@ -145,15 +145,23 @@ def test_validate_logs_hand_computed_per_set_metrics(tmp_path: Path) -> None:
     trainer.validate(module, datamodule=dm)
     got = {k: float(v) for k, v in trainer.callback_metrics.items()}
     expected = {
-        "val/a/avg@2": 1.0, "val/a/pass@1": 1.0, "val/a/pass@2": 1.0, "val/a/maj@2": 1.0,
-        "val/b/avg@2": 0.0, "val/b/pass@2": 0.0, "val/b/maj@2": 0.0,
+        "val/a/avg@2": 1.0,
+        "val/a/pass@1": 1.0,
+        "val/a/pass@2": 1.0,
+        "val/a/maj@2": 1.0,
+        "val/b/avg@2": 0.0,
+        "val/b/pass@2": 0.0,
+        "val/b/maj@2": 0.0,
         # c: each prompt scores [0, 1]: avg 0.5, pass@1 = 1 - (1 - 1/2) = 0.5, pass@2 = 1; no answers: maj 0
-        "val/c/avg@2": 0.5, "val/c/pass@1": 0.5, "val/c/pass@2": 1.0, "val/c/maj@2": 0.0,
+        "val/c/avg@2": 0.5,
+        "val/c/pass@1": 0.5,
+        "val/c/pass@2": 1.0,
+        "val/c/maj@2": 0.0,
         "val/id_avg": 1.0,  # only a
         "val/ood_avg": 0.0,  # only b
         # over all 12 samples, not the mean of set means (0.5): (3*2*1 + 1*2*0 + 2*(0 + 1)) / 12 = 8/12
         "val/accuracy": 8 / 12,
-    }  # fmt: skip
+    }
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-6), key
     for name in ("a", "b", "c"):
@@ -170,19 +178,30 @@ def test_cli_test_eval_math_on_two_local_sets(tmp_path: Path) -> None:
     arc_path = write_jsonl(tmp_path / "arc.jsonl", ARC_ROWS)
     proc = run_cli(
         "test",
-        "--config", "configs/eval_math.yaml",
+        "--config",
+        "configs/eval_math.yaml",
         f"--model.init_args.model={TINY_MODEL_PATH}",
         "--model.init_args.engine=echorl_lightning.rollout.hf_engine.HFGenerateEngine",
         "--model.init_args.dtype=float32",
         "--model.init_args.eval.max_new_tokens=32",
         "--model.init_args.eval.n=2",
-        "--trainer.accelerator=cpu", "--trainer.precision=32-true",
-        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.accelerator=cpu",
+        "--trainer.precision=32-true",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--data.init_args.eval.sets=[math500, arc_challenge]",
         f"--data.init_args.eval.paths={{math500: {math_path}, arc_challenge: {arc_path}}}",
-    )  # fmt: skip
-    keys = ("test/math500/avg@2", "test/math500/maj@2", "test/math500/pass@1", "test/arc_challenge/pass@2",
-            "test/arc_challenge/avg@2", "test/id_avg", "test/ood_avg", "test/accuracy")  # fmt: skip
+    )
+    keys = (
+        "test/math500/avg@2",
+        "test/math500/maj@2",
+        "test/math500/pass@1",
+        "test/arc_challenge/pass@2",
+        "test/arc_challenge/avg@2",
+        "test/id_avg",
+        "test/ood_avg",
+        "test/accuracy",
+    )
     logged = {tag: values[-1][1] for tag, values in scalars(tmp_path).items()}
     for key in keys:
         assert key in logged, f"{key} not logged; have {sorted(logged)}"

@@ -41,14 +41,25 @@ def tiny_demo(out: Path, *extra: str) -> list[str]:
     """The demo config at tiny sizes: 2 epochs of 4 prompts x 4 rollouts of <= 48 tokens (long enough to earn rewards), a checkpoint after
     every epoch, validation (4 prompts x 4 samples) before training and after epoch 1."""
     return [
-        sys.executable, "cli.py", "fit", "--config", "configs/demo.yaml",
-        "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=2",
-        f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
-        f"--trainer.callbacks.init_args.dirpath={out / 'checkpoints'}", "--trainer.callbacks.init_args.every_n_epochs=1",
-        "--data.init_args.num_val=4", "--data.init_args.num_train=64", "--model.init_args.eval.max_new_tokens=48",
-        "--rollout.prompts_per_epoch=4", "--rollout.group_size=4", "--rollout.max_new_tokens=48",
+        sys.executable,
+        "cli.py",
+        "fit",
+        "--config",
+        "configs/demo.yaml",
+        "--trainer.max_epochs=2",
+        "--trainer.check_val_every_n_epoch=2",
+        f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.callbacks.init_args.dirpath={out / 'checkpoints'}",
+        "--trainer.callbacks.init_args.every_n_epochs=1",
+        "--data.init_args.num_val=4",
+        "--data.init_args.num_train=64",
+        "--model.init_args.eval.max_new_tokens=48",
+        "--rollout.prompts_per_epoch=4",
+        "--rollout.group_size=4",
+        "--rollout.max_new_tokens=48",
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 def env() -> dict[str, str]:
@@ -92,7 +103,11 @@ def merged(files: list[dict[str, list[tuple[int, float]]]]) -> dict[str, dict[in
 def demo_args(tmp_path: Path, *extra: str) -> list[str]:
     """``cli.main`` arguments of a ``fit`` of the demo config writing under ``tmp_path`` (no logger)."""
     return [
-        "fit", "--config", str(ROOT / "configs/demo.yaml"), "--trainer.logger=false",
-        f"--trainer.default_root_dir={tmp_path}", f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}",
+        "fit",
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}",
         *extra,
-    ]  # fmt: skip
+    ]

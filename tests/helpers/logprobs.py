@@ -15,8 +15,13 @@ def logprobs(model: nn.Module, batch: TokenBatch) -> Tensor:
     model.eval()
     with torch.no_grad():
         logp, _ = policy_response_logprobs(
-            model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_len,
-            batch.responses, 1.0,
-        )  # fmt: skip
+            model,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.position_ids,
+            batch.prompt_len,
+            batch.responses,
+            1.0,
+        )
     model.train(was)
     return logp * batch.response_mask

@@ -58,9 +58,14 @@ def fixed_buffer(n_rows: int = 8, seed: int = 0) -> list[RolloutBatch]:
     model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_PATH, dtype=torch.float32).eval()
     with torch.no_grad():
         logp, _ = policy_response_logprobs(
-            model, tokens.input_ids, tokens.attention_mask, tokens.position_ids, tokens.prompt_len,
-            tokens.responses, TEMPERATURE,
-        )  # fmt: skip
+            model,
+            tokens.input_ids,
+            tokens.attention_mask,
+            tokens.position_ids,
+            tokens.prompt_len,
+            tokens.responses,
+            TEMPERATURE,
+        )
     mask = tokens.response_mask  # [N, T]
     clip_mask = torch.zeros_like(mask, dtype=torch.bool)
     clip_mask[0, :3] = clip_mask[5, :2] = True  # two EchoClips (prefixes)
@@ -166,9 +171,14 @@ def worker(rank: int, world: int, port: int, job: dict[str, Any]) -> None:
     checkpoint and writes the refusal to ``out/refused_rank<rank>.txt`` (it raises if nothing is refused).
     """
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-        LOCAL_RANK=str(rank), NODE_RANK="0", HF_HUB_OFFLINE="1",
-    )  # fmt: skip
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+        HF_HUB_OFFLINE="1",
+    )
     torch.set_num_threads(1)
     batches = load_checkpoint_file(job["buffer"], allowed=ROLLOUT_BUFFER_TYPES)
     out = Path(job["out"])
@@ -182,9 +192,13 @@ def worker(rank: int, world: int, port: int, job: dict[str, Any]) -> None:
     if ckpt_dir is not None:
         (ckpt,) = sorted(ckpt_dir.glob("*.ckpt"))
         fit(
-            mine, out / "resumed", strategy=_strategy(job["strategy"]), devices=world, epochs=2,
+            mine,
+            out / "resumed",
+            strategy=_strategy(job["strategy"]),
+            devices=world,
+            epochs=2,
             ckpt_path=str(ckpt),
-        )  # fmt: skip
+        )
     if job.get("trap"):
         strategy = _strategy(job["strategy"])
         try:

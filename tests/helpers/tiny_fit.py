@@ -46,6 +46,9 @@ def tiny_policy_and_data(
 def cpu_trainer(**trainer_args: Any) -> L.Trainer:
     """A CPU Trainer with no sanity validation, progress bar or model summary, plus ``trainer_args``."""
     return L.Trainer(
-        accelerator="cpu", num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         **trainer_args,
-    )  # fmt: skip
+    )

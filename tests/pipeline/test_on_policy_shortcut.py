@@ -36,9 +36,14 @@ def test_engine_entropy_is_the_forward_entropy_and_changes_no_token(
     tokens = pad_rollouts([p for p in prompts for _ in range(3)], [c.token_ids for c in flat], pad_id=0)
     with torch.no_grad():
         _, entropy = policy_response_logprobs(
-            tiny_random_model, tokens.input_ids, tokens.attention_mask, tokens.position_ids,
-            tokens.prompt_len, tokens.responses, 0.7,
-        )  # fmt: skip
+            tiny_random_model,
+            tokens.input_ids,
+            tokens.attention_mask,
+            tokens.position_ids,
+            tokens.prompt_len,
+            tokens.responses,
+            0.7,
+        )
     for i, c in enumerate(flat):
         torch.testing.assert_close(torch.tensor(c.entropy), entropy[i, : len(c.token_ids)], atol=1e-4, rtol=0)
 

@@ -32,8 +32,9 @@ def test_fine_tune_lowers_the_nll_of_the_kept_samples():
         return float(response_nll(logits, batch["input_ids"], batch["loss_mask"])[0])
 
     before = nll()
-    fine_tune(model, kept, steps=5, lr=1e-3, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-              rng=random.Random(0))  # fmt: skip
+    fine_tune(
+        model, kept, steps=5, lr=1e-3, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, rng=random.Random(0)
+    )
     assert nll() < before and not model.training
     with pytest.raises(ValueError, match="no \\(prompt, completion\\) pairs"):
         fine_tune(model, [], steps=1, lr=1e-3, eos_id=0, pad_id=0, rng=random.Random(0))
@@ -42,8 +43,24 @@ def test_fine_tune_lowers_the_nll_of_the_kept_samples():
 @pytest.mark.slow
 def test_stage_writes_a_loadable_model_with_the_same_tokenizer(capsys, tmp_path):
     out = tmp_path / "rft"
-    main(["--model", TINY_COUNTDOWN_PATH, "--config", CONFIG, "--out", str(out), "--rounds", "1",
-          "--prompts", "4", "--k", "4", "--steps", "2"])  # fmt: skip
+    main(
+        [
+            "--model",
+            TINY_COUNTDOWN_PATH,
+            "--config",
+            CONFIG,
+            "--out",
+            str(out),
+            "--rounds",
+            "1",
+            "--prompts",
+            "4",
+            "--k",
+            "4",
+            "--steps",
+            "2",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "round 1: kept " in printed and " of 16," in printed, printed  # 4 problems x 4 samples
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -55,6 +72,24 @@ def test_stage_writes_a_loadable_model_with_the_same_tokenizer(capsys, tmp_path)
     assert AutoTokenizer.from_pretrained(out)("Target: 20").input_ids
     # a model that never finishes a line keeps nothing: an error naming the round, not a silent no-op
     with pytest.raises(RuntimeError, match="rft round 1: none of 8 samples was right"):
-        main(["--model", TINY_COUNTDOWN_PATH, "--config", CONFIG, "--out", str(tmp_path / "x"), "--rounds", "1",
-              "--prompts", "2", "--k", "4", "--steps", "1", "--max-new-tokens", "4"])  # fmt: skip
+        main(
+            [
+                "--model",
+                TINY_COUNTDOWN_PATH,
+                "--config",
+                CONFIG,
+                "--out",
+                str(tmp_path / "x"),
+                "--rounds",
+                "1",
+                "--prompts",
+                "2",
+                "--k",
+                "4",
+                "--steps",
+                "1",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
     assert not (tmp_path / "x").exists()

@@ -74,8 +74,16 @@ def test_gpt2_kind_merges_numbers_and_needs_a_generic_folder(tmp_path: Path, tex
     qwen_tokens = qwen.convert_ids_to_tokens(list(range(258, len(qwen))))
     assert not any(any(c.isdigit() for c in t) and len(t) > 1 for t in qwen_tokens)  # Qwen2: digits alone
     tok.save_pretrained(tmp_path)
-    LlamaConfig(vocab_size=len(tok), hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1,
-                bos_token_id=256, eos_token_id=256, pad_token_id=257).save_pretrained(tmp_path)  # fmt: skip
+    LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=8,
+        intermediate_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        bos_token_id=256,
+        eos_token_id=256,
+        pad_token_id=257,
+    ).save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     for text in held_out:
         assert _ids(loaded, text) == _ids(tok, text)
@@ -118,9 +126,15 @@ def test_cli_writes_a_tokenizer_the_sft_module_builds_a_llama_around(tmp_path: P
     tok = AutoTokenizer.from_pretrained(folder)
     assert len(tok) == 320 and (tok.eos_token_id, tok.pad_token_id) == (256, 257)
     module = SFTModule(
-        architecture="llama", tokenizer_path=str(folder), hidden_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, intermediate_size=64, max_position_embeddings=512,
-    )  # fmt: skip
+        architecture="llama",
+        tokenizer_path=str(folder),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     assert isinstance(module.policy, LlamaForCausalLM)
     assert module.policy.get_input_embeddings().weight.shape == (320, 32)
     problems = make_problems("train", 16)

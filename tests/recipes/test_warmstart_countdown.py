@@ -92,17 +92,28 @@ def test_cli_fit_on_countdown_exports_a_model(tmp_path: Path) -> None:
     train_tokenizer(["--task", "countdown", "--texts", "300", "--out", str(tokenizer)])
     out = tmp_path / "hf"
     cmd = [
-        sys.executable, "cli.py", "fit", "--config", "configs/warmstart_countdown.yaml",
-        "--trainer.max_steps=12", "--trainer.val_check_interval=12", "--trainer.log_every_n_steps=1",
+        sys.executable,
+        "cli.py",
+        "fit",
+        "--config",
+        "configs/warmstart_countdown.yaml",
+        "--trainer.max_steps=12",
+        "--trainer.val_check_interval=12",
+        "--trainer.log_every_n_steps=1",
         f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
         f"--trainer.callbacks.init_args.output_dir={out}",
-        "--model.init_args.hidden_size=32", "--model.init_args.num_hidden_layers=2",
-        "--model.init_args.intermediate_size=64", "--model.init_args.val_samples=2",
-        "--model.init_args.max_new_tokens=16", "--model.init_args.warmup_steps=2",
-        "--data.init_args.batch_size=8", "--data.init_args.num_val=4",
+        "--model.init_args.hidden_size=32",
+        "--model.init_args.num_hidden_layers=2",
+        "--model.init_args.intermediate_size=64",
+        "--model.init_args.val_samples=2",
+        "--model.init_args.max_new_tokens=16",
+        "--model.init_args.warmup_steps=2",
+        "--data.init_args.batch_size=8",
+        "--data.init_args.num_val=4",
         f"--model.init_args.tokenizer_path={tokenizer}",
-    ]  # fmt: skip
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -29,10 +29,19 @@ from recipes.tiny.widen_heads import main, widen_heads, widen_state_dict, widene
 
 # hidden 96 with 4 query / 2 KV heads: head size 96 / 4 = 24, the shipped models' shape before the widening
 SIZES = dict(
-    vocab_size=258, hidden_size=96, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, tie_word_embeddings=True,
-    bos_token_id=256, eos_token_id=256, pad_token_id=257,
-)  # fmt: skip
+    vocab_size=258,
+    hidden_size=96,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    bos_token_id=256,
+    eos_token_id=256,
+    pad_token_id=257,
+)
 # 10000 ** (32 / 24) = 10 ** (4 * 4 / 3) = 10 ** 5.333... = 215443.469...: new pair i turns at
 # 215443.469 ** (-2i / 32) = 10000 ** (-2i / 24), the old frequency of pair i
 NEW_THETA = 215443.46900318822

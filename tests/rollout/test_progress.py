@@ -57,8 +57,11 @@ def test_rate_and_eta_hand_computed() -> None:
 
 def test_clock_and_metrics_line() -> None:
     assert [clock(None), clock(4.6), clock(75), clock(3725)] == ["?", "0:05", "1:15", "1:02:05"]
-    line = metrics_line("epoch 2", {"reward/mean": torch.tensor(0.5), "echo/num_clips": 3.0}, (
-        ("reward/mean", "reward {:.3f}"), ("rollout/x", "x {:.1f}"), ("echo/num_clips", "clips {:.0f}")))  # fmt: skip
+    line = metrics_line(
+        "epoch 2",
+        {"reward/mean": torch.tensor(0.5), "echo/num_clips": 3.0},
+        (("reward/mean", "reward {:.3f}"), ("rollout/x", "x {:.1f}"), ("echo/num_clips", "clips {:.0f}")),
+    )
     assert line == "epoch 2 · reward 0.500 · clips 3"  # the absent key is left out
 
 
@@ -156,9 +159,12 @@ def test_real_run_console_lines_and_train_clock(tmp_path: Path, capsys: pytest.C
     )
     clock_cb = Clock()
     trainer = cpu_trainer(
-        max_epochs=2, callbacks=[clock_cb, rollout, RolloutProgress(plain=True)],
-        logger=CSVLogger(str(tmp_path), name="csv", version=0), log_every_n_steps=1, enable_checkpointing=False,
-    )  # fmt: skip
+        max_epochs=2,
+        callbacks=[clock_cb, rollout, RolloutProgress(plain=True)],
+        logger=CSVLogger(str(tmp_path), name="csv", version=0),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, data)
     lines = capsys.readouterr().out.splitlines()
     epoch_lines = [line for line in lines if re.match(r"epoch \d+ · ", line)]
@@ -196,11 +202,20 @@ def test_demo_through_cli_shows_table_progress_and_one_line_per_epoch(tmp_path: 
     import sys
 
     args = [
-        "fit", "--config", "configs/demo.yaml", "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.callbacks=[]", "--data.init_args.num_val=4",
-        "--trainer.check_val_every_n_epoch=1", "--model.init_args.eval.max_new_tokens=24",
-        "--rollout.prompts_per_epoch=4", "--rollout.group_size=4", "--rollout.max_new_tokens=24",
-    ]  # fmt: skip
+        "fit",
+        "--config",
+        "configs/demo.yaml",
+        "--trainer.max_epochs=2",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.callbacks=[]",
+        "--data.init_args.num_val=4",
+        "--trainer.check_val_every_n_epoch=1",
+        "--model.init_args.eval.max_new_tokens=24",
+        "--rollout.prompts_per_epoch=4",
+        "--rollout.group_size=4",
+        "--rollout.max_new_tokens=24",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "cli.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600

@@ -59,5 +59,7 @@ def test_step_valid_frac_counts_successful_judged_rollouts_only() -> None:
     assert float(m["rollout/step_valid_frac"]) == pytest.approx(1 / 2)
     assert "rollout/step_valid_frac" not in rollout_metrics(scores, scores, zeros, torch.ones(4), zeros, 2)
     # nothing judged: still logged (every rank logs the same keys), as NaN
-    none_judged = rollout_metrics(scores, scores, zeros, torch.ones(4), zeros, 2, step_valid=torch.full((4,), float("nan")))
+    none_judged = rollout_metrics(
+        scores, scores, zeros, torch.ones(4), zeros, 2, step_valid=torch.full((4,), float("nan"))
+    )
     assert torch.isnan(none_judged["rollout/step_valid_frac"])

@@ -59,7 +59,10 @@ def test_engine_check_excludes_expert_rows_stops_a_desynced_engine_and_returns_w
 def test_engine_check_without_engine_logprobs() -> None:
     mask, off = torch.ones(2, 3), torch.zeros(2, dtype=torch.bool)
     assert engine_check(TRAINER, None, mask, off, tolerance=0.5, is_cap=None) == ({}, None)  # HF engine
-    assert engine_check(None, torch.zeros(2, 3), mask, off, tolerance=0.5, is_cap=None) == ({}, None)  # shortcut
+    assert engine_check(None, torch.zeros(2, 3), mask, off, tolerance=0.5, is_cap=None) == (
+        {},
+        None,
+    )  # shortcut
     with pytest.raises(ValueError, match="engine_is_cap needs an engine that reports its log-probs"):
         engine_check(TRAINER, None, mask, off, tolerance=0.5, is_cap=2.0)
     for bad in (dict(engine_logprob_tolerance=0.0), dict(engine_is_cap=-1.0)):
@@ -73,9 +76,13 @@ def test_is_weight_scales_each_tokens_policy_gradient_loss() -> None:
     method = resolve_method("grpo")
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     common = dict(
-        method=method, echo_coef=0.0, max_len=2, num_tokens=torch.tensor(2.0), num_seqs=torch.tensor(1.0),
+        method=method,
+        echo_coef=0.0,
+        max_len=2,
+        num_tokens=torch.tensor(2.0),
+        num_seqs=torch.tensor(1.0),
         num_clips=torch.tensor(0.0),
-    )  # fmt: skip
+    )
     args = (
         logp,
         logp.detach(),

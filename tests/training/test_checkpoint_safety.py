@@ -68,17 +68,30 @@ def genuine_checkpoint() -> dict[str, Any]:
     """What a Lightning checkpoint of ``EchoRLModule`` built in Python holds (tensors, AdamW state, loops,
     callback state, the config dataclasses as hyperparameters)."""
     return {
-        "epoch": 0, "global_step": 1, "pytorch-lightning_version": L.__version__,
+        "epoch": 0,
+        "global_step": 1,
+        "pytorch-lightning_version": L.__version__,
         "state_dict": {"policy.w": torch.arange(6.0).view(2, 3)},
         "loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 1}}}},
-        "callbacks": {"ModelCheckpoint{...}": {"best_model_path": "/x/epoch=0.ckpt", "kth_value": torch.tensor(1.0)}},
-        "optimizer_states": [{"state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.ones(2, 3)}},
-                              "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "foreach": None, "params": [0]}]}],
+        "callbacks": {
+            "ModelCheckpoint{...}": {"best_model_path": "/x/epoch=0.ckpt", "kth_value": torch.tensor(1.0)}
+        },
+        "optimizer_states": [
+            {
+                "state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.ones(2, 3)}},
+                "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "foreach": None, "params": [0]}],
+            }
+        ],
         "lr_schedulers": [{"base_lrs": [1e-3], "last_epoch": 1, "lr_lambdas": [None]}],
         "hparams_name": "kwargs",
-        "hyper_parameters": {"model": TINY_MODEL_PATH, "algorithm": AlgorithmOverrides(kl_coef=0.05),
-                             "echo": EchoConfig(coef=0.1), "eval": EvalConfig(n=2), "lora": LoraConfig(r=4)},
-    }  # fmt: skip
+        "hyper_parameters": {
+            "model": TINY_MODEL_PATH,
+            "algorithm": AlgorithmOverrides(kl_coef=0.05),
+            "echo": EchoConfig(coef=0.1),
+            "eval": EvalConfig(n=2),
+            "lora": LoraConfig(r=4),
+        },
+    }
 
 
 def assert_same(a: Any, b: Any) -> None:
@@ -149,8 +162,9 @@ def test_the_allowlist_is_exactly_the_config_types(tmp_path: Path) -> None:
 
 def test_a_lora_adapter_checkpoint_genuine_and_trapped(tmp_path: Path) -> None:
     """A LoRA run checkpoints only the adapters and its ``LoraConfig`` (exact resume: test_lora_training)."""
-    adapters = {f"policy.base_model.model.layers.0.q_proj.lora_{ab}.default.weight": torch.randn(4, 8)
-                for ab in "AB"}  # fmt: skip
+    adapters = {
+        f"policy.base_model.model.layers.0.q_proj.lora_{ab}.default.weight": torch.randn(4, 8) for ab in "AB"
+    }
     ckpt = {"state_dict": adapters, "hyper_parameters": {"lora": LoraConfig(r=4, alpha=8.0)}}
     torch.save(ckpt, tmp_path / "lora.ckpt")
     assert_same(load_checkpoint_file(tmp_path / "lora.ckpt"), ckpt)
@@ -185,8 +199,16 @@ def test_a_trainer_refuses_a_trapped_checkpoint_before_training(tmp_path: Path) 
 def test_cli_resume_refuses_a_trapped_checkpoint(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     torch.save({**genuine_checkpoint(), "x": Trap(marker)}, tmp_path / "last.ckpt")
-    cmd = [sys.executable, "cli.py", "fit", "--config", "configs/demo.yaml", f"--ckpt_path={tmp_path / 'last.ckpt'}",
-           f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "cli.py",
+        "fit",
+        "--config",
+        "configs/demo.yaml",
+        f"--ckpt_path={tmp_path / 'last.ckpt'}",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -273,8 +295,11 @@ def test_a_trapped_distributed_checkpoint_folder_is_refused(tmp_path: Path, trai
         (folder / ".metadata").write_bytes(pickle.dumps(metadata))
     with pytest.raises(CheckpointRefused) as err:
         load_folder(folder)
-    source = {".metadata": folder / ".metadata", "entry": f"{folder} (entry optimizer_0.param_groups.0.lr)",
-              META_FILE: folder / META_FILE}[where]  # fmt: skip
+    source = {
+        ".metadata": folder / ".metadata",
+        "entry": f"{folder} (entry optimizer_0.param_groups.0.lr)",
+        META_FILE: folder / META_FILE,
+    }[where]
     assert_refused(err, source, "system")
     assert not marker.exists()
     if where == ".metadata":  # control: torch's own reader runs the trap

@@ -45,9 +45,15 @@ def test_plan_file_shards_fills_files_in_order() -> None:
 @pytest.mark.parametrize("tied", [False, True])
 def test_streamed_export_of_an_unsharded_model_loads_exactly(tmp_path: Path, tied: bool) -> None:
     config = Qwen2Config(
-        vocab_size=258, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tied,
-    )  # fmt: skip
+        vocab_size=258,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tied,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = Qwen2ForCausalLM(config)
@@ -106,22 +112,42 @@ def test_fsdp1_strategy_refuses_a_cpu_accelerator() -> None:
 def test_fsdp2_fit_through_the_cli_with_rollouts_checkpoint_and_export(tmp_path: Path) -> None:
     export = tmp_path / "export"
     callbacks = [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(tmp_path / "checkpoints"), "every_n_epochs": 1,
-                       "save_on_train_epoch_end": True, "save_top_k": 1}},
-        {"class_path": "echorl_lightning.callbacks.export_hf.ExportHFModel", "init_args": {"output_dir": str(export)}},
-    ]  # fmt: skip
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "dirpath": str(tmp_path / "checkpoints"),
+                "every_n_epochs": 1,
+                "save_on_train_epoch_end": True,
+                "save_top_k": 1,
+            },
+        },
+        {
+            "class_path": "echorl_lightning.callbacks.export_hf.ExportHFModel",
+            "init_args": {"output_dir": str(export)},
+        },
+    ]
     strategy = {"class_path": "echorl_lightning.training.sharding.FSDP2Strategy"}
     args = [
-        "fit", "--config", "configs/demo.yaml",
-        "--rollout.prompts_per_epoch=8", "--rollout.group_size=4", "--rollout.max_new_tokens=32",
-        "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.callbacks={json.dumps(callbacks)}",
-        "--trainer.devices=2", f"--trainer.strategy={json.dumps(strategy)}", "--trainer.gradient_clip_val=1.0",
-        "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
-        "--data.init_args.num_val=4", "--data.init_args.num_train=64",
-        "--model.init_args.gradient_checkpointing=true", "--model.init_args.lr=1e-3",
-    ]  # fmt: skip
+        "fit",
+        "--config",
+        "configs/demo.yaml",
+        "--rollout.prompts_per_epoch=8",
+        "--rollout.group_size=4",
+        "--rollout.max_new_tokens=32",
+        "--trainer.max_epochs=1",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--trainer.callbacks={json.dumps(callbacks)}",
+        "--trainer.devices=2",
+        f"--trainer.strategy={json.dumps(strategy)}",
+        "--trainer.gradient_clip_val=1.0",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        "--data.init_args.num_val=4",
+        "--data.init_args.num_train=64",
+        "--model.init_args.gradient_checkpointing=true",
+        "--model.init_args.lr=1e-3",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "cli.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
@@ -156,8 +182,13 @@ def test_gpu_fsdp2_update_on_one_rank_equals_the_unsharded_update(tmp_path: Path
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    job = {"strategy": "fsdp2", "buffer": str(tmp_path / "buffer.pt"), "out": str(tmp_path),
-           "accelerator": "cuda", "plain": True}  # fmt: skip
+    job = {
+        "strategy": "fsdp2",
+        "buffer": str(tmp_path / "buffer.pt"),
+        "out": str(tmp_path),
+        "accelerator": "cuda",
+        "plain": True,
+    }
     torch.multiprocessing.spawn(worker, args=(1, port, job), nprocs=1, join=True)
     sharded = AutoModelForCausalLM.from_pretrained(tmp_path / "fit" / "export").state_dict()
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain" / "export").state_dict()
@@ -176,9 +207,15 @@ def test_gpu_hidden_path_never_holds_the_vocabulary_logits() -> None:
     from echorl_lightning.training.forward import policy_response_logprobs
 
     config = Qwen2Config(
-        vocab_size=151_936, hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
-        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=151_936,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
     model = Qwen2ForCausalLM(config).cuda()
     n, p, t = 4, 16, 1024
     ids = torch.randint(0, config.vocab_size, (n, p + t), device="cuda")

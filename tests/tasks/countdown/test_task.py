@@ -47,10 +47,15 @@ def test_rule_of_one_move() -> None:
 def test_moves_hand_listed() -> None:
     # pool (6, 2, 1): pairs (6,2): 8, 4, 12, 3; (6,1): 7, 5 (6*1 and 6/1 change nothing); (2,1): 3, 1
     assert moves([6, 2, 1], cap=200) == [
-        (6, "+", 2, 8), (6, "-", 2, 4), (6, "*", 2, 12), (6, "/", 2, 3),
-        (6, "+", 1, 7), (6, "-", 1, 5),
-        (2, "+", 1, 3), (2, "-", 1, 1),
-    ]  # fmt: skip
+        (6, "+", 2, 8),
+        (6, "-", 2, 4),
+        (6, "*", 2, 12),
+        (6, "/", 2, 3),
+        (6, "+", 1, 7),
+        (6, "-", 1, 5),
+        (2, "+", 1, 3),
+        (2, "-", 1, 1),
+    ]
     # a repeated number gives one move per operator, and the cap drops 9*9=81
     assert moves([9, 9], cap=50) == [(9, "+", 9, 18), (9, "/", 9, 1)]
 
@@ -171,8 +176,10 @@ def test_datamodule_sets_verifier_and_step_checker() -> None:
     dm = ProceduralDataModule(CountdownTask(), num_train=5, num_val=3, eval_sets=None)
     sets = dm.eval_sets()
     assert [(s.name, s.group, len(s.prompts)) for s in sets] == [
-        ("id", "id", 3), ("ood_numbers", "ood", 3), ("ood_large", "ood", 3),
-    ]  # fmt: skip
+        ("id", "id", 3),
+        ("ood_numbers", "ood", 3),
+        ("ood_large", "ood", 3),
+    ]
     assert all(len(parse_reference(ex.reference)[0]) == 4 for ex in sets[1].prompts)
     assert isinstance(sets[0].step_checker, CountdownStepChecker)
     assert len(dm.train_prompts) == 5 and dm.train_prompts[0].expert is not None

@@ -90,10 +90,14 @@ def test_trace_checked_verifier_selected_from_yaml(tmp_path) -> None:
 
     verifier = '{"class_path": "echorl_lightning.tasks.countdown.CountdownVerifier", "init_args": {"require_valid_trace": true}}'
     cli = main(
-        args=["--config", "configs/countdown_demo.yaml", f"--data.init_args.verifier={verifier}",
-              f"--trainer.default_root_dir={tmp_path}"],
+        args=[
+            "--config",
+            "configs/countdown_demo.yaml",
+            f"--data.init_args.verifier={verifier}",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
         run=False,
-    )  # fmt: skip
+    )
     assert (
         isinstance(cli.datamodule.verifier, CountdownVerifier) and cli.datamodule.verifier.require_valid_trace
     )
