@@ -1,7 +1,8 @@
 """Valid input files of the input fuzz tables (``tests/data/test_data_file_fuzz.py``,
-``tests/files/test_model_folder_fuzz.py``, ``tests/files/test_config_file_fuzz.py``, ``tests/e2e/test_input_fuzz.py``)
-and the ways the tables break them: rows in each data format, a copy of the tiny model's folder, a run config of
-the tiny model on local rows, and a snapshot of a folder to prove nothing in it changed.
+``tests/files/test_model_folder_fuzz.py``, ``tests/files/test_config_file_fuzz.py``,
+``tests/e2e/test_input_fuzz.py``) and the ways the tables break them: rows in each data format, a copy of the
+tiny model's folder, a run config of the tiny model on local rows, and a snapshot of a folder to prove nothing in
+it changed.
 """
 
 from __future__ import annotations
