@@ -146,9 +146,9 @@ class RolloutBatch(TokenBatch):
         num_clips: 0-dim float, rows holding an EchoClip in the whole optimizer step, all ranks.
     """
 
-    temperature: float = 1.0
-    max_response_len: int = 1
-    group_size: int = 1
+    temperature: float
+    max_response_len: int
+    group_size: int
     scores: Tensor | None = None
     truncated: Tensor | None = None
     off_policy: Tensor | None = None

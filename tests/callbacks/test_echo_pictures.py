@@ -68,6 +68,8 @@ def record(tokenizer) -> RolloutBatch:
     clip = select_echo_clips(ENTROPY, step_mask, step_end, SCORES, 2, apply_to="success")
     return RolloutBatch(
         **{name: getattr(tokens, name) for name in tokens.__dataclass_fields__},
+        temperature=1.0,
+        max_response_len=6,
         group_size=2,
         scores=SCORES,
         entropy=ENTROPY,

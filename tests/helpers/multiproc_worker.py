@@ -80,6 +80,7 @@ def fixed_buffer(n_rows: int = 8, seed: int = 0) -> list[RolloutBatch]:
         off_policy=torch.zeros(n_rows, dtype=torch.bool),
         temperature=TEMPERATURE,
         max_response_len=15,
+        group_size=2,
         num_tokens=(mask * pg_mask[:, None]).sum(),
         num_seqs=pg_mask.sum(),
         num_clips=clip_mask.any(-1).float().sum(),

@@ -38,6 +38,9 @@ def _toy_batch(n: int = 6, t: int = 4) -> RolloutBatch:
     tokens = pad_rollouts([[1]] * n, [[7] * int(L) for L in lengths], pad_id=0)
     batch = RolloutBatch(
         **{f.name: getattr(tokens, f.name) for f in fields(tokens)},
+        temperature=1.0,
+        max_response_len=t,
+        group_size=2,
         pg_mask=torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])[:n],
         old_logp=torch.zeros(n, t),
         advantages=torch.arange(n).float(),
