@@ -14,7 +14,7 @@ faulty step that happened to end well). This explains the selector ablation of
     python experiments/clip_lines.py                        # the embedded tiny-countdown, 64 prompts x 8
     python experiments/clip_lines.py --prompts 256 --config experiments/configs/echo_forking.yaml
 
-The training prompts are drawn at the difficulty of ``--config``'s ``data.init_args.difficulty`` (default: the
+The training prompts are drawn at the difficulty of ``--config``'s ``data.init_args.task.init_args.difficulty`` (default: the
 warm-start's, configs/warmstart_countdown.yaml, the sweep's too).
 """
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--config",
         default=str(REPO / "configs/warmstart_countdown.yaml"),
-        help="a config whose data.init_args.difficulty is the training task",
+        help="a config whose data.init_args.task.init_args.difficulty is the training task",
     )
     args = parser.parse_args(argv)
     difficulty = config_difficulty(args.config)

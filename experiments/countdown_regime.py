@@ -246,7 +246,7 @@ def main() -> None:
     parser.add_argument(
         "--config",
         default=str(REPO / "configs/warmstart_countdown.yaml"),
-        help="a config whose data.init_args.difficulty is the id difficulty (the warm-start's)",
+        help="a config whose data.init_args.task.init_args.difficulty is the id difficulty (the warm-start's)",
     )
     parser.add_argument("--num", type=int, default=256, help="held-out prompts of the id set")
     parser.add_argument("--num-ood", type=int, default=128, help="held-out prompts of each ood set")

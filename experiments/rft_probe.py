@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=TINY_COUNTDOWN_PATH)
     parser.add_argument("--config", default=str(REPO / "configs/warmstart_countdown.yaml"),
-                        help="a config whose data.init_args.difficulty is the task")  # fmt: skip
+                        help="a config whose data.init_args.task.init_args.difficulty is the task")  # fmt: skip
     parser.add_argument("--eval", type=int, default=128, help="distinct id val problems x 8 for the regime")
     parser.add_argument("--eval-max-new-tokens", type=int, default=384, help="the regime's token limit")
     add_arguments(parser)
