@@ -52,8 +52,11 @@ def main() -> None:
             t0 = time.perf_counter()
             runs[arm].append(summarize(measure(arm, args.max_new_tokens, args)))
             s = runs[arm][-1]
-            print(f"rep {rep} {arm:8s} {s['step_s']:.3f} s/step, {s['forwards']:.0f} forwards/step, "
-                  f"clip selection {1e3 * s['echo_select']:.2f} ms ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"rep {rep} {arm:8s} {s['step_s']:.3f} s/step, {s['forwards']:.0f} forwards/step, "
+                f"clip selection {1e3 * s['echo_select']:.2f} ms ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
 
     ratios = [on["step_s"] / off["step_s"] for on, off in zip(runs["echo_on"], runs["echo_off"], strict=True)]
     ratio = statistics.median(ratios)
@@ -65,8 +68,10 @@ def main() -> None:
         print(f"| {arm} | {med['step_s']:.3f} | {med['forwards']:.0f} | {1e3 * med['echo_select']:.2f} |")
     counts = {arm: sorted({r["forwards"] for r in reps}) for arm, reps in runs.items()}
     equal = counts["echo_on"] == counts["echo_off"]
-    print(f"\nstep time ratio on / off: {ratio:.3f} (per repetition {min(ratios):.3f}-{max(ratios):.3f}); "
-          f"target <= {TARGET_RATIO}: {'met' if ratio <= TARGET_RATIO else 'NOT met'}")  # fmt: skip
+    print(
+        f"\nstep time ratio on / off: {ratio:.3f} (per repetition {min(ratios):.3f}-{max(ratios):.3f}); "
+        f"target <= {TARGET_RATIO}: {'met' if ratio <= TARGET_RATIO else 'NOT met'}"
+    )
     print(
         f"forwards per step: on {counts['echo_on']}, off {counts['echo_off']}: {'equal' if equal else 'DIFFERENT'}"
     )

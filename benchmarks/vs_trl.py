@@ -168,15 +168,28 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
     data = ProceduralDataModule(ArithmeticTask(), num_train=4096, num_val=0, seed=SEED)
     data.connect(module.tokenizer)
     rollout = RolloutCallback(
-        prompts_per_epoch=PROMPTS, group_size=GROUP, max_new_tokens=max_new_tokens, temperature=1.0,
-        logprob_batch_size=256, seed=SEED,
-    )  # fmt: skip
+        prompts_per_epoch=PROMPTS,
+        group_size=GROUP,
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        logprob_batch_size=256,
+        seed=SEED,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(
-            accelerator="cpu", devices=1, precision="32-true", max_epochs=steps, limit_val_batches=0,
-            num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, callbacks=[rollout, Timer()], default_root_dir=tmp,
-        )  # fmt: skip
+            accelerator="cpu",
+            devices=1,
+            precision="32-true",
+            max_epochs=steps,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[rollout, Timer()],
+            default_root_dir=tmp,
+        )
         trainer.fit(module, datamodule=data)
     return clock.steps
 
@@ -209,17 +222,41 @@ def run_trl(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
     model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         config = GRPOConfig(
-            output_dir=tmp, per_device_train_batch_size=PROMPTS * GROUP, gradient_accumulation_steps=1,
-            num_generations=GROUP, max_completion_length=max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-            learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, beta=0.0, loss_type="grpo",
-            num_iterations=1, use_vllm=False, bf16=False, fp16=False, gradient_checkpointing=False,
-            max_steps=steps, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, seed=SEED,
-            disable_tqdm=True, dataloader_num_workers=0,
-        )  # fmt: skip
+            output_dir=tmp,
+            per_device_train_batch_size=PROMPTS * GROUP,
+            gradient_accumulation_steps=1,
+            num_generations=GROUP,
+            max_completion_length=max_new_tokens,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            learning_rate=LR,
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            beta=0.0,
+            loss_type="grpo",
+            num_iterations=1,
+            use_vllm=False,
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,
+            max_steps=steps,
+            logging_steps=1,
+            report_to="none",
+            save_strategy="no",
+            use_cpu=True,
+            seed=SEED,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
         trainer = GRPOTrainer(
-            model=model, reward_funcs=exact_match, args=config, train_dataset=dataset,
-            processing_class=tokenizer, callbacks=[Timer()],
-        )  # fmt: skip
+            model=model,
+            reward_funcs=exact_match,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[Timer()],
+        )
         clock.wrap_generate(trainer.model, tokenizer.eos_token_id)
         clock.wrap(
             trainer, "_get_per_token_logps_and_entropies", "old_logp", lambda: not torch.is_grad_enabled()
@@ -297,8 +334,11 @@ def main() -> None:
                 recs = measure(arm, length, args)
                 raw.setdefault(str(length), {}).setdefault(arm, []).append(summarize(recs))
                 s = raw[str(length)][arm][-1]
-                print(f"rep {rep} L={length} {arm:8s} {s['step_s']:.2f} s/step {s['tokens_per_s']:,.0f} tok/s "
-                      f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+                print(
+                    f"rep {rep} L={length} {arm:8s} {s['step_s']:.2f} s/step {s['tokens_per_s']:,.0f} tok/s "
+                    f"({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
     print(report(raw))
     if args.json:
         args.json.write_text(json.dumps(raw, indent=1))

@@ -49,8 +49,17 @@ from recipes.task_config import config_difficulty  # noqa: E402
 from recipes.tiny.sft import sample_completions  # noqa: E402
 
 
-def clip_lines(model, tok, prompts: int, group: int, temperature: float, max_new_tokens: int, seed: int,
-               batch: int = 16, difficulty: AnyDifficulty = DEFAULT_DIFFICULTY) -> dict[str, dict]:  # fmt: skip
+def clip_lines(
+    model,
+    tok,
+    prompts: int,
+    group: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    batch: int = 16,
+    difficulty: AnyDifficulty = DEFAULT_DIFFICULTY,
+) -> dict[str, dict]:
     """Per selector: ``{"kinds": Counter, "pos": [...], "tokens": [...], "faulty": [...]}`` (one entry per
     clip; ``faulty``: the clip holds an invalid step) over the all-success groups of ``prompts`` training
     prompts at ``difficulty``."""
@@ -65,22 +74,33 @@ def clip_lines(model, tok, prompts: int, group: int, temperature: float, max_new
         chunk = examples[start : start + batch]
         prompt_ids = tok([ex.prompt for ex in chunk], add_special_tokens=False)["input_ids"]
         torch.manual_seed(seed + start)
-        completions, ended = sample_completions(model, prompt_ids, group, max_new_tokens, temperature,
-                                                tok.eos_token_id, tok.pad_token_id)  # fmt: skip
+        completions, ended = sample_completions(
+            model, prompt_ids, group, max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id
+        )
         texts = tok.batch_decode(completions)
         rewards = torch.tensor(
             [s or 0.0 for s in verifier(texts, [ex.reference for ex in chunk for _ in range(group)])]
         )  # [N]
         rows = [prompt_ids[i // group] for i in range(len(completions))]
-        faults = [first_invalid_step(text, *parse_reference(chunk[i // group].reference))
-                  for i, text in enumerate(texts)]  # fmt: skip
+        faults = [
+            first_invalid_step(text, *parse_reference(chunk[i // group].reference))
+            for i, text in enumerate(texts)
+        ]
         entropy, mask, tokens = token_entropy(model, rows, completions, temperature)
         ends = step_end_mask_from_tokens(tokens, newline_ids) & mask  # [N, T]
         out["_groups"]["total"] += len(chunk)
         out["_groups"]["all_success"] += int((rewards.reshape(-1, group) == 1.0).all(1).sum())
         for name in ECHO_SELECTORS.names():
-            clips = select_echo_clips(entropy, mask, ends, rewards, group, selector=name,
-                                      truncated=~ended.bool(), generator=generator)  # fmt: skip
+            clips = select_echo_clips(
+                entropy,
+                mask,
+                ends,
+                rewards,
+                group,
+                selector=name,
+                truncated=~ended.bool(),
+                generator=generator,
+            )
             for i in clips.any(1).nonzero().flatten().tolist():
                 k = int(clips[i].sum())
                 lines = texts[i].split("\n")
@@ -112,11 +132,21 @@ def main(argv: list[str] | None = None) -> None:
     difficulty = config_difficulty(args.config)
     tok = AutoTokenizer.from_pretrained(args.model)
     model = load_safetensors_model(args.model, dtype=torch.float32).eval()
-    stats = clip_lines(model, tok, args.prompts, args.group, args.temperature, args.max_new_tokens, args.seed,
-                       difficulty=difficulty)  # fmt: skip
+    stats = clip_lines(
+        model,
+        tok,
+        args.prompts,
+        args.group,
+        args.temperature,
+        args.max_new_tokens,
+        args.seed,
+        difficulty=difficulty,
+    )
     groups = stats.pop("_groups")
-    print(f"{groups['all_success']} all-success groups of {groups['total']} ({args.model}, G = {args.group}, "
-          f"T = {args.temperature:g}, seed {args.seed})\n")  # fmt: skip
+    print(
+        f"{groups['all_success']} all-success groups of {groups['total']} ({args.model}, G = {args.group}, "
+        f"T = {args.temperature:g}, seed {args.seed})\n"
+    )
     kinds = ["move", "no", "back", "answer", "other"]
     print(
         "| selector | clips | "
@@ -130,8 +160,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| `{name}` | 0 |" + " – |" * (len(kinds) + 3))
             continue
         cells = [f"{s['kinds'][k]}" for k in kinds]
-        print(f"| `{name}` | {n} | " + " | ".join(cells)
-              + f" | {statistics.fmean(s['pos']):.2f} | {statistics.fmean(s['tokens']):.1f} | {sum(s['faulty'])} |")  # fmt: skip
+        print(
+            f"| `{name}` | {n} | "
+            + " | ".join(cells)
+            + f" | {statistics.fmean(s['pos']):.2f} | {statistics.fmean(s['tokens']):.1f} | {sum(s['faulty'])} |"
+        )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,13 @@ def token_entropy(model, prompt_ids: list[list[int]], completions: list[list[int
     return entropy, mask, tokens
 
 
-def step_entropies(model, prompt_ids: list[list[int]], completions: list[list[int]], newline_ids: list[int],
-                   temperature: float) -> list[list[float]]:  # fmt: skip
+def step_entropies(
+    model,
+    prompt_ids: list[list[int]],
+    completions: list[list[int]],
+    newline_ids: list[int],
+    temperature: float,
+) -> list[list[float]]:
     """Per completion the mean token entropy of each step (EOS excluded), one forward pass per 64."""
     out: list[list[float]] = []
     for start in range(0, len(completions), 64):
@@ -127,8 +132,17 @@ def group_regime(scores: list[float], k: int) -> tuple[float, float, float]:
     )
 
 
-def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new_tokens: int,
-                 newline_ids: list[int], seed: int, components: list[str] | None = None) -> dict:  # fmt: skip
+def evaluate_set(
+    model,
+    tok,
+    examples,
+    samples: int,
+    temperature: float,
+    max_new_tokens: int,
+    newline_ids: list[int],
+    seed: int,
+    components: list[str] | None = None,
+) -> dict:
     """The set's statistics; ``components`` (one mixture component name per example) adds pass@1 and the
     all-success / all-fail shares of each component."""
     verifier, checker = CountdownVerifier(), CountdownStepChecker()
@@ -137,8 +151,15 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
     ended: list[bool] = []
     for start in range(0, len(examples), 64):
         torch.manual_seed(seed + start)
-        comp, end = sample_completions(model, prompt_ids[start : start + 64], samples, max_new_tokens,
-                                       temperature, tok.eos_token_id, tok.pad_token_id)  # fmt: skip
+        comp, end = sample_completions(
+            model,
+            prompt_ids[start : start + 64],
+            samples,
+            max_new_tokens,
+            temperature,
+            tok.eos_token_id,
+            tok.pad_token_id,
+        )
         completions += comp
         ended += end.tolist()
     texts = tok.batch_decode(completions)
@@ -175,23 +196,33 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
         for name, group in zip(components, groups, strict=True):
             by.setdefault(name, []).append(group)
         stats["by_component"] = {
-            name: (len(gs), statistics.fmean(x for g in gs for x in g), sum(all(g) for g in gs) / len(gs),
-                   sum(not any(g) for g in gs) / len(gs))
+            name: (
+                len(gs),
+                statistics.fmean(x for g in gs for x in g),
+                sum(all(g) for g in gs) / len(gs),
+                sum(not any(g) for g in gs) / len(gs),
+            )
             for name, gs in sorted(by.items())
-        }  # fmt: skip
+        }
     stats.update(fault_stats(texts, flat_examples, scores))
     # searches going round in a loop (a move re-tried from a pool it was already tried from), overall and
     # among the rollouts cut at max_new_tokens
-    loops = [first_repeated_move(t, *parse_reference(ex.reference)) is not None
-             for t, ex in zip(texts, flat_examples, strict=True)]  # fmt: skip
+    loops = [
+        first_repeated_move(t, *parse_reference(ex.reference)) is not None
+        for t, ex in zip(texts, flat_examples, strict=True)
+    ]
     cut = [i for i, e in enumerate(ended) if not e]
     stats["loop_frac"] = sum(loops) / len(loops)
     stats["loop_frac_cut"] = sum(loops[i] for i in cut) / len(cut) if cut else float("nan")
-    distinct = [len({texts[i * samples + j].strip().split("\n")[-1] for j in range(samples)
-                     if groups[i][j]}) for i in range(len(examples)) if any(groups[i])]  # fmt: skip
+    distinct = [
+        len({texts[i * samples + j].strip().split("\n")[-1] for j in range(samples) if groups[i][j]})
+        for i in range(len(examples))
+        if any(groups[i])
+    ]
     stats["distinct_correct"] = Counter(distinct)
-    entropies = step_entropies(model, [prompt_ids[i // samples] for i in ok], [completions[i] for i in ok],
-                               newline_ids, temperature)  # fmt: skip
+    entropies = step_entropies(
+        model, [prompt_ids[i // samples] for i in ok], [completions[i] for i in ok], newline_ids, temperature
+    )
     all_steps = [e for row in entropies for e in row]
     spread = [max(row) - min(row) for row in entropies if len(row) > 1]
     ratio = [max(row) / max(statistics.median(row), 1e-6) for row in entropies if len(row) > 1]
@@ -200,8 +231,12 @@ def evaluate_set(model, tok, examples, samples: int, temperature: float, max_new
         lines = texts[i].split("\n")
         if row and len(lines) == len(row):
             peak_kind[step_kind(lines[row.index(max(row))])] += 1
-    stats.update(step_entropy=quantiles(all_steps), spread=quantiles(spread), peak_ratio=quantiles(ratio),
-                 peak_kind=peak_kind)  # fmt: skip
+    stats.update(
+        step_entropy=quantiles(all_steps),
+        spread=quantiles(spread),
+        peak_ratio=quantiles(ratio),
+        peak_kind=peak_kind,
+    )
     return stats
 
 
@@ -274,10 +309,21 @@ def main() -> None:
             examples = spec.task.prompts(spec.split, num, 0, distinct=True)
             components = None
             if isinstance(spec.difficulty, CountdownMixture):  # uid countdown-<split>-<seed>-<index>
-                components = [component_name(spec.split, int(ex.uid.rsplit("-", 1)[1]), 0, spec.difficulty)
-                              for ex in examples]  # fmt: skip
-            results[spec.name] = evaluate_set(model, tok, examples, args.samples, args.temperature,
-                                              args.max_new_tokens, newline_ids, args.seed, components)  # fmt: skip
+                components = [
+                    component_name(spec.split, int(ex.uid.rsplit("-", 1)[1]), 0, spec.difficulty)
+                    for ex in examples
+                ]
+            results[spec.name] = evaluate_set(
+                model,
+                tok,
+                examples,
+                args.samples,
+                args.temperature,
+                args.max_new_tokens,
+                newline_ids,
+                args.seed,
+                components,
+            )
             print(spec.name, {k: v for k, v in results[spec.name].items()}, flush=True)
     task = task_stats(args.num, difficulty)
     n_params = sum(p.numel() for p in model.parameters())

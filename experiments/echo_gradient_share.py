@@ -43,15 +43,28 @@ def gradient_norms(module, micro_batches: list) -> dict[str, float]:
         logp, _ = module.response_logprobs(mb, mb.temperature)  # [n, T]
         old = logp.detach() if mb.old_logp is None else mb.old_logp  # None: exactly on-policy
         pg, _ = rlvr_echo_loss(
-            logp, old, mb.advantages, mb.response_mask, mb.pg_mask, mb.clip_mask,
-            method=module.method_cfg, echo_coef=0.0, max_len=mb.max_response_len,
-            num_tokens=mb.num_tokens, num_seqs=mb.num_seqs, num_clips=mb.num_clips,
-            ref_logp=mb.ref_logp, off_policy_mask=mb.off_policy_mask,
-        )  # fmt: skip
+            logp,
+            old,
+            mb.advantages,
+            mb.response_mask,
+            mb.pg_mask,
+            mb.clip_mask,
+            method=module.method_cfg,
+            echo_coef=0.0,
+            max_len=mb.max_response_len,
+            num_tokens=mb.num_tokens,
+            num_seqs=mb.num_seqs,
+            num_clips=mb.num_clips,
+            ref_logp=mb.ref_logp,
+            off_policy_mask=mb.off_policy_mask,
+        )
         echo = echo_loss(logp, mb.clip_mask, num_clips=mb.num_clips)
         for name, loss in (("pg", pg), ("echo", echo)):
-            for acc, g in zip(grads[name], torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True),
-                              strict=True):  # fmt: skip
+            for acc, g in zip(
+                grads[name],
+                torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True),
+                strict=True,
+            ):
                 if g is not None:
                     acc += g
         stats["clips"] = float(mb.num_clips)
@@ -71,8 +84,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="rollout seeds (batches)")
     parser.add_argument("--prompts-per-epoch", type=int, help="prompts in the batch (default: the config's)")
     args = parser.parse_args()
-    print("| rollout seed | all-success groups (clips) | L_echo | norm of grad L_RLVR | norm of grad L_echo | cosine | "
-          "0.001 x ratio | 0.01 x ratio | 0.1 x ratio | lambda for 5% | lambda for 10% |")  # fmt: skip
+    print(
+        "| rollout seed | all-success groups (clips) | L_echo | norm of grad L_RLVR | norm of grad L_echo | cosine | "
+        "0.001 x ratio | 0.01 x ratio | 0.1 x ratio | lambda for 5% | lambda for 10% |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="echo_gradient_share_") as scratch:  # the trainer's root dir
@@ -81,22 +96,38 @@ def main() -> None:
             config_path = Path(scratch) / "config.yaml"
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             cli = build_cli(
-                ["--config", str(config_path), "--trainer.max_steps", "0", "--trainer.num_sanity_val_steps", "0",
-                 "--trainer.logger", "false", "--trainer.default_root_dir", scratch, f"--seed_everything={seed}"],
+                [
+                    "--config",
+                    str(config_path),
+                    "--trainer.max_steps",
+                    "0",
+                    "--trainer.num_sanity_val_steps",
+                    "0",
+                    "--trainer.logger",
+                    "false",
+                    "--trainer.default_root_dir",
+                    scratch,
+                    f"--seed_everything={seed}",
+                ],
                 run=False,
-            )  # fmt: skip
+            )
             for callback in cli.trainer.callbacks:
                 if isinstance(callback, RolloutCallback):
                     callback.settings = replace(callback.settings, seed=seed)
                     if args.prompts_per_epoch is not None:
-                        callback.settings = replace(callback.settings, prompts_per_epoch=args.prompts_per_epoch)
+                        callback.settings = replace(
+                            callback.settings, prompts_per_epoch=args.prompts_per_epoch
+                        )
             cli.datamodule.connect(cli.model.tokenizer)  # run=False skips the CLI's before_fit hook
             cli.trainer.fit(cli.model, cli.datamodule)  # max_steps 0: on_fit_start fills one rollout batch
             s = gradient_norms(cli.model, list(cli.datamodule.rollout_buffer))
         ratio = s["echo_norm"] / max(s["pg_norm"], 1e-12)
-        print(f"| {seed} | {s['clips']:.0f} | {s['echo_loss']:.4f} | {s['pg_norm']:.4f} | {s['echo_norm']:.4f} | "
-              f"{s['cosine']:+.3f} | {0.001 * ratio:.5f} | {0.01 * ratio:.4f} | {0.1 * ratio:.3f} | "
-              f"{0.05 / max(ratio, 1e-12):.3g} | {0.1 / max(ratio, 1e-12):.3g} |", flush=True)  # fmt: skip
+        print(
+            f"| {seed} | {s['clips']:.0f} | {s['echo_loss']:.4f} | {s['pg_norm']:.4f} | {s['echo_norm']:.4f} | "
+            f"{s['cosine']:+.3f} | {0.001 * ratio:.5f} | {0.01 * ratio:.4f} | {0.1 * ratio:.3f} | "
+            f"{0.05 / max(ratio, 1e-12):.3g} | {0.1 / max(ratio, 1e-12):.3g} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -52,9 +52,17 @@ from experiments.scalars import read_scalars  # noqa: E402
 
 BASE_CONFIG = REPO / "experiments/configs/echo_vs_base.yaml"
 HARNESS_KEYS = {
-    "name", "task", "runs_dir", "seeds", "arms", "quick_arms", "quick_epochs", "quick_num_val", "shared_start_eval",
+    "name",
+    "task",
+    "runs_dir",
+    "seeds",
+    "arms",
+    "quick_arms",
+    "quick_epochs",
+    "quick_num_val",
+    "shared_start_eval",
     "all_success_target",
-}  # fmt: skip
+}
 # what an evaluation before training does not depend on: every run's step-0 evaluation is the same (same model,
 # same prompts, sampling seeded by the eval config), so with harness.shared_start_eval it runs once
 _TRAINING_ONLY = {
@@ -228,8 +236,12 @@ def _cli(subcommand: str, run_dir: Path, config_text: str, args: argparse.Namesp
     with open(run_dir / "log.txt", "w") as log:
         proc = subprocess.run(
             [sys.executable, "cli.py", subcommand, "--config", str(run_dir / "config.yaml")],
-            cwd=REPO, env=_env(args), stdout=log, stderr=subprocess.STDOUT, check=False,
-        )  # fmt: skip
+            cwd=REPO,
+            env=_env(args),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     return proc.returncode, time.perf_counter() - start
 
 
@@ -419,10 +431,16 @@ def main(argv: list[str] | None = None) -> None:
     # one record per arm/seed selection, so a supplementary run never overwrites the main sweep's
     sweep_file = Path(args.runs_dir).resolve() / f"sweep_{selection}.json"
     if not args.report_only:
-        sweep_file.write_text(json.dumps({
-            "command": command, "wall_s": time.perf_counter() - start, "trained": trained,
-            "reused": len(jobs) - trained,
-        }))  # fmt: skip
+        sweep_file.write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "wall_s": time.perf_counter() - start,
+                    "trained": trained,
+                    "reused": len(jobs) - trained,
+                }
+            )
+        )
     sweep = json.loads(sweep_file.read_text()) if sweep_file.exists() else None
     name = args.harness.get("name", "echo_vs_base") + ("_quick" if args.quick else "")
     md, png = write_report(

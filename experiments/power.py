@@ -52,8 +52,11 @@ def power_lines(accuracy: float, paired_sd: float | None, prompts: int, k: int, 
         f"{accuracy * (1 - accuracy):.4f} (ID accuracy of the base arm, final); paired seed spread of "
         f"`grpo+echo` − `grpo` on ID: {spread}; evaluation now {prompts} prompts x {k} samples."
     )
-    lines += ["", "| seeds | eval sd of one pair now | training sd | SE of mean Δ now | P x k needed for 2·SE <= 0.02 |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| seeds | eval sd of one pair now | training sd | SE of mean Δ now | P x k needed for 2·SE <= 0.02 |",
+        "|---|---|---|---|---|",
+    ]
     for n in sorted({seeds, 5}):
         est = power_estimate(accuracy, paired_sd, prompts * k, n)
         needed = (

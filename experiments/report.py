@@ -182,8 +182,15 @@ def arm_table(
     header = ["arm", "seeds"]
     header += [f"{_short(t)} final" for t in per_set] + [f"{_short(t)} final" for t in groups if "ood" in t]
     header += [f"{_short(t)} final" for t in steps]
-    header += ["all-success start → end", "all-fail end", "clips/step", "clip tokens", "clip/response",
-               "clip end pos", "min/run"]  # fmt: skip
+    header += [
+        "all-success start → end",
+        "all-fail end",
+        "clips/step",
+        "clip tokens",
+        "clip/response",
+        "clip end pos",
+        "min/run",
+    ]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in arm_names:
         runs = summaries[name]
@@ -198,8 +205,12 @@ def arm_table(
             f"{col('rollout/frac_all_success:start', digits=2)} → {col('rollout/frac_all_success:final', digits=2)}"
         )
         cells.append(col("rollout/frac_all_fail:final", digits=2))
-        for key, digits in (("echo/num_clips", 1), ("echo/clip_tokens", 1), ("echo/clip_frac", 2),
-                            ("echo/peak_step_pos", 2)):  # fmt: skip
+        for key, digits in (
+            ("echo/num_clips", 1),
+            ("echo/clip_tokens", 1),
+            ("echo/clip_frac", 2),
+            ("echo/peak_step_pos", 2),
+        ):
             cells.append(col(key, digits=digits))
         cells.append(col("wall_min", digits=1))
         rows.append("| " + " | ".join(cells) + " |")
@@ -218,8 +229,11 @@ def paired_deltas(
             continue
         cells = [f"`{arm}` − `{ref}`", str(len(seeds))]
         for key in keys:
-            diffs = [by_seed[arm][s][key] - by_seed[ref][s][key] for s in seeds
-                     if key in by_seed[arm][s] and key in by_seed[ref][s]]  # fmt: skip
+            diffs = [
+                by_seed[arm][s][key] - by_seed[ref][s][key]
+                for s in seeds
+                if key in by_seed[arm][s] and key in by_seed[ref][s]
+            ]
             wins = sum(d > 0 for d in diffs)
             cells.append(f"{_fmt(diffs, 3)} ({wins}/{len(diffs)} > 0)" if diffs else "–")
         rows.append("| " + " | ".join(cells) + " |")
@@ -229,10 +243,16 @@ def paired_deltas(
 def commit_id() -> str:
     repo = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
-                             text=True, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return sha + (" (with uncommitted changes)" if dirty else "")
@@ -255,8 +275,9 @@ def plot(records: list[dict], arms: list[Any], path: Path, per_set: list[str], g
         panels.insert(1, ("val/ood_avg", "held-out OOD accuracy (avg@k)"))
     if any(_series(r, "rollout/step_valid_frac") for r in records):
         panels.append(("rollout/step_valid_frac", "correct rollouts with every step valid"))
-    fig, axes = plt.subplots(len(studies), len(panels), figsize=(5 * len(panels), 3.6 * len(studies)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(studies), len(panels), figsize=(5 * len(panels), 3.6 * len(studies)), squeeze=False
+    )
     by_arm: dict[str, list[dict]] = {}
     for record in records:
         by_arm.setdefault(record["arm"], []).append(record)
@@ -440,16 +461,22 @@ def write_report(
         keys += [f"{t}:final" for t in steps_ok]
         keys.append("rollout/frac_all_success:final")
         if pairs:
-            lines += ["Paired by seed (same seed, same prompts drawn at step 0):", "",
-                      paired_deltas(pairs, by_seed, keys), ""]  # fmt: skip
+            lines += [
+                "Paired by seed (same seed, same prompts drawn at step 0):",
+                "",
+                paired_deltas(pairs, by_seed, keys),
+                "",
+            ]
     id_tag = next((t for t in per_set if t.startswith("val/id/")), None)
     if id_tag is not None and "grpo" in by_seed:
         key = f"{id_tag}:final"
         base = [
             by_seed["grpo"][seed][key] for seed in sorted(by_seed["grpo"]) if key in by_seed["grpo"][seed]
         ]
-        pairs_id = [by_seed["grpo+echo"][seed][key] - by_seed["grpo"][seed][key]
-                    for seed in sorted(set(by_seed.get("grpo+echo", {})) & set(by_seed["grpo"]))]  # fmt: skip
+        pairs_id = [
+            by_seed["grpo+echo"][seed][key] - by_seed["grpo"][seed][key]
+            for seed in sorted(set(by_seed.get("grpo+echo", {})) & set(by_seed["grpo"]))
+        ]
         if base:
             lines += power_lines(
                 statistics.fmean(base),

@@ -38,8 +38,11 @@ from recipes.tiny.rft import RoundStats, add_arguments, rft_rounds, sample_score
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=TINY_COUNTDOWN_PATH)
-    parser.add_argument("--config", default=str(REPO / "configs/warmstart_countdown.yaml"),
-                        help="a config whose data.init_args.task.init_args.difficulty is the task")  # fmt: skip
+    parser.add_argument(
+        "--config",
+        default=str(REPO / "configs/warmstart_countdown.yaml"),
+        help="a config whose data.init_args.task.init_args.difficulty is the task",
+    )
     parser.add_argument("--eval", type=int, default=128, help="distinct id val problems x 8 for the regime")
     parser.add_argument("--eval-max-new-tokens", type=int, default=384, help="the regime's token limit")
     add_arguments(parser)
@@ -68,9 +71,20 @@ def main(argv: list[str] | None = None) -> None:
     print("| after | pass@1 | all-success | all-fail |\n|---|---|---|---|")
     report("start")
     rft_rounds(
-        model, tok, difficulty, args.rounds, args.prompts, args.k, args.steps, args.lr, args.seed,
-        not args.any_correct, args.max_new_tokens, args.temperature, after_round,
-    )  # fmt: skip
+        model,
+        tok,
+        difficulty,
+        args.rounds,
+        args.prompts,
+        args.k,
+        args.steps,
+        args.lr,
+        args.seed,
+        not args.any_correct,
+        args.max_new_tokens,
+        args.temperature,
+        after_round,
+    )
     if args.out:
         save(model, args.model, args.out)
 

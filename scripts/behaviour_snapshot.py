@@ -60,7 +60,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "reinforce_pp": ("configs/demo.yaml", {"model.init_args.method": "reinforce_pp"}),
     "gspo": ("configs/demo.yaml", {"model.init_args.method": "gspo"}),
     "luffy": ("configs/demo.yaml", {"model.init_args.method": "luffy"}),
-    "lora": ("configs/demo.yaml", {"model.init_args.lora": {"r": 4, "alpha": 8.0}, "model.init_args.lr": 1e-3}),
+    "lora": (
+        "configs/demo.yaml",
+        {"model.init_args.lora": {"r": 4, "alpha": 8.0}, "model.init_args.lr": 1e-3},
+    ),
     "countdown": ("configs/countdown_demo.yaml", {"rollout.max_new_tokens": 96}),
     "vllm_engine": ("configs/demo.yaml", {"model.init_args.engine": VLLM_ENGINE}),
 }
@@ -92,7 +95,11 @@ def variant_config(name: str, out: Path) -> Path:
     kept.append(
         {
             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"dirpath": str(out / "checkpoints"), "save_last": True, "save_on_train_epoch_end": True},
+            "init_args": {
+                "dirpath": str(out / "checkpoints"),
+                "save_last": True,
+                "save_on_train_epoch_end": True,
+            },
         }
     )
     trainer["callbacks"] = kept
@@ -126,8 +133,11 @@ def run(args: argparse.Namespace) -> None:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
         start = time.perf_counter()
         proc = subprocess.run(
-            [args.python, "cli.py", "fit", "--config", str(config)], cwd=ROOT, env=env,
-            capture_output=True, text=True,
+            [args.python, "cli.py", "fit", "--config", str(config)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         (out / "log.txt").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
@@ -158,14 +168,23 @@ def compare(args: argparse.Namespace) -> None:
         sa, sb = json.loads((a / "scalars.json").read_text()), json.loads((b / "scalars.json").read_text())
         points = sum(len(v) for v in sa.values())
         differ = sum(
-            1 for tag in sa.keys() | sb.keys() for p, q in zip(sa.get(tag, []), sb.get(tag, []), strict=False) if p != q
+            1
+            for tag in sa.keys() | sb.keys()
+            for p, q in zip(sa.get(tag, []), sb.get(tag, []), strict=False)
+            if p != q
         ) + sum(abs(len(sa.get(t, [])) - len(sb.get(t, []))) for t in sa.keys() | sb.keys())
-        tags = f"{len(sa)}" if sa.keys() == sb.keys() else f"{len(sa)} vs {len(sb)}: {sorted(sa.keys() ^ sb.keys())}"
+        tags = (
+            f"{len(sa)}"
+            if sa.keys() == sb.keys()
+            else f"{len(sa)} vs {len(sb)}: {sorted(sa.keys() ^ sb.keys())}"
+        )
         print(f"| {name} | {len(wa)} | {diff} | {tags} | {points} | {differ} |")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run")
     p_run.add_argument("--out", required=True)
