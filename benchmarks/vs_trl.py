@@ -7,6 +7,9 @@ no weight decay), one optimizer step per rollout batch, no KL term, GRPO's seq-m
 
 - ``echo_on`` / ``echo_off``: :class:`EchoRLModule` (method ``grpo``, EchoRL on or off) under a real
   Lightning ``Trainer`` with :class:`RolloutCallback`, built directly (no validation, logger or checkpoint);
+- ``cli``: the same setting as a user runs it, ``cli.py fit --config configs/demo.yaml`` (logger, progress lines,
+  EchoClip pictures, run summary and checkpoints as shipped; validation off, as in the other arms), its step
+  time and phases read back from its TensorBoard log;
 - ``trl``: TRL's ``GRPOTrainer`` with ``beta=0``, no vLLM, no bf16, no gradient checkpointing,
   ``per_device_train_batch_size=512`` and one accumulation step (one ``generate`` call and one optimizer
   step per batch of 64 x 8 completions), the project's ``ExactMatchVerifier`` as its reward function.
@@ -46,7 +49,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = str(ROOT / "echorl_lightning" / "assets" / "tiny-arith")
-ARMS = ("echo_on", "echo_off", "trl")
+ARMS = ("echo_on", "echo_off", "cli", "trl")
 PHASES = ("generation", "old_logp", "train", "rest")
 PROMPTS, GROUP, LR, SEED = 64, 8, 5e-5, 0
 
@@ -194,6 +197,60 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
     return clock.steps
 
 
+def run_cli(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
+    """``steps`` epochs of the shipped demo config as a user runs it: ``cli.py fit --config configs/demo.yaml``
+    with its logger, progress lines, EchoClip pictures, run summary and checkpoint cadence; only the epoch count,
+    the response limit and the output folders are set, and validation is off (the other arms do not validate).
+
+    The step time is read from TensorBoard: the wall time between consecutive ``actor/lr`` points (logged once
+    per optimizer step); tokens = ``rollout/response_length`` x rows; the phases are the run's own
+    ``perf/rollout_s`` (generation and scoring), ``perf/old_logprob_s`` and ``perf/train_s``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable,
+            "cli.py",
+            "fit",
+            "--config",
+            "configs/demo.yaml",
+            f"--trainer.max_epochs={steps}",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.limit_val_batches=0",
+            f"--trainer.default_root_dir={tmp}",
+            f"--trainer.logger.init_args.save_dir={tmp}",
+            f"--trainer.callbacks.init_args.dirpath={tmp}/checkpoints",
+            f"--rollout.max_new_tokens={max_new_tokens}",
+        ]
+        env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # the worker's --threads
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"cli.py failed:\n{proc.stderr[-4000:]}")
+        (events,) = Path(tmp).rglob("events.out.tfevents.*")
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+
+        def by_step(tag: str) -> dict[int, tuple[float, float]]:
+            return {e.step: (e.wall_time, e.value) for e in acc.Scalars(tag)}
+
+        lr, length = by_step("actor/lr"), by_step("rollout/response_length")
+        tags = {"generation": "perf/rollout_s", "old_logp": "perf/old_logprob_s", "train": "perf/train_s"}
+        # one point per epoch each, in step order: epoch i's rollout and training fall between lr points i-1, i
+        phases = {
+            name: [e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.step)]
+            for name, tag in tags.items()
+        }
+    order = sorted(lr)
+    records = []
+    for i in range(1, len(order)):
+        step_s = lr[order[i]][0] - lr[order[i - 1]][0]
+        rec = {"step_s": step_s, "tokens": length[order[i]][1] * PROMPTS * GROUP}
+        rec.update({name: values[i] for name, values in phases.items()})
+        rec["rest"] = step_s - rec["generation"] - rec["old_logp"] - rec["train"]
+        records.append(rec)
+    return records
+
+
 def run_trl(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
     """``steps`` optimizer steps of TRL's ``GRPOTrainer`` on the same setting."""
     from datasets import Dataset
@@ -279,6 +336,8 @@ def worker(arm: str, max_new_tokens: int, steps: int, threads: int) -> None:
     torch.set_num_threads(threads)
     if arm == "trl":
         records = run_trl(max_new_tokens, steps)
+    elif arm == "cli":
+        records = run_cli(max_new_tokens, steps)
     else:
         records = run_echorl(arm == "echo_on", max_new_tokens, steps)
     print("RESULT " + json.dumps(records), flush=True)
