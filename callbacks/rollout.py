@@ -73,18 +73,18 @@ class RolloutCallback(L.Callback):
     ) -> None:
         try:
             self.settings = RolloutSettings(
-                prompts_per_epoch,
-                group_size,
-                max_new_tokens,
-                temperature,
-                top_p,
-                ppo_epochs,
-                num_minibatches,
-                logprob_batch_size,
-                seed,
-                on_policy_shortcut,
-                engine_logprob_tolerance,
-                engine_is_cap,
+                prompts_per_epoch=prompts_per_epoch,
+                group_size=group_size,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                ppo_epochs=ppo_epochs,
+                num_minibatches=num_minibatches,
+                logprob_batch_size=logprob_batch_size,
+                seed=seed,
+                on_policy_shortcut=on_policy_shortcut,
+                engine_logprob_tolerance=engine_logprob_tolerance,
+                engine_is_cap=engine_is_cap,
             )
         except SettingError as err:
             raise err.under("rollout") from None
