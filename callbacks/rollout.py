@@ -160,6 +160,7 @@ class RolloutCallback(L.Callback):
         dm: PromptDataModule = trainer.datamodule
         if self._delimiters is None:
             self._delimiters = delimiter_token_ids(pl_module.tokenizer, pl_module.echo_cfg.step_delimiter)
+        observer = progress.find_observer(trainer.callbacks)
         result = steps.run(
             steps.RolloutInputs(
                 settings=self.settings,
@@ -182,7 +183,7 @@ class RolloutCallback(L.Callback):
                 accumulate=trainer.accumulate_grad_batches,
                 device=pl_module.device,
                 reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
-                observer=progress.find_observer(trainer.callbacks),
+                observer=observer,
             )
         )
         metrics = result.metrics
@@ -190,7 +191,7 @@ class RolloutCallback(L.Callback):
         dm.rollout_buffer.fill(result.micro, trainer.current_epoch)
         self.last_rollout, self.last_rollout_epoch = result.batch, trainer.current_epoch
         self._pending_metrics = metrics
-        progress.find_observer(trainer.callbacks).rollout_end(metrics)
+        observer.rollout_end(metrics)
         log.info(
             "epoch %d rollout: %s", trainer.current_epoch, {k: round(float(v), 4) for k, v in metrics.items()}
         )
