@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from echorl_lightning.rollout.batch import TokenBatch
-from echorl_lightning.training.forward import policy_response_logprobs
+from echorl_lightning.training.passes import ForwardConfig, response_logprobs
 
 
 def logprobs(model: nn.Module, batch: TokenBatch) -> Tensor:
@@ -14,14 +14,6 @@ def logprobs(model: nn.Module, batch: TokenBatch) -> Tensor:
     was = model.training
     model.eval()
     with torch.no_grad():
-        logp, _ = policy_response_logprobs(
-            model,
-            batch.input_ids,
-            batch.attention_mask,
-            batch.position_ids,
-            batch.prompt_len,
-            batch.responses,
-            1.0,
-        )
+        logp, _ = response_logprobs(model, batch, 1.0, ForwardConfig())
     model.train(was)
     return logp * batch.response_mask
