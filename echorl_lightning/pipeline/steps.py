@@ -128,7 +128,7 @@ def draw(
     and round; rank r takes the r-th slice)."""
     if pool_size < settings.prompts_per_epoch:
         raise ValueError(
-            f"RolloutCallback.prompts_per_epoch={settings.prompts_per_epoch} exceeds the {pool_size} training prompts"
+            f"rollout.prompts_per_epoch={settings.prompts_per_epoch} exceeds the {pool_size} training prompts"
         )
     g = torch.Generator().manual_seed(derive_seed(settings.seed, DRAW, epoch, round_idx))
     order = torch.randperm(pool_size, generator=g)[: settings.prompts_per_epoch]

@@ -34,7 +34,7 @@ def test_draw_gives_each_rank_its_slice_of_one_order() -> None:
     assert halves[0] + halves[1] == whole  # rank r takes the r-th slice of the same order: groups never split
     assert steps.draw(settings, 100, epoch=6, round_idx=0, rank=0, world=1) != whole  # a new order each epoch
     assert steps.draw(settings, 100, epoch=5, round_idx=1, rank=0, world=1) != whole  # and each DAPO round
-    with pytest.raises(ValueError, match="prompts_per_epoch=8 exceeds the 7 training prompts"):
+    with pytest.raises(ValueError, match=r"rollout\.prompts_per_epoch=8 exceeds the 7 training prompts"):
         steps.draw(settings, 7, epoch=0, round_idx=0, rank=0, world=1)
 
 
