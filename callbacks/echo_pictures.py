@@ -11,7 +11,7 @@ also starts with one), at the end of the epoch, the callback reads the epoch's r
 * ``echo/step_entropy`` (image): step entropy along those rollouts, peak steps and clip ends marked
   (:func:`~echorl_lightning.echo.render.step_entropy_figure`);
 * ``entropy/token_hist`` (histogram): token entropy over the step tokens of every row (EOS excluded, as for
-  ``entropy/token_mean``);
+  ``entropy/token_mean``; rows whose entropy was not computed, NaN, left out);
 * ``echo/peak_step_pos_hist`` (histogram): the peak step's relative position of every clip of the batch
   (its mean is ``echo/peak_step_pos``); not written when the batch has no clip.
 
@@ -86,6 +86,7 @@ def log_echo_pictures(
     # "/text_summary")
     writer.file_writer.add_summary(text_pb("echo/clips", text), step)
     tokens = record.entropy[record.step_mask.bool()].float()  # [number of step tokens]
+    tokens = tokens[~tokens.isnan()]  # an engine without entropies: only the scored rows have them
     if tokens.numel():
         writer.add_histogram("entropy/token_hist", tokens, step)
     if bool(view.has_clip.any()):

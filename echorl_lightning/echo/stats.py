@@ -15,6 +15,9 @@ clip mask. Definitions, all over the rows of the batch handed in (the trainer re
 * ``entropy/token_mean``: mean token entropy over all ``response_mask`` tokens.
 * ``entropy/step_mean``: mean step entropy over all (non-empty) steps of all rows, whatever their length.
 
+A NaN entropy marks a token whose entropy was not computed (an engine that reports none, on a row no clip
+could come from): both ``entropy/*`` means leave such tokens and steps out.
+
 With no clip, every ``echo/*`` value is 0 (``echo/num_clips`` = 0). With no response token, the two
 ``entropy/*`` values are 0. Left out: ``echo/loss`` (the trainer logs the loss it computed) and the
 ``rollout/*`` fractions (reward statistics, not clip statistics).
@@ -61,6 +64,7 @@ def echo_metrics(
         return {name: entropy.new_zeros((), dtype=torch.float32) for name in METRIC_NAMES}
     steps = split_steps(entropy, response_mask, step_end_mask)
     mask = response_mask.bool()
+    known = mask & ~entropy.isnan()  # [N, T] response tokens with a computed entropy
     clip = clip_mask.bool() & mask  # [N, T]
 
     clip_len = clip.sum(dim=-1).float()  # [N]
@@ -76,15 +80,15 @@ def echo_metrics(
     def clip_mean(values: Tensor) -> Tensor:
         return torch.where(has_clip, values, 0.0).sum() / num_clips.clamp(min=1)
 
-    step_exists = steps.length > 0  # [N, S]
-    entropy_f = torch.where(mask, entropy.float(), 0.0)  # [N, T]
+    step_exists = (steps.length > 0) & ~steps.entropy.isnan()  # [N, S]
+    entropy_f = torch.where(known, entropy.float(), 0.0)  # [N, T]
     return {
         "echo/num_clips": num_clips,
         "echo/clip_tokens": clip_mean(clip_len),
         "echo/clip_frac": clip_mean(clip_len / resp_len.clamp(min=1)),
         "echo/peak_step_entropy": clip_mean(last_entropy),
         "echo/peak_step_pos": clip_mean(last_pos),
-        "entropy/token_mean": entropy_f.sum() / mask.sum().clamp(min=1),
+        "entropy/token_mean": entropy_f.sum() / known.sum().clamp(min=1),
         "entropy/step_mean": torch.where(step_exists, steps.entropy, 0.0).sum()
         / step_exists.sum().clamp(min=1),
     }

@@ -42,6 +42,7 @@ from echorl_lightning.algorithms.dapo import dynamic_sampling_keep, dynamic_samp
 from echorl_lightning.algorithms.presets import MethodConfig
 from echorl_lightning.data.types import PromptExample, StepChecker, Verifier
 from echorl_lightning.echo import echo_metrics
+from echorl_lightning.echo.clips import eligible_rollouts
 from echorl_lightning.pipeline.engine_sync import EngineSync
 from echorl_lightning.rollout import collect
 from echorl_lightning.rollout.batch import RolloutBatch
@@ -56,6 +57,7 @@ from echorl_lightning.training.distributed import all_ranks_min, global_advantag
 from echorl_lightning.training.echo_rows import echo_clip_rows
 from echorl_lightning.training.lora import is_lora, reference_model
 from echorl_lightning.training.passes import ForwardConfig, score_rollouts
+from echorl_lightning.training.sharding import is_fsdp2
 
 # what each derived seed is for: derive_seed(seed, purpose, epoch, ...) never collides across them
 DRAW, SAMPLE, CLIPS, SHUFFLE = range(4)
@@ -184,16 +186,44 @@ def sample(x: RolloutInputs, engine: RolloutEngine) -> tuple[RolloutBatch, int]:
     return batch, scores.num_unjudged
 
 
+def entropy_rows(x: RolloutInputs, batch: RolloutBatch) -> Tensor:
+    """The rows an on-policy step must score when the engine reports no token entropies: the rollouts whose
+    entropies the EchoClip selection reads (the rows V of :func:`~echorl_lightning.echo.clips.eligible_rollouts`,
+    with the same rewards and exclusions as :func:`clips`), and the first group, so the engine check compares
+    the engine with the policy every step.
+
+    Returns:
+        ``[N]`` bool.
+    """
+    rows = torch.zeros(len(batch), dtype=torch.bool)  # [N]
+    if x.echo.enabled:
+        rows |= eligible_rollouts(
+            batch.scores,
+            batch.group_size,
+            apply_to=x.echo.apply_to,
+            success_reward=x.echo.success_reward,
+            truncated=clip_ineligible(x.echo, batch),
+        )
+    rows[: batch.group_size] = True
+    return rows
+
+
 def logprobs(x: RolloutInputs, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, Tensor]]:
-    """Step 4: old log-probs and token entropy (skipped when exactly on-policy with the engine's entropies),
-    reference log-probs for a KL term, and the engine check (its metrics, and TIS weights when asked for)."""
+    """Step 4: old log-probs and token entropy, reference log-probs for a KL term, and the engine check (its
+    metrics, and TIS weights when asked for).
+
+    Exactly on-policy (``RolloutSettings.on_policy``) the update takes its old log-probs from its own forward,
+    so the no-grad pass is needed only for entropies the engine did not report: none with the HF engine, and
+    with an engine that reports none (vLLM) only on :func:`entropy_rows` (the other rows' entropies are NaN)
+    unless TIS weights are asked for or the policy is sharded (every rank then runs the same forwards).
+    """
     s = x.settings
     n, tokens = len(batch), int(batch.lengths.sum())
 
-    def scored(net: nn.Module) -> tuple[Tensor, Tensor]:
+    def scored(net: nn.Module, part: RolloutBatch = batch) -> tuple[Tensor, Tensor]:
         return score_rollouts(
             net,
-            batch,
+            part,
             temperature=s.temperature,
             batch_size=s.logprob_batch_size,
             forward=x.forward,
@@ -201,10 +231,23 @@ def logprobs(x: RolloutInputs, batch: RolloutBatch) -> tuple[RolloutBatch, dict[
             context=x.precision,
         )
 
-    old_logp, entropy = None, batch.entropy
-    if not (s.on_policy(x.method) and batch.entropy is not None):
+    old_logp, entropy, checked = None, batch.entropy, torch.ones(n, dtype=torch.bool)
+    on_policy = s.on_policy(x.method)
+    if on_policy and entropy is None and s.engine_is_cap is None and not is_fsdp2(x.policy):
+        checked = entropy_rows(x, batch)  # [N]
+        index = checked.nonzero().flatten()
+        part = batch.rows(index)
+        with progress.observed_phase(x.observer, "old log-probs", len(part), int(part.lengths.sum())):
+            part_logp, part_entropy = scored(x.policy, part)  # [n', T] each
+        entropy = torch.full(batch.responses.shape, float("nan"))  # [N, T]
+        entropy[index] = part_entropy
+        check_logp = part_logp
+    elif not (on_policy and entropy is not None):
         with progress.observed_phase(x.observer, "old log-probs", n, tokens):
             old_logp, entropy = scored(x.policy)
+        check_logp = old_logp
+    else:
+        check_logp = None
     ref_logp = None
     if x.method.kl_coef > 0:
         with progress.observed_phase(x.observer, "ref log-probs", n, tokens):
@@ -216,10 +259,10 @@ def logprobs(x: RolloutInputs, batch: RolloutBatch) -> tuple[RolloutBatch, dict[
             else:
                 ref_logp, _ = scored(x.ref_policy)
     metrics, is_weight = engine_check(
-        old_logp,
-        batch.sampler_logp,
-        batch.response_mask,
-        batch.off_policy,
+        check_logp,
+        None if batch.sampler_logp is None else batch.sampler_logp[checked],
+        batch.response_mask[checked],
+        batch.off_policy[checked],
         tolerance=s.engine_logprob_tolerance,
         is_cap=s.engine_is_cap,
     )
@@ -238,14 +281,33 @@ def advantages(x: RolloutInputs, batch: RolloutBatch) -> RolloutBatch:
     return replace(batch, rewards=rewards, advantages=adv)
 
 
+def clip_ineligible(echo: EchoConfig, batch: RolloutBatch) -> Tensor:
+    """The rows that may never hold an EchoClip: truncated and expert rows, and with ``echo.valid_steps_only``
+    every row whose steps the task's checker did not all accept (or could not judge).
+
+    Returns:
+        ``[N]`` bool.
+    """
+    ineligible = batch.truncated | batch.off_policy  # [N]
+    if echo.enabled and echo.valid_steps_only:
+        if batch.step_valid is None:
+            raise ValueError(
+                "echo.valid_steps_only takes EchoClips only from rollouts whose steps the task's step checker "
+                "accepts, but this task has no step checker (the datamodule's step_checker is None): set "
+                "echo.valid_steps_only to false or use a task with one"
+            )
+        ineligible = ineligible | ~(batch.step_valid == 1.0)  # NaN (unjudged) is not accepted
+    return ineligible
+
+
 def clips(x: RolloutInputs, batch: RolloutBatch) -> RolloutBatch:
-    """Step 6: the EchoClips (truncated and expert rows are never eligible)."""
+    """Step 6: the EchoClips (truncated and expert rows are never eligible; see :func:`clip_ineligible`)."""
     clip_mask, step_mask, step_end = echo_clip_rows(
         x.echo,
         batch,
         batch.entropy,
         batch.scores,
-        batch.truncated | batch.off_policy,
+        clip_ineligible(x.echo, batch),
         batch.group_size,
         x.tokenizer.eos_token_id,
         x.delimiters,

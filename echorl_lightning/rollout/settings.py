@@ -34,9 +34,10 @@ class RolloutSettings:
         logprob_batch_size: rows per forward in the no-grad old-log-prob pass.
         seed: seeds prompt draws, sampling and shuffles (offset by epoch and rank).
         on_policy_shortcut: when the update is exactly on-policy (``ppo_epochs`` = ``num_minibatches`` = 1, no
-            KL reference, no expert rows) and the engine returns token entropies (the HF engine does), skip the
-            no-grad old-log-prob pass: pi_old is the update's own forward, detached (ratio 1), and EchoClips are
-            chosen from the engine's entropies.
+            KL reference, no expert rows), take pi_old from the update's own forward, detached (ratio 1): the
+            no-grad old-log-prob pass is skipped when the engine returns token entropies (the HF engine does),
+            and otherwise (vLLM) runs on the rows whose entropies EchoClip selection reads and on the first
+            group, which the engine check compares (all rows with ``engine_is_cap`` or a sharded policy).
         engine_logprob_tolerance: an engine that reports its log-probs (vLLM) is checked every epoch against the
             old-log-prob pass (``rollout/engine_logprob_diff_{mean,max}``); a mean difference above this many
             nats stops the run (its weight sync did not happen). None: log only.
@@ -98,7 +99,7 @@ class RolloutSettings:
 
     def on_policy(self, method: MethodConfig) -> bool:
         """Whether the update is exactly on-policy (one optimizer step per rollout batch, no reference model,
-        no expert rows), so the no-grad old-log-prob pass can be skipped (``on_policy_shortcut``)."""
+        no expert rows), so the update's own forward gives pi_old (``on_policy_shortcut``)."""
         single_step = self.ppo_epochs == 1 and self.num_minibatches == 1
         return self.on_policy_shortcut and single_step and method.kl_coef == 0 and not method.off_policy
 

@@ -114,6 +114,9 @@ class EchoConfig:
         step_delimiter: text whose presence in a token's decoded text ends a reasoning step.
         min_step_tokens: steps shorter than this are ignored.
         success_reward: the reward value that counts as success.
+        valid_steps_only: EchoClips only from rollouts whose every step the task's step checker accepts (a
+            rollout it could not judge is left out too); needs a task with a step checker. Off by default (the
+            paper's rule reads the final answer only).
     """
 
     enabled: bool = True
@@ -123,6 +126,7 @@ class EchoConfig:
     step_delimiter: str = "\n"
     min_step_tokens: int = 1
     success_reward: float = 1.0
+    valid_steps_only: bool = False
 
     def __post_init__(self) -> None:
         key = f"{_PREFIX}.echo"

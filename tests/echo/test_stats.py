@@ -40,6 +40,26 @@ def test_echo_metrics_hand_computed():
     )
 
 
+def test_echo_metrics_leave_out_entropies_not_computed():
+    # row 0's entropies were not computed (NaN: an engine without entropies, a row no clip can come from);
+    # the same clips as above, on rows 1 and 2, which were scored
+    clip = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]]).bool()
+    entropy = ENTROPY.clone()
+    entropy[0] = float("nan")
+    check(
+        echo_metrics(entropy, MASK, ENDS, clip),
+        {
+            "echo/num_clips": 2.0,
+            "echo/clip_tokens": 2.0,
+            "echo/clip_frac": 0.625,
+            "echo/peak_step_entropy": 2.25,
+            "echo/peak_step_pos": 0.25,
+            "entropy/token_mean": 14 / 6,  # (4+0+1+1 + 2+6) / 6 tokens, row 0 left out
+            "entropy/step_mean": 2.375,  # (4 + 0.5 + 1 + 4) / 4 steps = 9.5 / 4, row 0's two left out
+        },
+    )
+
+
 def test_echo_metrics_without_clips_are_zero():
     check(
         echo_metrics(ENTROPY, MASK, ENDS, torch.zeros(3, 4, dtype=torch.bool)),
