@@ -1,4 +1,5 @@
-"""Callback that exports the trained policy as a Hugging Face folder at the end of ``fit``.
+"""Callback that exports the trained policy as a Hugging Face folder at the end of ``fit`` (and, when asked,
+every few epochs during it).
 
 Implements :class:`ExportHFModel`: the folder loads with ``AutoModelForCausalLM.from_pretrained`` /
 ``AutoTokenizer.from_pretrained`` and can serve as the starting policy of an EchoRL run. Every module of the
@@ -46,14 +47,26 @@ class ExportHFModel(L.Callback):
         output_dir: the folder to write (created if missing; existing files are overwritten).
         max_shard_bytes: size of one safetensors file of a sharded (FSDP2) or LoRA policy's export.
         export_adapter: LoRA policy: also write the adapter alone to ``output_dir/adapter``.
+        every_n_epochs: also export during training, after every this many epochs, to
+            ``output_dir/epoch<k>`` (k = epochs done): the checkpoints a later run can branch from. None: at the
+            end only.
     """
 
     def __init__(
-        self, output_dir: str, max_shard_bytes: int = 2 * 1024**3, export_adapter: bool = False
+        self,
+        output_dir: str,
+        max_shard_bytes: int = 2 * 1024**3,
+        export_adapter: bool = False,
+        every_n_epochs: int | None = None,
     ) -> None:
+        if every_n_epochs is not None and (isinstance(every_n_epochs, bool) or every_n_epochs < 1):
+            raise ValueError(
+                f"ExportHFModel.every_n_epochs must be an integer >= 1 or None, got {every_n_epochs!r}"
+            )
         self.output_dir = output_dir
         self.max_shard_bytes = max_shard_bytes
         self.export_adapter = export_adapter
+        self.every_n_epochs = every_n_epochs
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Fail before training, not after it, when the module cannot be exported (the policy is loaded by
@@ -64,8 +77,16 @@ class ExportHFModel(L.Callback):
                 "and a `tokenizer`"
             )
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        done = trainer.current_epoch + 1
+        if self.every_n_epochs is not None and done % self.every_n_epochs == 0:
+            self.export(trainer, pl_module, Path(self.output_dir) / f"epoch{done}")
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        path = Path(self.output_dir)
+        self.export(trainer, pl_module, Path(self.output_dir))
+
+    def export(self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path) -> None:
+        """Write the policy and the tokenizer to ``path`` (every rank calls it)."""
         policy = pl_module.policy
         if is_fsdp2(policy):  # a collective: every rank gathers, rank 0 writes
             save_hf_streamed(

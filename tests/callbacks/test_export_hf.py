@@ -58,3 +58,39 @@ def test_export_refuses_a_module_without_a_policy_before_training() -> None:
 
     with pytest.raises(TypeError, match="policy"):
         ExportHFModel("unused").on_fit_start(L.Trainer(logger=False), NoPolicy())
+
+
+def test_export_every_n_epochs_leaves_a_folder_per_checkpoint(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    module = EchoRLModule(model=TINY_MODEL_PATH, lr=1e-3)
+    data = ProceduralDataModule(ArithmeticTask(), num_train=64, num_val=0)
+    out = tmp_path / "export"
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        callbacks=[
+            RolloutCallback(prompts_per_epoch=4, group_size=2, max_new_tokens=24, seed=0),
+            ExportHFModel(str(out), every_n_epochs=1),
+        ],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, data)
+
+    def weights(path: Path) -> dict[str, torch.Tensor]:
+        return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+    start, first, second, final = (weights(p) for p in (TINY_MODEL_PATH, out / "epoch1", out / "epoch2", out))
+    assert AutoTokenizer.from_pretrained(out / "epoch1") is not None
+    assert all(torch.equal(second[k], v) for k, v in final.items())  # after epoch 2 = the end of fit
+    assert any(not torch.equal(first[k], v) for k, v in final.items())  # epoch 2's update is not in epoch1
+    assert any(not torch.equal(first[k], v) for k, v in start.items())  # epoch 1's update is
+
+
+@pytest.mark.parametrize("bad", [0, -1, True])
+def test_export_every_n_epochs_must_be_a_positive_integer(bad: object) -> None:
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        ExportHFModel("unused", every_n_epochs=bad)
