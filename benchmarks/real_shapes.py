@@ -11,8 +11,9 @@ Every arm runs the same setting: ``--prompts`` arithmetic prompts per step (``Ar
 ``--group`` rollouts at temperature 1 (no top-k/top-p), lr 1e-6 (AdamW, constant, no weight decay), no KL term,
 GRPO's loss, one optimizer step per rollout batch, cut into micro-batches of ``--micro-rows`` rows (gradient
 accumulation). The reward is the parity of the decoded response's length (1 when even): a random model never
-answers right, and a 0/1 reward that varies within a group keeps the policy gradient and the advantages real
-(about one group in 2^(G-1) is all-success, so EchoRL's clips run too).
+answers right, and a 0/1 reward that varies within a group keeps the policy gradient and the advantages real.
+Every rollout runs to the limit, so none is EchoClip-eligible (truncated rollouts never are): EchoRL's
+selection runs and finds no clip, as in a run whose all-success groups are all truncated.
 
 - ``hf``: :class:`EchoRLModule` (GRPO + EchoRL, peak clips) with :class:`HFGenerateEngine` under a real
   Lightning ``Trainer`` with :class:`RolloutCallback` (no logger, validation or checkpoints);
@@ -53,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from machine import machine_line  # noqa: E402
 from vllm_vs_hf import SMOL_SHAPE  # noqa: E402
 from vs_trl import PhaseClock  # noqa: E402
 
@@ -401,6 +403,8 @@ def main() -> None:
             f"--micro-rows {args.micro_rows} must divide prompts x group = {args.prompts * args.group}"
         )
     args.model = build_model(args.cache)
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine_line()}", flush=True)
 
     raw: dict[str, dict[str, list[dict[str, float]]]] = {}
     for rep in range(args.reps):
@@ -416,8 +420,9 @@ def main() -> None:
                     flush=True,
                 )
     print(report(raw))
+    print(f"machine: {machine_line()}")
     if args.json:
-        args.json.write_text(json.dumps(raw, indent=1))
+        args.json.write_text(json.dumps({"machine": machine_line(), "runs": raw}, indent=1))
 
 
 if __name__ == "__main__":

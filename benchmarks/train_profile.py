@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from machine import machine_line  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from vllm_vs_hf import SMOL_SHAPE  # noqa: E402
 
@@ -139,7 +140,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.rows} rows x (P={args.prompt} + T)")
+    print(f"machine: {machine_line()}; {args.rows} rows x (P={args.prompt} + T)")
     print("| T | " + " | ".join(PHASES) + " | total s | tokens/s of the update |")
     print("|---" * (len(PHASES) + 3) + "|")
     for response in args.response:

@@ -47,6 +47,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_line  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = str(ROOT / "echorl_lightning" / "assets" / "tiny-arith")
 ARMS = ("echo_on", "echo_off", "cli", "trl")
@@ -398,7 +401,9 @@ def main() -> None:
                     f"({time.perf_counter() - t0:.0f} s)",
                     flush=True,
                 )
+    torch.set_num_threads(args.threads)
     print(report(raw))
+    print(f"machine: {machine_line()}")
     if args.json:
         args.json.write_text(json.dumps(raw, indent=1))
 

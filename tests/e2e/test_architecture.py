@@ -130,8 +130,8 @@ def test_pyproject_installs_every_package_under_the_project_name() -> None:
 
 
 # tests/ mirrors the code: tests/<folder>/ for echorl_lightning/<folder>/ (tasks/<task>/ for each task), the
-# repository's callbacks/, recipes/ and experiments/, plus e2e/ (whole-program runs) and helpers/ (no tests)
-TEST_FOLDERS_OUTSIDE_THE_PACKAGE = {"callbacks", "recipes", "experiments", "e2e", "helpers"}
+# repository's callbacks/, recipes/, experiments/ and benchmarks/, plus e2e/ (whole-program runs) and helpers/ (no tests)
+TEST_FOLDERS_OUTSIDE_THE_PACKAGE = {"callbacks", "recipes", "experiments", "benchmarks", "e2e", "helpers"}
 
 
 def test_tests_mirror_the_code_and_share_helpers_only() -> None:
