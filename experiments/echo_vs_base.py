@@ -91,6 +91,7 @@ class Arm:
         selector: ``echo.selector``.
         coef: ``echo.coef`` (lambda).
         apply_to: ``echo.apply_to`` (which groups give clips).
+        valid_steps_only: ``echo.valid_steps_only`` (clips only from rollouts whose every step checks).
     """
 
     name: str
@@ -100,11 +101,14 @@ class Arm:
     selector: str = "peak"
     coef: float = 0.001
     apply_to: str = "degenerate"
+    valid_steps_only: bool = False
 
     @property
     def slug(self) -> str:
         """A directory name for the arm."""
-        return self.name.replace("+", "_").replace("[", "_").replace("]", "").replace("=", "")
+        return (
+            self.name.replace("+", "_").replace("[", "_").replace("]", "").replace("=", "").replace(",", "_")
+        )
 
 
 MAIN_ARMS = [
@@ -118,26 +122,37 @@ SELECTOR_ARMS = [
 ]
 COEF_ARMS = [Arm(f"grpo+echo[coef={c:g}]", "coef", "grpo", True, coef=c) for c in (0.01, 0.1)]
 # outside the default sweep (its 90-minute budget): run with --arms grpo grpo+echo grpo+echo[success]
-EXTRA_ARMS = [Arm("grpo+echo[success]", "eligibility", "grpo", True, apply_to="success")]
+EXTRA_ARMS = [
+    Arm("grpo+echo[success]", "eligibility", "grpo", True, apply_to="success"),
+    Arm("grpo+echo[valid]", "eligibility", "grpo", True, valid_steps_only=True),
+]
 ARMS = {arm.name: arm for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS + EXTRA_ARMS}
 DEFAULT_ARMS = [arm.name for arm in MAIN_ARMS + SELECTOR_ARMS + COEF_ARMS]
 QUICK_ARMS = ["grpo", "grpo+echo"]
-_COEF_ARM = re.compile(r"(grpo|dapo|dr_grpo)\+echo\[coef=((?:\d+\.?\d*|\.\d+)(?:e-?\d+)?)\]")
+_COEF_ARM = re.compile(r"(grpo|dapo|dr_grpo)\+echo\[(valid,)?coef=((?:\d+\.?\d*|\.\d+)(?:e-?\d+)?)\]")
 
 
 def arm_by_name(name: str) -> Arm:
     """A registered arm of :data:`ARMS`, or a coefficient arm ``<method>+echo[coef=<lambda>]`` of any lambda
-    (``grpo+echo[coef=0.002]``: a config names the coefficient it measured); ValueError naming the known ones
-    otherwise."""
+    (``grpo+echo[coef=0.002]``: a config names the coefficient it measured), ``[valid,coef=<lambda>]`` for its
+    clips from step-checked rollouts only; ValueError naming the known ones otherwise."""
     if name in ARMS:
         return ARMS[name]
     match = _COEF_ARM.fullmatch(name)
     if match is None:
         raise ValueError(
-            f"unknown arm {name!r}; known: {', '.join(sorted(ARMS))}, or <method>+echo[coef=<lambda>] with "
-            "method grpo, dapo or dr_grpo"
+            f"unknown arm {name!r}; known: {', '.join(sorted(ARMS))}, or <method>+echo[coef=<lambda>] "
+            "(or [valid,coef=<lambda>]) with method grpo, dapo or dr_grpo"
         )
-    return Arm(name, "coef", match.group(1), True, coef=float(match.group(2)))
+    valid = match.group(2) is not None
+    return Arm(
+        name,
+        "eligibility" if valid else "coef",
+        match.group(1),
+        True,
+        coef=float(match.group(3)),
+        valid_steps_only=valid,
+    )
 
 
 def load_base(path: str | Path) -> tuple[dict, dict]:
@@ -174,6 +189,8 @@ def run_config(arm: Arm, seed: int, run_dir: Path, args: argparse.Namespace) -> 
     rollout["seed"] = seed
     model["method"] = arm.method
     model["echo"].update(enabled=arm.echo, selector=arm.selector, coef=arm.coef, apply_to=arm.apply_to)
+    if arm.valid_steps_only:  # only where asked, so the configs of every earlier run keep their hash
+        model["echo"]["valid_steps_only"] = True
     if args.epochs is not None:
         trainer["max_epochs"] = args.epochs
     if args.val_every is not None:
