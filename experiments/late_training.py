@@ -35,8 +35,6 @@ import datetime
 import hashlib
 import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -48,6 +46,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import machine_line  # noqa: E402
 from experiments import echo_vs_base  # noqa: E402
 from experiments.report import commit_id  # noqa: E402
 from experiments.scalars import read_scalars  # noqa: E402
@@ -302,8 +301,7 @@ def write_report(
         "",
         f"- command: `python experiments/late_training.py {' '.join(args.argv)}`".rstrip(),
         f"- code: base run at `{base.get('commit', 'unknown')}`; report at `{commit_id()}` on "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine {platform.machine()}, "
-        f"{os.cpu_count()} CPU cores ({platform.processor() or 'unknown CPU'})",
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {machine_line()}",
         f"- wall time: base run {wall['base'] / 60:.1f} min, branches {wall['branches'] / 60:.1f} min "
         f"(run-minutes {wall['run_minutes']:.1f}), {wall['total'] / 60:.1f} min in all on this invocation"
         + (" (reused runs cost nothing here)" if wall.get("reused") else ""),
