@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 from machine import machine_line  # noqa: E402
 from vllm_vs_hf import SMOL_SHAPE  # noqa: E402
-from vs_trl import PhaseClock  # noqa: E402
+from vs_trl import PhaseClock, train_trl  # noqa: E402
 
 from echorl_lightning.tasks.arithmetic import ArithmeticTask  # noqa: E402
 
@@ -244,74 +244,26 @@ def run_echorl(args: argparse.Namespace) -> list[dict[str, float]]:
 def run_trl(args: argparse.Namespace) -> list[dict[str, float]]:
     """``--warmup + --steps`` optimizer steps of TRL's ``GRPOTrainer`` on the same setting."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    clock, verifier = PhaseClock(), ParityVerifier()
+    verifier = ParityVerifier()
 
     def parity(completions: list[str], **_: Any) -> list[float]:
         return [float(s) for s in verifier(completions, completions)]
 
-    class Timer(TrainerCallback):
-        def on_step_end(self, *_: Any, **__: Any) -> None:
-            clock.step_end()
-
     prompts = train_prompts(4096)
-    dataset = Dataset.from_dict({"prompt": [p.prompt for p in prompts]})
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = GRPOConfig(
-            output_dir=tmp,
-            per_device_train_batch_size=args.micro_rows,
-            gradient_accumulation_steps=args.prompts * args.group // args.micro_rows,
-            num_generations=args.group,
-            max_completion_length=args.max_new_tokens,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
-            learning_rate=LR,
-            lr_scheduler_type="constant",
-            weight_decay=0.0,
-            beta=0.0,
-            loss_type="grpo",
-            num_iterations=1,
-            use_vllm=False,
-            bf16=False,
-            fp16=False,
-            gradient_checkpointing=False,
-            max_steps=args.warmup + args.steps,
-            logging_steps=1,
-            report_to="none",
-            save_strategy="no",
-            use_cpu=True,
-            seed=SEED,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-        )
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=parity,
-            args=config,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=[Timer()],
-        )
-        clock.wrap_generate(trainer.model, tokenizer.eos_token_id)
-        clock.wrap(
-            trainer, "_get_per_token_logps_and_entropies", "old_logp", lambda: not torch.is_grad_enabled()
-        )
-        clock.wrap(trainer, "_prepare_inputs", "prepare")
-        clock.wrap(trainer, "training_step", "train")
-        inner_end = clock.step_end
-
-        def step_end() -> None:  # train = training_step less its _prepare_inputs (generation, scoring)
-            clock.acc["train"] -= clock.acc["prepare"]
-            inner_end()
-
-        clock.step_end = step_end  # type: ignore[method-assign]
-        trainer.train()
-    return clock.steps
+    return train_trl(
+        AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32),
+        AutoTokenizer.from_pretrained(args.model),
+        Dataset.from_dict({"prompt": [p.prompt for p in prompts]}),
+        parity,
+        rows_per_micro=args.micro_rows,
+        accumulation=args.prompts * args.group // args.micro_rows,
+        group=args.group,
+        max_new_tokens=args.max_new_tokens,
+        lr=LR,
+        steps=args.warmup + args.steps,
+    )
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -254,43 +254,41 @@ def run_cli(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
     return records
 
 
-def run_trl(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
-    """``steps`` optimizer steps of TRL's ``GRPOTrainer`` on the same setting."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+def train_trl(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    dataset: Any,
+    reward: Callable[..., list[float]],
+    *,
+    rows_per_micro: int,
+    accumulation: int,
+    group: int,
+    max_new_tokens: int,
+    lr: float,
+    steps: int,
+) -> list[dict[str, float]]:
+    """``steps`` optimizer steps of TRL's ``GRPOTrainer`` (``beta=0``, no vLLM, fp32, constant lr, one
+    ``generate`` per optimizer step of ``rows_per_micro x accumulation`` completions), timed by phase."""
+    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from echorl_lightning.rewards.exact_match import ExactMatchVerifier
-    from echorl_lightning.tasks import ProceduralDataModule
-    from echorl_lightning.tasks.arithmetic import ArithmeticTask
-
     clock = PhaseClock()
-    verifier = ExactMatchVerifier()
-
-    def exact_match(completions: list[str], reference: list[str], **_: Any) -> list[float]:
-        return [0.0 if s is None else float(s) for s in verifier(completions, reference)]
 
     class Timer(TrainerCallback):
         def on_step_end(self, *_: Any, **__: Any) -> None:
             clock.step_end()
 
-    prompts = ProceduralDataModule(ArithmeticTask(), num_train=4096, num_val=0, seed=SEED).train_prompts
-    dataset = Dataset.from_dict(
-        {"prompt": [p.prompt for p in prompts], "reference": [p.reference for p in prompts]}
-    )
-    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
-    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         config = GRPOConfig(
             output_dir=tmp,
-            per_device_train_batch_size=PROMPTS * GROUP,
-            gradient_accumulation_steps=1,
-            num_generations=GROUP,
+            per_device_train_batch_size=rows_per_micro,
+            gradient_accumulation_steps=accumulation,
+            num_generations=group,
             max_completion_length=max_new_tokens,
             temperature=1.0,
             top_p=1.0,
             top_k=0,
-            learning_rate=LR,
+            learning_rate=lr,
             lr_scheduler_type="constant",
             weight_decay=0.0,
             beta=0.0,
@@ -311,7 +309,7 @@ def run_trl(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
         )
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=exact_match,
+            reward_funcs=reward,
             args=config,
             train_dataset=dataset,
             processing_class=tokenizer,
@@ -332,6 +330,40 @@ def run_trl(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
         clock.step_end = step_end  # type: ignore[method-assign]
         trainer.train()
     return clock.steps
+
+
+def run_trl(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
+    """``steps`` optimizer steps of TRL's ``GRPOTrainer`` on the same setting."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from echorl_lightning.rewards.exact_match import ExactMatchVerifier
+    from echorl_lightning.tasks import ProceduralDataModule
+    from echorl_lightning.tasks.arithmetic import ArithmeticTask
+
+    verifier = ExactMatchVerifier()
+
+    def exact_match(completions: list[str], reference: list[str], **_: Any) -> list[float]:
+        return [0.0 if s is None else float(s) for s in verifier(completions, reference)]
+
+    prompts = ProceduralDataModule(ArithmeticTask(), num_train=4096, num_val=0, seed=SEED).train_prompts
+    dataset = Dataset.from_dict(
+        {"prompt": [p.prompt for p in prompts], "reference": [p.reference for p in prompts]}
+    )
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32)
+    return train_trl(
+        model,
+        tokenizer,
+        dataset,
+        exact_match,
+        rows_per_micro=PROMPTS * GROUP,
+        accumulation=1,
+        group=GROUP,
+        max_new_tokens=max_new_tokens,
+        lr=LR,
+        steps=steps,
+    )
 
 
 def worker(arm: str, max_new_tokens: int, steps: int, threads: int) -> None:
