@@ -303,8 +303,7 @@ def write_report(
         f"- code: base run at `{base.get('commit', 'unknown')}`; report at `{commit_id()}` on "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {machine_line()}",
         f"- wall time: base run {wall['base'] / 60:.1f} min, branches {wall['branches'] / 60:.1f} min "
-        f"(run-minutes {wall['run_minutes']:.1f}), {wall['total'] / 60:.1f} min in all on this invocation"
-        + (" (reused runs cost nothing here)" if wall.get("reused") else ""),
+        f"(run-minutes {wall['run_minutes']:.1f}), {wall['total'] / 60:.1f} min in all (runs reused from an earlier invocation count 0 here)",
         f"- base run: GRPO without EchoRL, `{model['model']}`, lr {model['lr']:g}, "
         f"{trainer['max_epochs']} steps x {rollout['prompts_per_epoch']} prompts x G = {rollout['group_size']}, "
         f"response limit {rollout['max_new_tokens']}, exported every {export_every(config)} steps; held-out "
@@ -489,6 +488,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     total = time.perf_counter() - start
     wall = {"base": base["wall_s"], "branches": total - base_wall, "run_minutes": run_minutes, "total": total}
+    record = Path(args.runs_dir).resolve() / "study.json"  # the invocation that trained, for --report-only
+    if not args.report_only:
+        record.write_text(json.dumps({"argv": args.argv, "wall": wall}))
+    elif record.exists():
+        saved = json.loads(record.read_text())
+        wall, args.argv = saved["wall"], [*saved["argv"], "# report rebuilt with --report-only"]
     md = write_report(args, base, curve, results, wall)
     print(f"wrote {md}", flush=True)
 
