@@ -43,7 +43,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,7 +55,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 from machine import machine_line  # noqa: E402
 from vllm_vs_hf import SMOL_SHAPE  # noqa: E402
-from vs_trl import PhaseClock, train_trl  # noqa: E402
+from vs_trl import PhaseClock, fit_bare, train_trl  # noqa: E402
 
 from echorl_lightning.tasks.arithmetic import ArithmeticTask  # noqa: E402
 
@@ -221,23 +220,7 @@ def run_echorl(args: argparse.Namespace) -> list[dict[str, float]]:
         logprob_batch_size=args.micro_rows,
         seed=SEED,
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=1,
-            precision="32-true",
-            max_epochs=args.warmup + args.steps,
-            accumulate_grad_batches=accumulate,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[rollout, Timer()],
-            default_root_dir=tmp,
-        )
-        trainer.fit(module, datamodule=data)
+    fit_bare(module, data, [rollout, Timer()], epochs=args.warmup + args.steps, accumulate=accumulate)
     return clock.steps
 
 

@@ -181,23 +181,32 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
         logprob_batch_size=256,
         seed=SEED,
     )
+    fit_bare(module, data, [rollout, Timer()], epochs=steps)
+    return clock.steps
+
+
+def fit_bare(module: Any, data: Any, callbacks: list[Any], *, epochs: int, accumulate: int = 1) -> None:
+    """``trainer.fit`` on one CPU process in fp32, with only ``callbacks``: no logger, validation, checkpoints,
+    progress bar or model summary (the stripped arms measure the RL step and nothing else)."""
+    import lightning.pytorch as L
+
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(
             accelerator="cpu",
             devices=1,
             precision="32-true",
-            max_epochs=steps,
+            max_epochs=epochs,
+            accumulate_grad_batches=accumulate,
             limit_val_batches=0,
             num_sanity_val_steps=0,
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
-            callbacks=[rollout, Timer()],
+            callbacks=callbacks,
             default_root_dir=tmp,
         )
         trainer.fit(module, datamodule=data)
-    return clock.steps
 
 
 def run_cli(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
