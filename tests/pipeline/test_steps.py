@@ -118,30 +118,16 @@ def tiny_inputs(settings: RolloutSettings, echo: EchoConfig, prompts: int = 16) 
     """The pipeline's inputs on the embedded tiny model with the real HF engine, one rank."""
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_PATH)
-    policy = AutoModelForCausalLM.from_pretrained(TINY_MODEL_PATH, dtype=torch.float32)
     task = ArithmeticTask()
-    return steps.RolloutInputs(
+    return replace(
+        bare_inputs(echo=echo, tokenizer=tokenizer),
         settings=settings,
-        method=resolve_method("grpo"),
-        echo=echo,
-        policy=policy,
-        ref_policy=None,
-        tokenizer=tokenizer,
+        policy=AutoModelForCausalLM.from_pretrained(TINY_MODEL_PATH, dtype=torch.float32),
         engine=EngineSync(HFGenerateEngine()),
-        forward=ForwardConfig(),
-        precision=nullcontext,
         prompts=task.prompts("train", prompts),
         verifier=task.verifier(),
         step_checker=task.step_checker(),
         delimiters=delimiter_token_ids(tokenizer, echo.step_delimiter),
-        epoch=0,
-        version=0,
-        rank=0,
-        world=1,
-        accumulate=1,
-        device=torch.device("cpu"),
-        reduce_sum=lambda t: t,
-        observer=NullObserver(),
     )
 
 
