@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ import torch.distributed as dist
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from echorl_lightning.bounds import integer_problem, number_problem, raise_problems
+from echorl_lightning.rollout.hf_decode import decode_rows
 from echorl_lightning.rollout.types import Completion, SamplingConfig
 
 
@@ -200,18 +202,28 @@ class HFGenerateEngine:
             enabled still decodes with the cache.
         cache_implementation: ``generate``'s KV cache kind, e.g. ``"static"`` (no measurable gain on CPU, see
             the module docstring); ``None`` keeps transformers' dynamic cache.
+        compact_every: with the dynamic cache, decode a chunk this many new tokens at a time and drop the rows
+            that sampled EOS from the batch and its cache after each segment
+            (:mod:`echorl_lightning.rollout.hf_decode`); ``None``: one ``generate`` call per chunk.
     """
 
     def __init__(
-        self, batch_size: int = 256, use_cache: bool = True, cache_implementation: str | None = None
+        self,
+        batch_size: int = 256,
+        use_cache: bool = True,
+        cache_implementation: str | None = None,
+        compact_every: int | None = 16,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise_problems(
+            integer_problem("batch_size", batch_size, 1),
+            integer_problem("compact_every", compact_every, 1, optional=True),
+        )
         if cache_implementation is not None and not use_cache:
             raise ValueError(f"cache_implementation={cache_implementation!r} needs use_cache=True")
         self.batch_size = batch_size
         self.use_cache = use_cache
         self.cache_implementation = cache_implementation
+        self.compact_every = compact_every
         self.model: torch.nn.Module | None = None
         self.eos_id: int | None = None
         self.pad_id: int | None = None
@@ -281,21 +293,17 @@ class HFGenerateEngine:
                     # joins the others' generate calls with a one-token dummy row and drops its output
                     pad_ids, pad_mask = self._left_pad([[self.pad_id]], device)
                     model.generate(input_ids=pad_ids, attention_mask=pad_mask, generation_config=config)
+                compact = None if self.cache_implementation or _synced_ranks(model) else self.compact_every
                 for start in starts:
                     chunk = rows[start : start + self.batch_size]
                     prompts = [prompt_token_ids[index] for index, _ in chunk]
                     input_ids, attention_mask = self._left_pad(prompts, device)  # [rows, P] each
                     recorder = None
                     if sampling.return_entropy and sampling.temperature > 0:
-                        recorder = EntropyRecorder(sampling.temperature)
-                    output = model.generate(
-                        input_ids=input_ids,
-                        attention_mask=attention_mask,
-                        generation_config=config,
-                        logits_processor=LogitsProcessorList([recorder] if recorder else []),
-                    )  # [rows, P + new]
-                    new_tokens = output[:, input_ids.shape[1] :].tolist()
-                    entropies = recorder.per_row().tolist() if recorder else None  # [rows, new]
+                        recorder = partial(EntropyRecorder, sampling.temperature)
+                    new_tokens, entropies = decode_rows(
+                        model, input_ids, attention_mask, config, self.eos_id, compact, recorder
+                    )  # [rows, new] each
                     chunk_tokens = 0
                     for i, ((index, sample), row) in enumerate(zip(chunk, new_tokens, strict=True)):
                         completion = cut_at_eos(row, self.eos_id, sampling.max_new_tokens)
