@@ -6,7 +6,9 @@ step, ``--max-new-tokens`` new tokens at temperature 1 (no top-k/top-p/min-p), l
 no weight decay), one optimizer step per rollout batch, no KL term, GRPO's seq-mean-token-mean loss:
 
 - ``echo_on`` / ``echo_off``: :class:`EchoRLModule` (method ``grpo``, EchoRL on or off) under a real
-  Lightning ``Trainer`` with :class:`RolloutCallback`, built directly (no validation, logger or checkpoint);
+  Lightning ``Trainer`` with :class:`RolloutCallback`, built directly (no validation, logger or checkpoint),
+  with the demo config's engine (all 512 rows in one batch, finished rows dropped every 16 tokens) and its 4
+  length-grouped micro-batches per optimizer step;
 - ``cli``: the same setting as a user runs it, ``cli.py fit --config configs/demo.yaml`` (logger, progress lines,
   EchoClip pictures, run summary and checkpoints as shipped; validation off, as in the other arms), its step
   time and phases read back from its TensorBoard log;
@@ -21,7 +23,7 @@ everything a step does. Tokens/s = generated response tokens (up to and includin
 time. The phases come from wrappers on the same objects in both: ``generation`` = the policy's ``generate``
 calls; ``old_logp`` = no-grad log-prob passes (this project's ``pipeline.steps.score_rollouts``, TRL's
 ``_get_per_token_logps_and_entropies`` outside autograd); ``train`` = loss forward + backward (Lightning:
-batch start to ``on_before_optimizer_step``; TRL: ``training_step`` less ``_prepare_inputs``); ``rest`` =
+each micro-batch's start to its end, the last one's to ``on_before_optimizer_step``; TRL: ``training_step`` less ``_prepare_inputs``); ``rest`` =
 step - the three (verifier, advantages, EchoClips, optimizer step, bookkeeping). Left out: GPUs, vLLM and
 multi-process runs; memory (see ``step_memory.py``).
 
@@ -55,6 +57,7 @@ MODEL_DIR = str(ROOT / "echorl_lightning" / "assets" / "tiny-arith")
 ARMS = ("echo_on", "echo_off", "cli", "trl")
 PHASES = ("generation", "old_logp", "train", "rest")
 PROMPTS, GROUP, LR, SEED = 64, 8, 5e-5, 0
+DEMO_ENGINE_ROWS, DEMO_ACCUMULATE = 512, 4  # configs/demo.yaml: engine batch_size, trainer.accumulate_grad_batches
 
 
 def response_token_count(new_tokens: torch.Tensor, eos_id: int) -> int:
@@ -112,7 +115,8 @@ class PhaseClock:
             finally:
                 self._generating = False
             self.acc["generation"] += time.perf_counter() - t0
-            self.tokens += response_token_count(out[:, kwargs["input_ids"].shape[1] :], eos_id)
+            sequences = getattr(out, "sequences", out)  # [rows, P + new] (a dict with return_dict_in_generate)
+            self.tokens += response_token_count(sequences[:, kwargs["input_ids"].shape[1] :], eos_id)
             return out
 
         model.generate = generate  # type: ignore[method-assign]
@@ -158,19 +162,26 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
             clock.wrap(pipeline_steps, "score_rollouts", "old_logp")
             clock.count_forwards(getattr(pl_module.policy, pl_module.policy.base_model_prefix))
 
+        # train = each micro-batch's start to its end (the last one's: to the optimizer step); a step ends
+        # with the micro-batch that stepped the optimizer
+
         def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
             clock._train_t0 = time.perf_counter()
 
         def on_before_optimizer_step(self, *_: Any) -> None:
+            self.stepped = True
             clock.acc["train"] += time.perf_counter() - clock._train_t0
 
         def on_train_batch_end(self, *_: Any) -> None:
-            clock.step_end()
+            if getattr(self, "stepped", False):
+                self.stepped = False
+                clock.step_end()
+            else:
+                clock.acc["train"] += time.perf_counter() - clock._train_t0
 
     L.seed_everything(SEED, verbose=False)
-    module = EchoRLModule(
-        model=MODEL_DIR, method="grpo", echo=EchoConfig(enabled=echo), engine=HFGenerateEngine(), lr=LR
-    )
+    engine = HFGenerateEngine(batch_size=DEMO_ENGINE_ROWS)
+    module = EchoRLModule(model=MODEL_DIR, method="grpo", echo=EchoConfig(enabled=echo), engine=engine, lr=LR)
     data = ProceduralDataModule(ArithmeticTask(), num_train=4096, num_val=0, seed=SEED)
     data.connect(module.tokenizer)
     rollout = RolloutCallback(
@@ -181,7 +192,7 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
         logprob_batch_size=256,
         seed=SEED,
     )
-    fit_bare(module, data, [rollout, Timer()], epochs=steps)
+    fit_bare(module, data, [rollout, Timer()], epochs=steps, accumulate=DEMO_ACCUMULATE)
     return clock.steps
 
 
