@@ -19,12 +19,14 @@ entropies. An optional ``progress`` callable hears after each chunk how many row
 tokens they came to (progress displays, ``echorl_lightning.rollout.progress``).
 
 At temperature 1 and ``top_p=1`` no processor that touches the logits runs (only the entropy recorder, with
-``return_entropy``). The defaults follow the CPU measurements in ``benchmarks/RESULTS.md``: smaller chunks
-than ``batch_size`` 256 were slower and larger ones no faster; a static KV cache gained nothing beyond the
-run-to-run spread, even on long responses (``benchmarks/kv_cache.py``), and ``torch.compile`` of the forward
-over a static cache was slow to compile and then decoded slower. The cache is a constructor option for
-other hardware: ``None`` (transformers' dynamic cache, the default) or any ``cache_implementation`` that
-``generate`` accepts.
+``return_entropy``). The defaults follow the CPU measurements in ``benchmarks/RESULTS.md``: chunks smaller
+than ``batch_size`` 256 were slower everywhere, larger ones faster on some machines (the demo config takes its
+whole rollout of 512 rows in one); rows that sampled EOS leave their chunk every ``compact_every`` new tokens
+(:mod:`echorl_lightning.rollout.hf_decode`), which is what makes large chunks pay; a static KV cache was
+slower or no faster (``benchmarks/kv_cache.py``), and ``torch.compile`` of the forward over a static cache was
+slow to compile and then decoded slower. The cache is a constructor option for other hardware: ``None``
+(transformers' dynamic cache, the default) or any ``cache_implementation`` that ``generate`` accepts (never
+compacted).
 
 Left out: beam search, stop strings, per-prompt sampling settings, speculative decoding and compiled decoding
 (see above; worth measuring again on a GPU).
