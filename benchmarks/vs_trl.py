@@ -14,7 +14,9 @@ no weight decay), one optimizer step per rollout batch, no KL term, GRPO's seq-m
   time and phases read back from its TensorBoard log;
 - ``trl``: TRL's ``GRPOTrainer`` with ``beta=0``, no vLLM, no bf16, no gradient checkpointing,
   ``per_device_train_batch_size=512`` and one accumulation step (one ``generate`` call and one optimizer
-  step per batch of 64 x 8 completions), the project's ``ExactMatchVerifier`` as its reward function.
+  step per batch of 64 x 8 completions), the project's ``ExactMatchVerifier`` as its reward function;
+- ``trl_acc4``: the same with the demo's 4 micro-batches of 128 rows per optimizer step (TRL's are not grouped
+  by length), to show what the micro-batching alone gives TRL.
 
 Each measurement (one arm, one length, ``--warmup`` + ``--steps`` optimizer steps) runs in its own fresh
 process; repetitions alternate the arms (their order rotates each repetition). Step time is the wall time
@@ -54,10 +56,13 @@ from machine import machine_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = str(ROOT / "echorl_lightning" / "assets" / "tiny-arith")
-ARMS = ("echo_on", "echo_off", "cli", "trl")
+ARMS = ("echo_on", "echo_off", "cli", "trl", "trl_acc4")
 PHASES = ("generation", "old_logp", "train", "rest")
 PROMPTS, GROUP, LR, SEED = 64, 8, 5e-5, 0
-DEMO_ENGINE_ROWS, DEMO_ACCUMULATE = 512, 4  # configs/demo.yaml: engine batch_size, trainer.accumulate_grad_batches
+DEMO_ENGINE_ROWS, DEMO_ACCUMULATE = (
+    512,
+    4,
+)  # configs/demo.yaml: engine batch_size, trainer.accumulate_grad_batches
 
 
 def response_token_count(new_tokens: torch.Tensor, eos_id: int) -> int:
@@ -115,7 +120,9 @@ class PhaseClock:
             finally:
                 self._generating = False
             self.acc["generation"] += time.perf_counter() - t0
-            sequences = getattr(out, "sequences", out)  # [rows, P + new] (a dict with return_dict_in_generate)
+            sequences = getattr(
+                out, "sequences", out
+            )  # [rows, P + new] (a dict with return_dict_in_generate)
             self.tokens += response_token_count(sequences[:, kwargs["input_ids"].shape[1] :], eos_id)
             return out
 
@@ -352,8 +359,9 @@ def train_trl(
     return clock.steps
 
 
-def run_trl(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
-    """``steps`` optimizer steps of TRL's ``GRPOTrainer`` on the same setting."""
+def run_trl(max_new_tokens: int, steps: int, accumulation: int = 1) -> list[dict[str, float]]:
+    """``steps`` optimizer steps of TRL's ``GRPOTrainer`` on the same setting, each in ``accumulation``
+    micro-batches (TRL still generates the whole batch in one call: its ``steps_per_generation`` follows)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -377,8 +385,8 @@ def run_trl(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
         tokenizer,
         dataset,
         exact_match,
-        rows_per_micro=PROMPTS * GROUP,
-        accumulation=1,
+        rows_per_micro=PROMPTS * GROUP // accumulation,
+        accumulation=accumulation,
         group=GROUP,
         max_new_tokens=max_new_tokens,
         lr=LR,
@@ -389,8 +397,8 @@ def run_trl(max_new_tokens: int, steps: int) -> list[dict[str, float]]:
 def worker(arm: str, max_new_tokens: int, steps: int, threads: int) -> None:
     """Run one measurement and print its step records as the last line (JSON)."""
     torch.set_num_threads(threads)
-    if arm == "trl":
-        records = run_trl(max_new_tokens, steps)
+    if arm in ("trl", "trl_acc4"):
+        records = run_trl(max_new_tokens, steps, accumulation=4 if arm == "trl_acc4" else 1)
     elif arm == "cli":
         records = run_cli(max_new_tokens, steps)
     else:

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor
 
 from echorl_lightning.bounds import integer_problem, number_problem, raise_problems
 from echorl_lightning.rollout.hf_decode import decode_rows

@@ -90,7 +90,8 @@ def test_fit_starts_with_the_table(tmp_path: Path, capsys: pytest.CaptureFixture
     assert rows["EchoRL"] == "on" and "selector='lowest'" in rows["echo settings"]
     assert rows["policy class"] == "LlamaForCausalLM in EchoRLModule"
     assert (
-        rows["engine"] == "HFGenerateEngine" and rows["engine settings"] == "batch_size=256, use_cache=True"
+        rows["engine"] == "HFGenerateEngine"
+        and rows["engine settings"] == "batch_size=256, use_cache=True, compact_every=16"
     )
     assert rows["strategy"] == "SingleDeviceStrategy" and rows["precision"] == "32-true"
     assert rows["devices"] == "1 x 1 node(s), world size 1"

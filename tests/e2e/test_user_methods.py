@@ -71,6 +71,7 @@ def test_user_methods_are_selected_from_yaml_and_used(tmp_path: Path) -> None:
         "--rollout.prompts_per_epoch=8",
         "--rollout.group_size=2",
         "--rollout.max_new_tokens=16",
+        "--trainer.accumulate_grad_batches=1",  # one micro-batch: the loss sees all N rows at once
         "--trainer.limit_val_batches=0",
         "--trainer.num_sanity_val_steps=0",
         f"--trainer.default_root_dir={tmp_path}",

@@ -19,7 +19,8 @@ def countdown() -> tuple[torch.nn.Module, object, list[list[int]]]:
     tokenizer = AutoTokenizer.from_pretrained(TINY_COUNTDOWN_PATH)
     model = AutoModelForCausalLM.from_pretrained(TINY_COUNTDOWN_PATH)
     prompts = [
-        tokenizer(ex.prompt, add_special_tokens=False)["input_ids"] for ex in CountdownTask().prompts("val", 6)
+        tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+        for ex in CountdownTask().prompts("val", 6)
     ]
     return model, tokenizer, prompts
 
