@@ -15,8 +15,10 @@ entropies are recorded by a fresh recorder and joined per row.
 One ``generate`` call instead (``compact_every=None``, or at least ``max_new_tokens``) when the cache is off,
 for a static or other preallocated cache (``cache_implementation`` set), and for a sharded policy, whose ranks
 must make the same number of forwards (transformers' ``synced_gpus`` covers one call, not a loop of them).
-A cache without ``batch_select_indices`` keeps its finished rows (they decode on, and
-:func:`~echorl_lightning.rollout.hf_engine.cut_at_eos` drops what follows their EOS).
+Rows leave only transformers' own dynamic cache of attention layers (keys and values per row and nothing
+else, :func:`drops_rows`); a model whose ``generate`` builds any other cache (recurrent or linear-attention
+state, a model's own cache class) has its chunk decoded again in one call after the first segment: that
+segment's draws are thrown away whatever they were, so the samples stay the policy's.
 """
 
 from __future__ import annotations
@@ -46,6 +48,19 @@ def returned_cache(output: Any) -> Any:
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
+def drops_rows(cache: Any) -> bool:
+    """Whether rows can leave ``cache`` by ``batch_select_indices``: exactly transformers' ``DynamicCache`` whose
+    layers are all attention layers (``DynamicLayer``, ``DynamicSlidingWindowLayer``; before transformers gave
+    caches layers, a ``DynamicCache`` held key and value lists only). A linear-attention or recurrent layer keeps
+    per-row state that the selection would not cut."""
+    if cache is None or type(cache).__name__ != "DynamicCache" or not hasattr(cache, "batch_select_indices"):
+        return False
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return True
+    return all(type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") for layer in layers)
+
+
 def decode_rows(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -68,7 +83,7 @@ def decode_rows(
 
     Returns:
         ``tokens``: per row, the generated ids (after a row's EOS: padding up to the end of its last
-        segment, or further decoding where the cache could not drop it); ``values``: per row, the recorder's
+        segment); ``values``: per row, the recorder's
         value at each of those positions, or ``None`` without a recorder.
     """
     total = int(config.max_new_tokens)
@@ -79,6 +94,7 @@ def decode_rows(
     values: list[list[float]] | None = None if recorder is None else [[] for _ in range(rows)]
     live = torch.arange(rows)  # [live] original row of each row still in the batch
     ended = torch.zeros(rows, dtype=torch.bool)  # [live] the row has sampled EOS
+    prompt_ids, prompt_mask = input_ids, attention_mask
     cache, done = None, 0
     while done < total:
         segment = copy.deepcopy(config)
@@ -105,7 +121,9 @@ def decode_rows(
         if done >= total or bool(ended.all()):
             break
         cache = returned_cache(output)
-        if bool(ended.any()) and hasattr(cache, "batch_select_indices"):
+        if not drops_rows(cache):  # not a plain dynamic cache: the whole chunk again, in one call
+            return decode_rows(model, prompt_ids, prompt_mask, config, eos_id, None, recorder)
+        if bool(ended.any()):
             keep = (~ended).nonzero().squeeze(-1)  # [kept] rows without EOS so far
             cache.batch_select_indices(keep.to(sequences.device))
             live, ended = live[keep], ended[keep]
@@ -113,6 +131,6 @@ def decode_rows(
             attention_mask = attention_mask[keep.to(attention_mask.device)]
         grown = torch.ones(
             (sequences.shape[0], new.shape[1]), dtype=attention_mask.dtype, device=attention_mask.device
-        )  # the continuing rows' new tokens count as real (after a kept row's EOS they are cut anyway)
+        )  # the continuing rows' new tokens are all real: none of them holds EOS yet
         input_ids, attention_mask = sequences, torch.cat([attention_mask, grown], dim=1)
     return tokens, values

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
 
 from echorl_lightning.rollout import HFGenerateEngine, SamplingConfig
-from echorl_lightning.rollout.hf_decode import cache_keyword
+from echorl_lightning.rollout.hf_decode import cache_keyword, drops_rows, returned_cache
 from echorl_lightning.tasks.countdown import CountdownTask
 from echorl_lightning.tiny import TINY_COUNTDOWN_PATH
 
@@ -58,19 +58,42 @@ def test_greedy_tokens_equal_one_call_and_rows_leave(countdown, monkeypatch) -> 
     assert rows[0] == 8 and min(rows) < 4 and len(rows) > 2
 
 
-def test_cache_without_row_selection_keeps_rows_and_tokens(countdown, monkeypatch) -> None:
-    """A cache that cannot drop rows: the finished rows decode on and are cut at their EOS, same tokens."""
+def test_cache_without_row_selection_decodes_in_one_call(countdown, monkeypatch) -> None:
+    """A cache rows cannot leave: after the first segment the chunk is decoded again in one call."""
     model, tokenizer, prompts = countdown
     sampling = SamplingConfig(n=2, max_new_tokens=160, temperature=0.0)
     whole = completions(model, tokenizer, prompts, sampling, compact_every=None)
     for owner in DynamicCache.__mro__:  # wherever the installed transformers defines it
         if "batch_select_indices" in vars(owner):
             monkeypatch.delattr(owner, "batch_select_indices")
-    assert not hasattr(DynamicCache(), "batch_select_indices")
+    assert not drops_rows(DynamicCache())
     rows = batch_rows_per_call(model, monkeypatch)
     segmented = completions(model, tokenizer, prompts, sampling, compact_every=5)
     assert [c.token_ids for c in segmented] == [c.token_ids for c in whole]
-    assert set(rows) == {8, 4}  # nobody left a batch
+    assert rows == [8, 8, 4, 4]  # per chunk: the first segment, then the chunk again in one call
+
+
+def test_only_plain_dynamic_caches_drop_rows(countdown) -> None:
+    model = countdown[0]
+    ids = torch.tensor([[5, 6, 7]])
+    config = GenerationConfig(max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+    config.pad_token_id = config.eos_token_id = 0
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    assert drops_rows(returned_cache(out))  # what generate builds for a Llama: attention layers only
+    assert not drops_rows(None)
+
+    class OwnCache(DynamicCache):  # a model's own cache class may hold more per-row state
+        pass
+
+    assert not drops_rows(OwnCache())
+    if hasattr(returned_cache(out), "layers"):  # transformers with layered caches
+        cache = returned_cache(out)
+
+        class LinearAttentionLayer:  # a layer with recurrent state
+            pass
+
+        cache.layers[0] = LinearAttentionLayer()
+        assert not drops_rows(cache)
 
 
 def test_sampled_entropies_match_a_teacher_forced_forward(countdown) -> None:
