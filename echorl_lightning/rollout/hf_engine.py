@@ -216,10 +216,9 @@ class HFGenerateEngine:
         cache_implementation: str | None = None,
         compact_every: int | None = 16,
     ) -> None:
-        raise_problems(
-            integer_problem("batch_size", batch_size, 1),
-            integer_problem("compact_every", compact_every, 1, optional=True),
-        )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise_problems(integer_problem("compact_every", compact_every, 1, optional=True))
         if cache_implementation is not None and not use_cache:
             raise ValueError(f"cache_implementation={cache_implementation!r} needs use_cache=True")
         self.batch_size = batch_size
@@ -250,9 +249,9 @@ class HFGenerateEngine:
         """``sampling.n`` completions for each prompt, in prompt order; ``progress(rows, tokens)``, when given, is
         called after each generated chunk with its row count and response token count (EOS included).
 
-        With ``sampling.seed`` set the result is reproducible (for a fixed ``batch_size`` and device) and the
-        caller's global RNG state is restored afterwards; with ``None`` sampling draws from, and advances,
-        the global generator.
+        With ``sampling.seed`` set the result is reproducible (for a fixed ``batch_size``, ``compact_every`` and
+        device) and the caller's global RNG state is restored afterwards; with ``None`` sampling draws from, and
+        advances, the global generator.
         """
         if self.model is None or self.eos_id is None or self.pad_id is None:
             raise RuntimeError("HFGenerateEngine.generate called before setup(model, tokenizer)")
