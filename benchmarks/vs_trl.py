@@ -25,9 +25,9 @@ everything a step does. Tokens/s = generated response tokens (up to and includin
 time. The phases come from wrappers on the same objects in both: ``generation`` = the policy's ``generate``
 calls; ``old_logp`` = no-grad log-prob passes (this project's ``pipeline.steps.score_rollouts``, TRL's
 ``_get_per_token_logps_and_entropies`` outside autograd); ``train`` = loss forward + backward (Lightning:
-each micro-batch's start to its end, the last one's to ``on_before_optimizer_step``; TRL: ``training_step`` less ``_prepare_inputs``); ``rest`` =
-step - the three (verifier, advantages, EchoClips, optimizer step, bookkeeping). Left out: GPUs, vLLM and
-multi-process runs; memory (see ``step_memory.py``).
+each micro-batch's start to its end, the last one's to ``on_before_optimizer_step``; TRL: ``training_step``
+less ``_prepare_inputs``); ``rest`` = step - the three (verifier, advantages, EchoClips, optimizer step,
+bookkeeping). Left out: GPUs, vLLM and multi-process runs; memory (see ``step_memory.py``).
 
 Run from the repository root with the ``bench`` extra installed (``pip install -e ".[dev,bench]"``)::
 
@@ -59,10 +59,8 @@ MODEL_DIR = str(ROOT / "echorl_lightning" / "assets" / "tiny-arith")
 ARMS = ("echo_on", "echo_off", "cli", "trl", "trl_acc4")
 PHASES = ("generation", "old_logp", "train", "rest")
 PROMPTS, GROUP, LR, SEED = 64, 8, 5e-5, 0
-DEMO_ENGINE_ROWS, DEMO_ACCUMULATE = (
-    512,
-    4,
-)  # configs/demo.yaml: engine batch_size, trainer.accumulate_grad_batches
+# configs/demo.yaml's engine batch_size and trainer.accumulate_grad_batches
+DEMO_ENGINE_ROWS, DEMO_ACCUMULATE = 512, 4
 
 
 def response_token_count(new_tokens: torch.Tensor, eos_id: int) -> int:
@@ -120,9 +118,8 @@ class PhaseClock:
             finally:
                 self._generating = False
             self.acc["generation"] += time.perf_counter() - t0
-            sequences = getattr(
-                out, "sequences", out
-            )  # [rows, P + new] (a dict with return_dict_in_generate)
+            # [rows, P + new]; the engine asks for a dict (return_dict_in_generate) holding it
+            sequences = getattr(out, "sequences", out)
             self.tokens += response_token_count(sequences[:, kwargs["input_ids"].shape[1] :], eos_id)
             return out
 
@@ -171,7 +168,6 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
 
         # train = each micro-batch's start to its end (the last one's: to the optimizer step); a step ends
         # with the micro-batch that stepped the optimizer
-
         def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
             clock._train_t0 = time.perf_counter()
 
