@@ -77,18 +77,19 @@ def decode_rows(
         attention_mask: [rows, P] 1 on prompt tokens.
         config: the call's complete ``GenerationConfig`` (its ``max_new_tokens`` is the whole budget).
         eos_id: the stop token; a row whose segment holds it leaves the batch.
-        compact_every: new tokens per segment, or ``None`` for one call.
+        compact_every: new tokens per segment, or ``None`` for one call (also the case without the cache or
+            with a ``cache_implementation`` such as a static cache).
         recorder: builds a fresh logits processor with ``per_row() -> [rows, steps]`` (the entropy
             recorder), one per segment.
 
     Returns:
         ``tokens``: per row, the generated ids (after a row's EOS: padding up to the end of its last
-        segment); ``values``: per row, the recorder's
-        value at each of those positions, or ``None`` without a recorder.
+        segment); ``values``: per row, the recorder's value at each of those positions, or ``None`` without
+        a recorder.
     """
     total = int(config.max_new_tokens)
-    step = total if compact_every is None or not config.use_cache else min(compact_every, total)
-    keyword = cache_keyword(model)
+    one_call = compact_every is None or not config.use_cache or config.cache_implementation is not None
+    step = total if one_call else min(compact_every, total)
     rows = input_ids.shape[0]
     tokens: list[list[int]] = [[] for _ in range(rows)]
     values: list[list[float]] | None = None if recorder is None else [[] for _ in range(rows)]
@@ -101,7 +102,7 @@ def decode_rows(
         segment.max_new_tokens = min(step, total - done)
         segment.return_dict_in_generate = True
         processor = recorder() if recorder is not None else None
-        kwargs = {} if cache is None else {keyword: cache}
+        kwargs = {} if cache is None else {cache_keyword(model): cache}
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -125,10 +126,10 @@ def decode_rows(
             return decode_rows(model, prompt_ids, prompt_mask, config, eos_id, None, recorder)
         if bool(ended.any()):
             keep = (~ended).nonzero().squeeze(-1)  # [kept] rows without EOS so far
-            cache.batch_select_indices(keep.to(sequences.device))
             live, ended = live[keep], ended[keep]
-            sequences = sequences[keep.to(sequences.device)]
-            attention_mask = attention_mask[keep.to(attention_mask.device)]
+            keep = keep.to(sequences.device)
+            cache.batch_select_indices(keep)
+            sequences, attention_mask = sequences[keep], attention_mask[keep]
         grown = torch.ones(
             (sequences.shape[0], new.shape[1]), dtype=attention_mask.dtype, device=attention_mask.device
         )  # the continuing rows' new tokens are all real: none of them holds EOS yet

@@ -294,7 +294,7 @@ class HFGenerateEngine:
                     # joins the others' generate calls with a one-token dummy row and drops its output
                     pad_ids, pad_mask = self._left_pad([[self.pad_id]], device)
                     model.generate(input_ids=pad_ids, attention_mask=pad_mask, generation_config=config)
-                compact = None if self.cache_implementation or _synced_ranks(model) else self.compact_every
+                compact = None if _synced_ranks(model) else self.compact_every
                 for start in starts:
                     chunk = rows[start : start + self.batch_size]
                     prompts = [prompt_token_ids[index] for index, _ in chunk]
