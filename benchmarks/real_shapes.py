@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 from machine import machine_line  # noqa: E402
 from vllm_vs_hf import SMOL_SHAPE  # noqa: E402
-from vs_trl import PhaseClock, fit_bare, train_trl  # noqa: E402
+from vs_trl import PhaseClock, fit_bare, step_timer, train_trl  # noqa: E402
 
 from echorl_lightning.tasks.arithmetic import ArithmeticTask  # noqa: E402
 
@@ -190,25 +190,6 @@ def run_echorl(args: argparse.Namespace) -> list[dict[str, float]]:
 
     engine.generate = generate  # type: ignore[method-assign]
 
-    class Timer(L.Callback):
-        stepped = False
-
-        def on_fit_start(self, *_: Any) -> None:
-            clock.wrap(pipeline_steps, "score_rollouts", "old_logp")
-
-        def on_train_batch_start(self, *_: Any) -> None:
-            if not clock._train_t0:  # the first micro-batch of a step
-                clock._train_t0 = time.perf_counter()
-
-        def on_before_optimizer_step(self, *_: Any) -> None:
-            clock.acc["train"] += time.perf_counter() - clock._train_t0
-            self.stepped = True
-
-        def on_train_batch_end(self, *_: Any) -> None:
-            if self.stepped:
-                clock.step_end()
-                clock._train_t0, self.stepped = 0.0, False
-
     accumulate = args.prompts * args.group // args.micro_rows
     L.seed_everything(SEED, verbose=False)
     module = EchoRLModule(
@@ -223,7 +204,8 @@ def run_echorl(args: argparse.Namespace) -> list[dict[str, float]]:
         logprob_batch_size=args.micro_rows,
         seed=SEED,
     )
-    fit_bare(module, data, [rollout, Timer()], epochs=args.warmup + args.steps, accumulate=accumulate)
+    timer = step_timer(clock, lambda _: clock.wrap(pipeline_steps, "score_rollouts", "old_logp"))
+    fit_bare(module, data, [rollout, timer], epochs=args.warmup + args.steps, accumulate=accumulate)
     return clock.steps
 
 

@@ -25,8 +25,8 @@ everything a step does. Tokens/s = generated response tokens (up to and includin
 time. The phases come from wrappers on the same objects in both: ``generation`` = the policy's ``generate``
 calls; ``old_logp`` = no-grad log-prob passes (this project's ``pipeline.steps.score_rollouts``, TRL's
 ``_get_per_token_logps_and_entropies`` outside autograd); ``train`` = loss forward + backward (Lightning:
-each micro-batch's start to its end, the last one's to ``on_before_optimizer_step``; TRL: ``training_step``
-less ``_prepare_inputs``); ``rest`` = step - the three (verifier, advantages, EchoClips, optimizer step,
+a step's first micro-batch start to ``on_before_optimizer_step``; TRL: ``training_step`` less
+``_prepare_inputs``); ``rest`` = step - the three (verifier, advantages, EchoClips, optimizer step,
 bookkeeping). Left out: GPUs, vLLM and multi-process runs; memory (see ``step_memory.py``).
 
 Run from the repository root with the ``bench`` extra installed (``pip install -e ".[dev,bench]"``)::
@@ -84,6 +84,7 @@ class PhaseClock:
         self.steps: list[dict[str, float]] = []
         self._last_end: float | None = None
         self._train_t0 = 0.0
+        self._stepped = False
         self._generating = False
 
     def count_forwards(self, decoder: torch.nn.Module) -> None:
@@ -125,6 +126,22 @@ class PhaseClock:
 
         model.generate = generate  # type: ignore[method-assign]
 
+    def micro_batch_start(self) -> None:
+        """A micro-batch begins; a step's ``train`` time starts at its first one."""
+        if not self._train_t0:
+            self._train_t0 = time.perf_counter()
+
+    def before_optimizer_step(self) -> None:
+        """The step's last backward is done: ``train`` runs from its first micro-batch to here."""
+        self.acc["train"] += time.perf_counter() - self._train_t0
+        self._stepped = True
+
+    def micro_batch_end(self) -> None:
+        """A micro-batch ends; the one that stepped the optimizer closes the step."""
+        if self._stepped:
+            self.step_end()
+            self._train_t0, self._stepped = 0.0, False
+
     def step_end(self) -> None:
         """Close a step: record its phases (none for the first, which has no start) and reset."""
         now = time.perf_counter()
@@ -160,27 +177,10 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
         echorl_lightning.training.echo_rows, "select_echo_clips", "echo_select"
     )  # EchoClip selection, in the rest
 
-    class Timer(L.Callback):
-        def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            clock.wrap_generate(pl_module.policy, pl_module.tokenizer.eos_token_id)
-            clock.wrap(pipeline_steps, "score_rollouts", "old_logp")
-            clock.count_forwards(getattr(pl_module.policy, pl_module.policy.base_model_prefix))
-
-        # train = each micro-batch's start to its end (the last one's: to the optimizer step); a step ends
-        # with the micro-batch that stepped the optimizer
-        def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
-            clock._train_t0 = time.perf_counter()
-
-        def on_before_optimizer_step(self, *_: Any) -> None:
-            self.stepped = True
-            clock.acc["train"] += time.perf_counter() - clock._train_t0
-
-        def on_train_batch_end(self, *_: Any) -> None:
-            if getattr(self, "stepped", False):
-                self.stepped = False
-                clock.step_end()
-            else:
-                clock.acc["train"] += time.perf_counter() - clock._train_t0
+    def install(pl_module: Any) -> None:
+        clock.wrap_generate(pl_module.policy, pl_module.tokenizer.eos_token_id)
+        clock.wrap(pipeline_steps, "score_rollouts", "old_logp")
+        clock.count_forwards(getattr(pl_module.policy, pl_module.policy.base_model_prefix))
 
     L.seed_everything(SEED, verbose=False)
     engine = HFGenerateEngine(batch_size=DEMO_ENGINE_ROWS)
@@ -195,8 +195,30 @@ def run_echorl(echo: bool, max_new_tokens: int, steps: int) -> list[dict[str, fl
         logprob_batch_size=256,
         seed=SEED,
     )
-    fit_bare(module, data, [rollout, Timer()], epochs=steps, accumulate=DEMO_ACCUMULATE)
+    fit_bare(module, data, [rollout, step_timer(clock, install)], epochs=steps, accumulate=DEMO_ACCUMULATE)
     return clock.steps
+
+
+def step_timer(clock: PhaseClock, install: Callable[[Any], None]) -> Any:
+    """A Lightning callback that times a trainer's steps on ``clock`` (``train`` from a step's first micro-batch
+    to its optimizer step; a step ends with the micro-batch that stepped) and calls ``install(pl_module)`` at
+    fit start, where an arm puts its wrappers."""
+    import lightning.pytorch as L
+
+    class StepTimer(L.Callback):
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+            install(pl_module)
+
+        def on_train_batch_start(self, *_: Any) -> None:
+            clock.micro_batch_start()
+
+        def on_before_optimizer_step(self, *_: Any) -> None:
+            clock.before_optimizer_step()
+
+        def on_train_batch_end(self, *_: Any) -> None:
+            clock.micro_batch_end()
+
+    return StepTimer()
 
 
 def fit_bare(module: Any, data: Any, callbacks: list[Any], *, epochs: int, accumulate: int = 1) -> None:
